@@ -1,0 +1,212 @@
+"""Cassandra without Docker: the cassandra-all jars and their runtime dependencies from Maven Central.
+
+The jars land in ``paths.cache_dir()/cassandra/<version>/lib`` and survive ``labkit down``.
+
+* With Maven on PATH, a generated pom resolves the latest 5.0.x release of
+  ``org.apache.cassandra:cassandra-all`` with ``mvn dependency:copy-dependencies`` (runtime scope).
+* Without Maven, the pinned list ``cassandra-<version>-jars.txt`` next to this module (one
+  ``<path under Maven Central> <sha1>`` per line, generated from what Maven resolved) is downloaded
+  straight from repo1.maven.org and every jar's SHA-1 is checked.
+
+``LABKIT_OFFLINE=1`` forbids any download (CI images and tests use it to prove the offline error).
+Regenerate the pinned list after a version bump with ``python -m labkit.services._cassandra_jars --pin``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from labkit import paths
+from labkit.errors import BinaryNotFound, LabkitError, ServiceFailed
+
+PINNED_VERSION = "5.0.9"
+SERIES = "5.0."
+CENTRAL = "https://repo1.maven.org/maven2/"
+_METADATA = CENTRAL + "org/apache/cassandra/cassandra-all/maven-metadata.xml"
+_MARKER = ".complete"  # written last, so a half-finished download never counts as cached
+
+
+def offline() -> bool:
+    return os.environ.get("LABKIT_OFFLINE", "").strip().lower() in ("1", "true", "yes")
+
+
+def pinned_list(version: str = PINNED_VERSION) -> Path:
+    return Path(__file__).with_name(f"cassandra-{version}-jars.txt")
+
+
+def lib_dir(version: str) -> Path:
+    return paths.cache_dir() / "cassandra" / version / "lib"
+
+
+def _read_pins(version: str) -> list[tuple[str, str]]:
+    pins = []
+    for line in pinned_list(version).read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            rel, sha1 = line.split()
+            pins.append((rel, sha1))
+    return pins
+
+
+def latest_version(timeout: float = 10.0) -> str:
+    """The newest cassandra-all 5.0.x on Maven Central (the pinned version if Central cannot be read)."""
+    try:
+        with urllib.request.urlopen(_METADATA, timeout=timeout) as r:
+            text = r.read().decode()
+    except (urllib.error.URLError, OSError):
+        return PINNED_VERSION
+    found = [v for v in re.findall(r"<version>([^<]+)</version>", text)
+             if v.startswith(SERIES) and re.fullmatch(r"\d+\.\d+\.\d+", v)]
+    return max(found, key=lambda v: tuple(int(x) for x in v.split("."))) if found else PINNED_VERSION
+
+
+def cached_version() -> str | None:
+    """The version whose jars are complete in the cache: the pinned one if present, else the newest."""
+    root = paths.cache_dir() / "cassandra"
+    done = [d.name for d in root.glob("*") if (d / "lib" / _MARKER).is_file()] if root.is_dir() else []
+    if PINNED_VERSION in done:
+        return PINNED_VERSION
+    if not done:
+        return None
+    return max(done, key=lambda v: tuple(int(x) for x in re.findall(r"\d+", v)))
+
+
+def cassandra_classpath() -> list[Path]:
+    """The jars to put on the java classpath; raises with the fix when they have not been fetched."""
+    version = cached_version()
+    if version is None:
+        if offline():
+            raise LabkitError(
+                f"Cassandra jars are not in {paths.cache_dir() / 'cassandra'} and LABKIT_OFFLINE is set, so "
+                "labkit may not download them. Run `labkit fetch cassandra` on a machine with network access "
+                "(or unset LABKIT_OFFLINE), or point LABKIT_CACHE at a cache that has them.")
+        raise LabkitError(
+            f"Cassandra jars are not in {paths.cache_dir() / 'cassandra'}: run `labkit fetch cassandra` "
+            "(about 70 MB from Maven Central), or use the docker provider.")
+    return sorted(lib_dir(version).glob("*.jar"))
+
+
+def fetch_cassandra(progress: bool = True, version: str | None = None) -> Path:
+    """Download cassandra-all 5.0.x and its runtime dependencies; return the lib directory.
+
+    Does nothing when the jars are already cached. Uses Maven when present, else the pinned jar list.
+    """
+    have = cached_version()
+    if have is not None and (version is None or version == have):
+        return lib_dir(have)
+    if offline():
+        cassandra_classpath()  # raises the offline error with its fix
+    say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
+    mvn = shutil.which("mvn")
+    if mvn:
+        version = version or latest_version()
+        target = lib_dir(version)
+        say(f"labkit: resolving org.apache.cassandra:cassandra-all:{version} with Maven into {target}")
+        _fetch_with_maven(mvn, version, target)
+    else:
+        version = version or PINNED_VERSION
+        if not pinned_list(version).is_file():
+            raise BinaryNotFound(f"no pinned jar list for Cassandra {version} and Maven is not installed: "
+                                 f"install Maven (apt-get install maven) or fetch {PINNED_VERSION}")
+        target = lib_dir(version)
+        say(f"labkit: Maven not found; downloading the pinned Cassandra {version} jars into {target}")
+        _fetch_pinned(version, target, say)
+    (target / _MARKER).write_text("\n".join(sorted(p.name for p in target.glob("*.jar"))) + "\n")
+    say(f"labkit: Cassandra {version} ready ({len(list(target.glob('*.jar')))} jars)")
+    return target
+
+
+def _pom(version: str) -> str:
+    return f"""<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>labkit</groupId><artifactId>cassandra-fetch</artifactId><version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.cassandra</groupId><artifactId>cassandra-all</artifactId><version>{version}</version>
+    </dependency>
+  </dependencies>
+</project>
+"""
+
+
+def _fetch_with_maven(mvn: str, version: str, target: Path) -> None:
+    staging = target.with_name("lib.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="labkit-mvn-") as tmp:
+        Path(tmp, "pom.xml").write_text(_pom(version))
+        r = subprocess.run([mvn, "-q", "-B", "-f", str(Path(tmp, "pom.xml")), "dependency:copy-dependencies",
+                            "-DincludeScope=runtime", f"-DoutputDirectory={staging}"],
+                           capture_output=True, text=True, timeout=1800)
+    if r.returncode != 0 or not any(staging.glob("cassandra-all-*.jar")):
+        out = (r.stdout + r.stderr).strip().splitlines()[-20:]
+        raise ServiceFailed("Maven could not resolve cassandra-all " + version + ":\n" + "\n".join(out) +
+                            "\nCheck network access to repo1.maven.org (or a proxy in ~/.m2/settings.xml).")
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+
+
+def _sha1(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fetch_pinned(version: str, target: Path, say) -> None:  # type: ignore[no-untyped-def]
+    pins = _read_pins(version)
+    staging = target.with_name("lib.partial")
+    staging.mkdir(parents=True, exist_ok=True)
+    for i, (rel, sha1) in enumerate(pins, 1):
+        dest = staging / rel.rsplit("/", 1)[-1]
+        if dest.is_file() and _sha1(dest) == sha1:
+            continue
+        say(f"  [{i}/{len(pins)}] {dest.name}")
+        try:
+            with urllib.request.urlopen(CENTRAL + rel, timeout=60) as r, open(dest, "wb") as f:
+                shutil.copyfileobj(r, f)
+        except (urllib.error.URLError, OSError) as e:
+            raise ServiceFailed(f"cannot download {CENTRAL + rel}: {e}. Check network access to "
+                                "repo1.maven.org, or run `labkit fetch cassandra` where it is reachable.") from e
+        got = _sha1(dest)
+        if got != sha1:
+            dest.unlink()
+            raise ServiceFailed(f"checksum mismatch for {rel}: sha1 {got}, expected {sha1}. "
+                                "The download was corrupted or tampered with; run `labkit fetch cassandra` again.")
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+
+
+def write_pins(version: str) -> Path:
+    """Regenerate the pinned list from a Maven-resolved lib dir (maintainers, after a version bump)."""
+    target = lib_dir(version)
+    m2 = Path(os.environ.get("M2_REPO", Path.home() / ".m2" / "repository"))
+    lines = [f"# org.apache.cassandra:cassandra-all:{version} runtime classpath as resolved by mvn "
+             "dependency:copy-dependencies.",
+             "# <path under https://repo1.maven.org/maven2/> <sha1>. Regenerate with: "
+             "python -m labkit.services._cassandra_jars --pin"]
+    for jar in sorted(target.glob("*.jar")):
+        hits = list(m2.rglob(jar.name))
+        if not hits:
+            raise LabkitError(f"{jar.name} is not in {m2}: fetch with Maven first")
+        lines.append(f"{hits[0].relative_to(m2).as_posix()} {_sha1(jar)}")
+    out = pinned_list(version)
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    if "--pin" in sys.argv:
+        v = fetch_cassandra()
+        print(write_pins(v.parent.name))
+    else:
+        print(fetch_cassandra())
