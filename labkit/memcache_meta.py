@@ -1,0 +1,528 @@
+"""A small client for memcached's meta protocol (``mg``/``ms``/``md``/``mn``).
+
+Why our own: the thundering-herd and caching lessons need the lease (``N`` -> ``W``/``Z``) and
+serve-stale (``md I`` -> ``X``) flags, and the load drivers need an asyncio client that pipelines
+requests from many tasks over one connection. The sync :class:`MetaClient` and the asyncio
+:class:`AsyncMetaClient` share one core: the ``encode_*`` functions build request bytes and
+:class:`ResponseReader` parses response bytes, so both twins speak exactly the same protocol.
+
+Example::
+
+    with MetaClient(("127.0.0.1", 11211)) as mc:
+        r = mc.get("user:1", vivify=30)      # miss -> r.win is True: this client recomputes
+        mc.set("user:1", b"alice", ttl=60)
+        mc.delete("user:1", invalidate=True) # mark stale: the next get sees r.stale and r.win
+"""
+from __future__ import annotations
+
+import asyncio
+import base64 as _b64
+import collections
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Deque, Mapping
+
+from labkit.errors import BadParameter, LabkitError
+
+__all__ = [
+    "MetaResult", "MetaError", "MetaClient", "AsyncMetaClient", "ResponseReader",
+    "validate_key", "encode_get", "encode_set", "encode_delete", "encode_noop",
+]
+
+MAX_KEY_LENGTH = 250
+_SET_MODES = {"set": "S", "add": "E", "append": "A", "prepend": "P", "replace": "R",
+              "S": "S", "E": "E", "A": "A", "P": "P", "R": "R"}
+# Tokens of a returned flag that carry integers; the rest stay strings.
+_INT_FLAGS = {"c": "cas", "t": "ttl", "s": "size", "f": "client_flags", "h": "hit_before",
+              "l": "last_access"}
+
+
+class MetaError(LabkitError):
+    """memcached answered ERROR / CLIENT_ERROR / SERVER_ERROR, or sent something unparseable."""
+
+
+@dataclass
+class MetaResult:
+    """One meta response.
+
+    ``status`` is the two-letter code: VA/HD (found or stored), EN (miss), NS (not stored),
+    EX (CAS mismatch), NF (not found). ``win`` is the W flag (this client must recompute),
+    ``lease_taken`` the Z flag (another client already won), ``stale`` the X flag.
+    """
+
+    status: str
+    hit: bool = False
+    value: bytes | None = None
+    flags: dict[str, Any] = field(default_factory=dict)
+    win: bool = False
+    stale: bool = False
+    lease_taken: bool = False
+    cas: int | None = None
+    ttl: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the command did what it was asked (stored, deleted, found)."""
+        return self.status in ("HD", "VA", "MN")
+
+    stored = ok
+
+
+def validate_key(key: str | bytes, *, binary: bool = False) -> bytes:
+    """Return the key as wire bytes, or raise BadParameter saying how to fix it.
+
+    With ``binary=True`` any bytes are allowed: the key is sent base64-encoded with the ``b`` flag.
+    """
+    raw = key.encode() if isinstance(key, str) else bytes(key)
+    if binary:
+        if not raw:
+            raise BadParameter("memcached key is empty: pass a non-empty key")
+        raw = _b64.b64encode(raw)
+        if len(raw) > MAX_KEY_LENGTH:
+            raise BadParameter(f"memcached key is {len(raw)} bytes once base64-encoded (max "
+                               f"{MAX_KEY_LENGTH}): use a shorter key or hash it (e.g. sha1 hex)")
+        return raw
+    if not raw:
+        raise BadParameter("memcached key is empty: pass a non-empty key")
+    if len(raw) > MAX_KEY_LENGTH:
+        raise BadParameter(f"memcached key is {len(raw)} bytes (max {MAX_KEY_LENGTH}): use a shorter "
+                           "key or hash it (e.g. hashlib.sha1(key).hexdigest())")
+    if any(b <= 0x20 or b == 0x7F for b in raw):
+        raise BadParameter(f"memcached key {raw[:40]!r} contains a space or control character: "
+                           "remove it, or pass binary=True to send the key base64-encoded")
+    return raw
+
+
+def _ttl_token(name: str, ttl: int | None) -> int | None:
+    if ttl is None:
+        return None
+    if not isinstance(ttl, int) or ttl < -1:
+        raise BadParameter(f"{name}={ttl!r}: a TTL is an integer number of seconds >= -1 "
+                           "(0 = never expires, -1 = expire now)")
+    return ttl
+
+
+def _line(cmd: str, key: bytes, parts: list[str], datalen: int | None = None) -> bytes:
+    head = [cmd.encode(), key]
+    if datalen is not None:
+        head.append(str(datalen).encode())
+    head.extend(p.encode() for p in parts)
+    return b" ".join(head) + b"\r\n"
+
+
+def encode_get(key: str | bytes, *, value: bool = True, cas: bool = False, ttl: bool = False,
+               size: bool = False, return_key: bool = False, client_flags: bool = False,
+               vivify: int | None = None, recache: int | None = None, touch: int | None = None,
+               no_bump: bool = False, quiet: bool = False, opaque: str | None = None,
+               binary: bool = False) -> bytes:
+    """Build an ``mg`` request. vivify=N<ttl> (lease on miss), recache=R<ttl>, touch=T<ttl>."""
+    k = validate_key(key, binary=binary)
+    parts: list[str] = []
+    if binary:
+        parts.append("b")
+    # Always ask for the CAS and TTL the caller wants; 'v' last so flags come back in a stable order.
+    for on, flag in ((cas, "c"), (ttl, "t"), (size, "s"), (return_key, "k"), (client_flags, "f"),
+                     (no_bump, "u"), (quiet, "q")):
+        if on:
+            parts.append(flag)
+    for name, tok, flag in (("vivify", vivify, "N"), ("recache", recache, "R"), ("touch", touch, "T")):
+        t = _ttl_token(name, tok)
+        if t is not None:
+            parts.append(f"{flag}{t}")
+    if opaque is not None:
+        parts.append(f"O{opaque}")
+    if value:
+        parts.append("v")
+    return _line("mg", k, parts)
+
+
+def encode_set(key: str | bytes, value: bytes | str, *, ttl: int = 0, cas: int | None = None,
+               invalidate: bool = False, mode: str = "set", client_flags: int | None = None,
+               return_cas: bool = False, quiet: bool = False, opaque: str | None = None,
+               binary: bool = False) -> bytes:
+    """Build an ``ms`` request. cas=C<token> compare-and-set; invalidate=I (with cas: stale-if-older)."""
+    k = validate_key(key, binary=binary)
+    data = value.encode() if isinstance(value, str) else bytes(value)
+    if mode not in _SET_MODES:
+        raise BadParameter(f"ms mode={mode!r} is unknown: use one of set, add, replace, append, prepend")
+    parts: list[str] = ["b"] if binary else []
+    parts.append(f"T{_ttl_token('ttl', ttl)}")
+    if cas is not None:
+        parts.append(f"C{int(cas)}")
+    if invalidate:
+        parts.append("I")
+    if _SET_MODES[mode] != "S":
+        parts.append(f"M{_SET_MODES[mode]}")
+    if client_flags is not None:
+        parts.append(f"F{int(client_flags)}")
+    if return_cas:
+        parts.append("c")
+    if quiet:
+        parts.append("q")
+    if opaque is not None:
+        parts.append(f"O{opaque}")
+    return _line("ms", k, parts, len(data)) + data + b"\r\n"
+
+
+def encode_delete(key: str | bytes, *, invalidate: bool = False, ttl: int | None = None,
+                  cas: int | None = None, quiet: bool = False, opaque: str | None = None,
+                  binary: bool = False) -> bytes:
+    """Build an ``md`` request. invalidate=I marks the item stale (next mg sees X); ttl=T with I."""
+    k = validate_key(key, binary=binary)
+    if ttl is not None and not invalidate:
+        raise BadParameter("md ttl= only applies with invalidate=True (memcached ignores T otherwise)")
+    parts: list[str] = ["b"] if binary else []
+    if invalidate:
+        parts.append("I")
+    t = _ttl_token("ttl", ttl)
+    if t is not None:
+        parts.append(f"T{t}")
+    if cas is not None:
+        parts.append(f"C{int(cas)}")
+    if quiet:
+        parts.append("q")
+    if opaque is not None:
+        parts.append(f"O{opaque}")
+    return _line("md", k, parts)
+
+
+def encode_noop() -> bytes:
+    """Build an ``mn`` request; memcached answers MN after everything sent before it."""
+    return b"mn\r\n"
+
+
+def _as_get(res: MetaResult | None) -> MetaResult:
+    """Interpret a reply to ``mg``: set ``hit``.
+
+    A hit is a usable value: found (VA, or HD when no value was asked), and not the empty stub that
+    N (vivify) creates on a miss. A stale item (X) is still a hit: serving it while one client
+    recaches is the point of serve-stale.
+    """
+    if res is None:  # quiet miss: memcached sent nothing
+        return MetaResult(status="EN")
+    found = res.status in ("VA", "HD")
+    res.hit = found and (res.stale or not (res.win or res.lease_taken))
+    return res
+
+
+def _result(status: str, tokens: list[bytes], value: bytes | None) -> MetaResult:
+    flags: dict[str, Any] = {}
+    for tok in tokens:
+        name, rest = chr(tok[0]), tok[1:].decode(errors="replace")
+        if name in _INT_FLAGS and rest.lstrip("-").isdigit():
+            flags[name] = int(rest)
+        else:
+            flags[name] = rest if rest else True
+    win, stale, taken = "W" in flags, "X" in flags, "Z" in flags
+    return MetaResult(status=status, value=value, flags=flags, win=win, stale=stale, lease_taken=taken, cas=flags.get("c"), ttl=flags.get("t"))
+
+
+class ResponseReader:
+    """Incremental parser: feed bytes, take complete responses.
+
+    Returns MetaResult for meta codes, ("STAT", dict) blocks for ``stats``, ("VERSION", str).
+    Errors from the server become MetaError instances (returned, so the caller raises in context).
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._stats: dict[str, str] | None = None
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def next(self) -> Any | None:
+        """The next complete response, or None when more bytes are needed."""
+        while True:
+            end = self._buf.find(b"\r\n")
+            if end < 0:
+                return None
+            line = bytes(self._buf[:end])
+            parts = line.split()
+            code = parts[0].decode(errors="replace") if parts else ""
+            if code == "VA":
+                size = int(parts[1])
+                need = end + 2 + size + 2
+                if len(self._buf) < need:
+                    return None
+                value = bytes(self._buf[end + 2:end + 2 + size])
+                del self._buf[:need]
+                return _result("VA", parts[2:], value)
+            del self._buf[:end + 2]
+            if self._stats is not None:
+                if code == "STAT":
+                    self._stats[parts[1].decode()] = b" ".join(parts[2:]).decode(errors="replace")
+                    continue
+                if code == "END":
+                    out, self._stats = self._stats, None
+                    return ("STAT", out)
+            if code == "STAT":
+                self._stats = {parts[1].decode(): b" ".join(parts[2:]).decode(errors="replace")}
+                continue
+            if code == "END":  # 'stats' with nothing to report
+                return ("STAT", {})
+            if code in ("HD", "EN", "NS", "EX", "NF", "MN"):
+                return _result(code, parts[1:], None)
+            if code == "VERSION":
+                return ("VERSION", line[8:].decode().strip())
+            if code in ("ERROR", "CLIENT_ERROR", "SERVER_ERROR"):
+                return MetaError(f"memcached answered {line.decode(errors='replace')!r}: check the "
+                                 "command's flags and key (see memcached doc/protocol.txt, Meta Commands)")
+            return MetaError(f"unexpected line from memcached: {line[:80]!r}")
+
+
+def _address(address: tuple[str, int] | str | Any) -> tuple[str, int]:
+    """Accept (host, port), "host:port", or a labkit Endpoint."""
+    if hasattr(address, "address"):
+        address = address.address
+    if isinstance(address, str):
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise BadParameter(f"memcached address {address!r}: use 'host:port' or (host, port)")
+        return host, int(port)
+    host, port = address
+    return str(host), int(port)
+
+
+class _Commands:
+    """The request-building half shared by the sync and async clients."""
+
+    @staticmethod
+    def _get(key: str | bytes, kw: Mapping[str, Any]) -> tuple[bytes, bool]:
+        kw = dict(kw)
+        kw.setdefault("cas", True)
+        kw.setdefault("ttl", True)
+        return encode_get(key, **kw), bool(kw.get("quiet"))
+
+
+class MetaClient(_Commands):
+    """Blocking meta-protocol client over one TCP connection (thread-safe via a lock)."""
+
+    def __init__(self, address: tuple[str, int] | str | Any, *, timeout: float = 5.0) -> None:
+        self.address = _address(address)
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._reader = ResponseReader()
+        self._lock = threading.Lock()
+
+    def connect(self) -> "MetaClient":
+        if self._sock is None:
+            s = socket.create_connection(self.address, timeout=self.timeout)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._sock = s
+            self._reader = ResponseReader()
+        return self
+
+    def close(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            finally:
+                self._sock = None
+
+    def __enter__(self) -> "MetaClient":
+        return self.connect()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _read_one(self) -> Any:
+        assert self._sock is not None
+        while True:
+            item = self._reader.next()
+            if item is not None:
+                return item
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                self.close()
+                raise ConnectionError(f"memcached at {self.address[0]}:{self.address[1]} closed "
+                                      "the connection (server stopped or killed?)")
+            self._reader.feed(chunk)
+
+    def _call(self, request: bytes, quiet: bool = False) -> Any:
+        with self._lock:
+            self.connect()
+            assert self._sock is not None
+            try:
+                # A quiet command may send no reply at all: 'mn' after it bounds the wait.
+                self._sock.sendall(request + encode_noop() if quiet else request)
+                first = self._read_one()
+                if quiet:
+                    if isinstance(first, MetaResult) and first.status == "MN":
+                        return None
+                    end = self._read_one()
+                    if not (isinstance(end, MetaResult) and end.status == "MN"):
+                        raise MetaError(f"expected MN after a quiet command, got {end!r}")
+            except (OSError, MetaError):
+                self.close()
+                raise
+            if isinstance(first, MetaError):
+                raise first
+            return first
+
+    def get(self, key: str | bytes, **kw: Any) -> MetaResult:
+        """``mg``: value, CAS and TTL by default. kw: vivify, recache, touch, value, quiet, binary..."""
+        req, quiet = self._get(key, kw)
+        return _as_get(self._call(req, quiet))
+
+    def set(self, key: str | bytes, value: bytes | str, **kw: Any) -> MetaResult:
+        """``ms``: kw ttl, cas, invalidate, mode, client_flags, return_cas, quiet, binary."""
+        res = self._call(encode_set(key, value, **kw), bool(kw.get("quiet")))
+        return res if res is not None else MetaResult(status="HD")
+
+    def delete(self, key: str | bytes, **kw: Any) -> MetaResult:
+        """``md``: kw invalidate (mark stale), ttl (with invalidate), cas, quiet, binary."""
+        res = self._call(encode_delete(key, **kw), bool(kw.get("quiet")))
+        return res if res is not None else MetaResult(status="HD")
+
+    def noop(self) -> MetaResult:
+        return self._call(encode_noop())
+
+    def stats(self, group: str = "") -> dict[str, str]:
+        """``stats [group]`` as a dict of strings (as memcached reports them)."""
+        return self._call(f"stats {group}".strip().encode() + b"\r\n")[1]
+
+    def version(self) -> str:
+        return self._call(b"version\r\n")[1]
+
+    def flush_all(self) -> None:
+        with self._lock:
+            self.connect()
+            assert self._sock is not None
+            self._sock.sendall(b"flush_all\r\n")
+            line = b""
+            while not line.endswith(b"\r\n"):
+                chunk = self._sock.recv(64)
+                if not chunk:
+                    raise ConnectionError("memcached closed the connection during flush_all")
+                line += chunk
+            if not line.startswith(b"OK"):
+                raise MetaError(f"flush_all answered {line!r}")
+
+
+class AsyncMetaClient(_Commands):
+    """asyncio twin of MetaClient. Many tasks may share one client: requests are pipelined on the
+    connection and answers matched in order (memcached replies in request order)."""
+
+    def __init__(self, address: tuple[str, int] | str | Any, *, timeout: float = 5.0) -> None:
+        self.address = _address(address)
+        self.timeout = timeout
+        self._reader_stream: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._pending: Deque[tuple[asyncio.Future[Any], bool]] = collections.deque()
+        self._task: asyncio.Task[None] | None = None
+        self._connect_lock: asyncio.Lock | None = None
+
+    async def connect(self) -> "AsyncMetaClient":
+        if self._connect_lock is None:
+            self._connect_lock = asyncio.Lock()
+        async with self._connect_lock:
+            if self._writer is None:
+                r, w = await asyncio.wait_for(asyncio.open_connection(*self.address), self.timeout)
+                sock = w.get_extra_info("socket")
+                if sock is not None:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._reader_stream, self._writer = r, w
+                self._task = asyncio.get_running_loop().create_task(self._read_loop(r))
+        return self
+
+    async def close(self) -> None:
+        w, self._writer = self._writer, None
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        self._fail_pending(ConnectionError("client closed"))
+        if w is not None:
+            w.close()
+            try:
+                await w.wait_closed()
+            except (OSError, asyncio.CancelledError):
+                pass
+
+    async def __aenter__(self) -> "AsyncMetaClient":
+        return await self.connect()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        while self._pending:
+            fut, _ = self._pending.popleft()
+            if not fut.done():
+                fut.set_exception(exc)
+
+    async def _read_loop(self, stream: asyncio.StreamReader) -> None:
+        parser = ResponseReader()
+        try:
+            while True:
+                chunk = await stream.read(65536)
+                if not chunk:
+                    raise ConnectionError(f"memcached at {self.address[0]}:{self.address[1]} closed "
+                                          "the connection (server stopped or killed?)")
+                parser.feed(chunk)
+                while self._pending:
+                    fut, quiet = self._pending[0]
+                    item = parser.next()
+                    if item is None:
+                        break
+                    if quiet:
+                        # Quiet request was sent with a trailing 'mn': a reply (if any) then MN.
+                        if isinstance(item, MetaResult) and item.status == "MN":
+                            self._pending.popleft()
+                            if not fut.done():
+                                fut.set_result(None)
+                            continue
+                        if not fut.done():
+                            fut.set_result(item)
+                        # the future stays queued until its MN arrives
+                        continue
+                    self._pending.popleft()
+                    if not fut.done():
+                        if isinstance(item, MetaError):
+                            fut.set_exception(item)
+                        else:
+                            fut.set_result(item)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # connection lost: every waiter gets the error, not a hang
+            self._writer = None
+            self._fail_pending(exc if isinstance(exc, (OSError, MetaError)) else ConnectionError(str(exc)))
+
+    async def _call(self, request: bytes, quiet: bool = False) -> Any:
+        if self._writer is None:
+            await self.connect()
+        assert self._writer is not None
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        # Queue the waiter and write in the same step (no await between) so order matches replies.
+        self._pending.append((fut, quiet))
+        self._writer.write(request + encode_noop() if quiet else request)
+        try:
+            res = await asyncio.wait_for(fut, self.timeout)
+        except asyncio.TimeoutError:
+            await self.close()  # the stream is now out of step; start afresh next call
+            raise TimeoutError(f"memcached at {self.address} did not answer within {self.timeout}s")
+        if isinstance(res, MetaError):
+            raise res
+        return res
+
+    async def get(self, key: str | bytes, **kw: Any) -> MetaResult:
+        req, quiet = self._get(key, kw)
+        return _as_get(await self._call(req, quiet))
+
+    async def set(self, key: str | bytes, value: bytes | str, **kw: Any) -> MetaResult:
+        res = await self._call(encode_set(key, value, **kw), bool(kw.get("quiet")))
+        return res if res is not None else MetaResult(status="HD")
+
+    async def delete(self, key: str | bytes, **kw: Any) -> MetaResult:
+        res = await self._call(encode_delete(key, **kw), bool(kw.get("quiet")))
+        return res if res is not None else MetaResult(status="HD")
+
+    async def noop(self) -> MetaResult:
+        return await self._call(encode_noop())
+
+    async def stats(self, group: str = "") -> dict[str, str]:
+        return (await self._call(f"stats {group}".strip().encode() + b"\r\n"))[1]
+
+    async def version(self) -> str:
+        return (await self._call(b"version\r\n"))[1]
