@@ -1,0 +1,245 @@
+"""A userspace TCP latency proxy: inject one-way delay and jitter on any TCP link, without netem or root.
+
+    with LatencyProxy(listen=("127.0.0.1", 0), target=("127.0.0.1", mc_port), delay_ms=20) as px:
+        client = pymemcache.Client(px.address)       # every request/response now takes >= 40 ms more
+        px.set_delay(50, jitter_ms=5)                # change it while it runs
+
+Each proxy runs as its own process (``python -m labkit.services.latency_proxy --config FILE``) so that a
+stack started by ``labkit up`` in the background keeps its proxies after the starting Python exits. One
+process can serve several routes. The process polls its JSON config file (``{"routes": [{"listen":
+[host, port], "target": [host, port], "delay_ms": [up, down], "jitter_ms": [up, down]}]}``) every 50 ms, so
+changing the file changes the delays at run time; `LatencyProxy.set_delay` rewrites it atomically.
+
+"up" is client->server, "down" server->client. Each chunk read from one side is stamped with the time it
+may be sent (arrival + delay + jitter) and put on a queue; a writer task sends it when due. Many chunks are
+in flight at once, so delay does not cap throughput; the release time never goes backwards, so the byte
+order of a stream is preserved even with jitter.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from labkit.errors import BadParameter, ServiceFailed
+
+_POLL_S = 0.05
+_CHUNK = 64 * 1024
+
+
+def _pair(v: float | tuple[float, float] | list[float], what: str) -> list[float]:
+    """One number means the same one-way value in both directions; a pair is (up, down)."""
+    vals = [float(v), float(v)] if isinstance(v, (int, float)) else [float(x) for x in v]
+    if len(vals) != 2 or any(x < 0 for x in vals):
+        raise BadParameter(f"{what} must be a number >= 0 or an (up, down) pair of them, got {v!r}")
+    return vals
+
+
+# --- the proxy process ----------------------------------------------------------------------------
+class _Route:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.listen = (spec["listen"][0], int(spec["listen"][1]))
+        self.target = (spec["target"][0], int(spec["target"][1]))
+        self.update(spec)
+        self.server: asyncio.base_events.Server | None = None
+
+    def update(self, spec: dict[str, Any]) -> None:
+        self.delay = [x / 1000 for x in _pair(spec.get("delay_ms", 0.0), "delay_ms")]
+        self.jitter = [x / 1000 for x in _pair(spec.get("jitter_ms", 0.0), "jitter_ms")]
+
+    def due(self, direction: int) -> float:
+        j = self.jitter[direction]
+        return time.monotonic() + max(0.0, self.delay[direction] + (random.uniform(-j, j) if j else 0.0))
+
+    async def handle(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
+        try:
+            sreader, swriter = await asyncio.open_connection(*self.target)
+        except OSError:
+            cwriter.close()
+            return
+        for w in (cwriter, swriter):
+            sock = w.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        both = (cwriter, swriter)
+        await asyncio.gather(self._pipe(creader, swriter, 0, both), self._pipe(sreader, cwriter, 1, both),
+                             return_exceptions=True)
+        for w in both:
+            w.close()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: int,
+                    both: tuple[asyncio.StreamWriter, asyncio.StreamWriter]) -> None:
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def send() -> None:
+            while True:
+                when, data = await queue.get()
+                wait = when - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                if not data:  # EOF travels with the same delay as the data before it
+                    if direction == 1:
+                        writer.close()  # the server hung up: close the client side
+                    elif writer.can_write_eof():
+                        writer.write_eof()  # half-close: the server may still answer
+                    return
+                writer.write(data)
+                await writer.drain()
+
+        sender = asyncio.ensure_future(send())
+        last = 0.0
+        try:
+            while True:
+                data = await reader.read(_CHUNK)
+                last = max(last, self.due(direction))  # never overtake an earlier chunk
+                queue.put_nowait((last, data))
+                if not data:
+                    break
+            await sender
+        except (OSError, asyncio.IncompleteReadError):
+            for w in both:  # a reset on one side tears down the whole connection
+                w.close()
+        finally:
+            sender.cancel()
+
+
+async def _serve(config: Path) -> None:
+    routes: dict[tuple[str, int], _Route] = {}
+    mtime = -1.0
+    while True:
+        try:
+            st = config.stat().st_mtime_ns
+        except FileNotFoundError:
+            return  # the owner removed the config: shut down
+        if st != mtime:
+            mtime = st
+            try:
+                spec = json.loads(config.read_text())
+            except (OSError, ValueError):
+                spec = None  # a writer in progress; the atomic rename makes this rare
+                mtime = -1.0
+            if spec is not None:
+                for r in spec.get("routes", []):
+                    key = (r["listen"][0], int(r["listen"][1]))
+                    if key in routes:
+                        routes[key].update(r)
+                    else:
+                        route = _Route(r)
+                        route.server = await asyncio.start_server(route.handle, *route.listen,
+                                                                  reuse_address=True, backlog=512)
+                        routes[key] = route
+                ready = config.with_suffix(".ready")
+                if not ready.exists():
+                    ready.write_text(str(os.getpid()))
+        await asyncio.sleep(_POLL_S)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="labkit TCP latency proxy")
+    ap.add_argument("--config", required=True, type=Path, help="JSON file with the routes; polled for changes")
+    args = ap.parse_args(argv)
+    asyncio.run(_serve(args.config))
+
+
+# --- the Python handle ----------------------------------------------------------------------------
+def write_config(path: Path, routes: list[dict[str, Any]]) -> None:
+    """Atomically replace the config a proxy process polls."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".proxy-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump({"routes": routes}, f)
+    os.replace(tmp, path)
+
+
+class LatencyProxy:
+    """A latency proxy process in front of one TCP server. `address` is where clients connect."""
+
+    def __init__(self, listen: tuple[str, int] = ("127.0.0.1", 0), target: tuple[str, int] = ("127.0.0.1", 0),
+                 delay_ms: float | tuple[float, float] = 0.0, jitter_ms: float | tuple[float, float] = 0.0,
+                 *, workdir: Path | None = None) -> None:
+        from labkit.services._process import free_port
+
+        if not target[1]:
+            raise BadParameter("target must be (host, port) of the server to put the proxy in front of")
+        host, port = listen
+        self.listen = (host, int(port) or free_port(host))
+        self.target = (target[0], int(target[1]))
+        self.delay_ms = _pair(delay_ms, "delay_ms")
+        self.jitter_ms = _pair(jitter_ms, "jitter_ms")
+        self._own_dir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="labkit-proxy-"))
+        self.config = self.workdir / f"proxy-{self.listen[1]}.json"
+        self.proc: Any = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.listen
+
+    def _route(self) -> dict[str, Any]:
+        return {"listen": list(self.listen), "target": list(self.target),
+                "delay_ms": self.delay_ms, "jitter_ms": self.jitter_ms}
+
+    def start(self) -> "LatencyProxy":
+        self.proc = start_proxy_process(self.config, [self._route()])
+        return self
+
+    def set_delay(self, delay_ms: float | tuple[float, float], jitter_ms: float | tuple[float, float] = 0.0) -> None:
+        """Change the one-way delay (ms) while the proxy runs; applies to chunks read from now on."""
+        self.delay_ms = _pair(delay_ms, "delay_ms")
+        self.jitter_ms = _pair(jitter_ms, "jitter_ms")
+        write_config(self.config, [self._route()])
+        time.sleep(2 * _POLL_S)  # the process picks it up within one poll
+
+    def pids(self) -> list[dict[str, float]]:
+        return [self.proc.ref] if self.proc is not None else []
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop(grace=2.0)
+            self.proc = None
+        if self._own_dir:
+            import shutil
+
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> "LatencyProxy":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_proxy_process(config: Path, routes: list[dict[str, Any]], timeout: float = 15.0) -> Any:
+    """Start a proxy process serving `routes`; wait until every listen address accepts connections."""
+    from labkit.services._process import ManagedProcess, tail, tcp_open, wait_for
+
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.with_suffix(".ready").unlink(missing_ok=True)
+    write_config(config, routes)
+    log = config.with_suffix(".log")
+    env = dict(os.environ)
+    # the child must import this very labkit, also when it is not installed (a source checkout)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
+                                                      env.get("PYTHONPATH")]))
+    proc = ManagedProcess([sys.executable, "-m", "labkit.services.latency_proxy", "--config", str(config)],
+                          log, env=env)
+    try:
+        wait_for(f"latency proxy ({len(routes)} routes)",
+                 lambda: config.with_suffix(".ready").exists() and all(
+                     tcp_open(r["listen"][0], int(r["listen"][1])) for r in routes),
+                 timeout, alive=proc.alive, on_fail=lambda: tail(log))
+    except ServiceFailed:
+        proc.stop(grace=1.0)
+        raise
+    return proc
+
+
+if __name__ == "__main__":
+    main()
