@@ -1,0 +1,1 @@
+"""Deterministic generators of Instagram-like data and loaders for files in `datasets/`."""
