@@ -1,0 +1,59 @@
+"""Real servers for the labs, behind one contract (see base.Service), from three providers.
+
+- local: the real server binaries run as local processes (Postgres, memcached, Cassandra from Maven jars).
+- docker: testcontainers, where a Docker daemon answers.
+- external: servers that already run elsewhere (a class cluster), given by environment or a config file.
+
+`LABKIT_PROVIDER=local|docker|external` overrides the automatic choice (docker if a daemon answers, else local).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+from labkit.errors import UnknownService
+from labkit.services._docker import docker_available
+from labkit.services.base import Endpoint, Health, Service
+
+KINDS: dict[str, str] = {
+    "postgres": "labkit.services.postgres",
+    "memcached": "labkit.services.memcached",
+    "cassandra": "labkit.services.cassandra",
+}
+PROVIDERS = ("local", "docker", "external")
+
+
+def check_kind(kind: str) -> str:
+    k = kind.strip().lower()
+    if k not in KINDS:
+        raise UnknownService(f"unknown service '{kind}': labkit runs {', '.join(KINDS)}. "
+                             "Check the spelling, e.g. `labkit up postgres memcached`.")
+    return k
+
+
+def choose_provider(provider: str | None = None) -> str:
+    """The provider to use: the argument, else LABKIT_PROVIDER, else docker if a daemon answers, else local."""
+    choice = (provider or os.environ.get("LABKIT_PROVIDER") or "").strip().lower()
+    if not choice or choice == "auto":
+        return "docker" if docker_available()[0] else "local"
+    if choice not in PROVIDERS:
+        raise UnknownService(f"unknown provider '{choice}': use one of {', '.join(PROVIDERS)} "
+                             "(or leave LABKIT_PROVIDER unset to choose automatically)")
+    return choice
+
+
+def service_class(kind: str, provider: str) -> type[Service]:
+    kind = check_kind(kind)
+    if provider == "external":
+        from labkit.services.external import ExternalService
+
+        return ExternalService
+    module = importlib.import_module(KINDS[kind])
+    cls = getattr(module, provider.upper(), None)
+    if cls is None:
+        raise UnknownService(f"the {provider} provider cannot run {kind}")
+    return cls
+
+
+__all__ = ["Endpoint", "Health", "Service", "KINDS", "PROVIDERS", "check_kind", "choose_provider",
+           "service_class", "docker_available"]

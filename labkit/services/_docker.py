@@ -1,0 +1,73 @@
+"""Docker via testcontainers: is a daemon there, and small helpers shared by the docker services."""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from labkit.errors import ProviderUnavailable
+from labkit.services._process import LOOPBACK
+
+
+@functools.lru_cache(maxsize=1)
+def docker_available() -> tuple[bool, str]:
+    """(True, version) when a Docker daemon answers a ping; else (False, the reason)."""
+    try:
+        import docker
+    except ImportError:
+        return False, "the `docker` Python package is not installed (pip install testcontainers)"
+    try:
+        client = docker.from_env(timeout=3)
+        client.ping()
+        return True, f"Docker {client.version().get('Version', '?')}"
+    except Exception as e:  # noqa: BLE001 - any failure means "no daemon we can use"
+        return False, f"no Docker daemon answers ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})"
+
+
+def require_docker() -> None:
+    ok, why = docker_available()
+    if not ok:
+        raise ProviderUnavailable(f"the docker provider needs a running Docker daemon: {why}. "
+                                  "Start Docker, or use LABKIT_PROVIDER=local (real servers as local processes).")
+
+
+def start_on_loopback(container: Any, port: int) -> Any:
+    """Publish `port` on 127.0.0.1 only (a random host port) and start the container."""
+    require_docker()
+    container.ports[f"{port}/tcp"] = (LOOPBACK, None)
+    container.start()
+    return container
+
+
+def loopback_address(container: Any, port: int) -> tuple[str, int]:
+    return LOOPBACK, int(container.get_exposed_port(port))
+
+
+def container_logs(container: Any, lines: int = 50) -> str:
+    if container is None:
+        return ""
+    try:
+        out, err = container.get_logs()
+        text = (out or b"").decode("utf-8", "replace") + (err or b"").decode("utf-8", "replace")
+        return "\n".join(text.splitlines()[-lines:])
+    except Exception as e:  # noqa: BLE001
+        return f"(logs unavailable: {e})"
+
+
+def stop(container: Any) -> None:
+    if container is not None:
+        try:
+            container.stop()
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+
+def signal(container: Any, sig: str) -> None:
+    container.get_wrapped_container().kill(signal=sig)
+
+
+def pause(container: Any) -> None:
+    container.get_wrapped_container().pause()
+
+
+def unpause(container: Any) -> None:
+    container.get_wrapped_container().unpause()

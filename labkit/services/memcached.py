@@ -1,0 +1,167 @@
+"""memcached: a real server as a local process or a testcontainers container.
+
+    with LocalMemcached("mc", memory_mb=16) as mc:
+        pymemcache.Client(mc.endpoint.address).set("k", b"v")
+"""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from labkit import profile
+from labkit.errors import BadParameter
+from labkit.services import _docker
+from labkit.services._process import (LOOPBACK, LocalService, ManagedProcess, find_binary, reuse_or_pick_port, tail,
+                                      unprivileged_user, wait_for)
+from labkit.services.base import Endpoint, Health, Service
+
+MC_HINT = ("Install memcached: `apt-get install memcached` (Debian/Ubuntu/Colab), `brew install memcached` (macOS), "
+           "or `conda install -c conda-forge memcached` (conda, Binder).")
+
+
+def ask(address: tuple[str, int], command: bytes, timeout: float = 2.0) -> bytes:
+    """Send one text-protocol command and read its reply up to END/the first line."""
+    with socket.create_connection(address, timeout=timeout) as s:
+        s.sendall(command)
+        data = b""
+        while not (data.endswith(b"END\r\n") or (data.endswith(b"\r\n") and not command.startswith(b"stats"))):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+def query_version(endpoint: Endpoint) -> str:
+    reply = ask(endpoint.address, b"version\r\n").decode().strip()
+    if not reply.startswith("VERSION "):
+        raise ConnectionError(f"unexpected reply to `version`: {reply!r}")
+    return reply.split(" ", 1)[1]
+
+
+def query_stats(endpoint: Endpoint) -> dict[str, str]:
+    lines = ask(endpoint.address, b"stats\r\n").decode().splitlines()
+    return {p[1]: p[2] for p in (line.split(" ", 2) for line in lines) if len(p) == 3 and p[0] == "STAT"}
+
+
+def query_health(endpoint: Endpoint) -> Health:
+    try:
+        return Health(True, f"answers `version` ({query_version(endpoint)})")
+    except OSError as e:
+        return Health(False, f"no answer: {e}")
+
+
+class LocalMemcached(LocalService):
+    """A real `memcached` on 127.0.0.1 with a chosen memory size (`-m`) and a max item size (`-I`)."""
+
+    kind = "memcached"
+
+    def __init__(self, name: str = "memcached", *, memory_mb: int | None = None, max_item_mb: int = 2,
+                 threads: int = 2, port: int | None = None, extra_args: list[str] | None = None,
+                 instance_dir: Path | None = None) -> None:
+        super().__init__(name, instance_dir=instance_dir)
+        memory_mb = int(memory_mb if memory_mb is not None else profile.pick(64, 32, 32))
+        if memory_mb < 1:
+            raise BadParameter(f"memory_mb={memory_mb}: memcached needs at least 1 MB (-m); try 8 or more")
+        if not 1 <= max_item_mb <= 1024 or max_item_mb > memory_mb:
+            raise BadParameter(f"max_item_mb={max_item_mb} must be between 1 and memory_mb ({memory_mb})")
+        if threads < 1:
+            raise BadParameter(f"threads={threads}: use 1 or more")
+        self.memory_mb, self.max_item_mb, self.threads = memory_mb, max_item_mb, threads
+        self.requested_port = port
+        self.port = port
+        self.extra_args = list(extra_args or [])
+
+    def options(self) -> dict[str, Any]:
+        return {"memory_mb": self.memory_mb, "max_item_mb": self.max_item_mb, "threads": self.threads,
+                "port": self.requested_port, "extra_args": self.extra_args}
+
+    def start(self) -> Endpoint:
+        if self.running():
+            return self.endpoint
+        binary = find_binary("memcached", ["/usr/bin/memcached", "/usr/sbin/memcached"], MC_HINT)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = reuse_or_pick_port(self.requested_port, self.port, what=f"memcached '{self.name}'")
+        argv: list[Any] = [binary, "-l", LOOPBACK, "-p", self.port, "-U", "0", "-m", self.memory_mb,
+                           "-I", f"{self.max_item_mb}m", "-t", self.threads, "-c", "4096",
+                           # the pid file puts the instance dir on the command line: `labkit down` finds strays by it
+                           "-P", self.dir / "memcached.pid", *self.extra_args]
+        run_as = unprivileged_user()
+        if run_as is not None:  # memcached refuses root unless told which user to become
+            argv += ["-u", run_as.pw_name]
+            os.chmod(self.dir, 0o777)
+        self.procs = [ManagedProcess(argv, self.log_path, cwd=self.dir)]
+        self._restored_refs = []
+        self._endpoint = Endpoint(kind=self.kind, name=self.name, provider=self.provider, host=LOOPBACK,
+                                  port=self.port, extra={"memory_mb": self.memory_mb})
+        try:
+            wait_for(f"memcached '{self.name}' on {LOOPBACK}:{self.port} to answer `version`",
+                     lambda: query_health(self._endpoint).ok, timeout=15, alive=self.procs[0].alive,
+                     on_fail=lambda: tail(self.log_path))
+        except BaseException:
+            self.stop()
+            raise
+        return self._endpoint
+
+    def health(self) -> Health:
+        if self._endpoint is None:
+            return Health(False, "not started")
+        if not self.running():
+            return Health(False, "process is not running (killed or stopped)")
+        return query_health(self._endpoint)
+
+    def version(self) -> str:
+        return query_version(self.endpoint)
+
+
+class DockerMemcached(Service):
+    """testcontainers' MemcachedContainer, published on 127.0.0.1 only."""
+
+    kind = "memcached"
+    provider = "docker"
+
+    def __init__(self, name: str = "memcached", *, memory_mb: int = 64, max_item_mb: int = 2,
+                 image: str = "memcached:1.6-alpine", **_: Any) -> None:
+        super().__init__(name)
+        self.memory_mb, self.max_item_mb, self.image = memory_mb, max_item_mb, image
+        self.container: Any = None
+
+    def start(self) -> Endpoint:
+        from testcontainers.memcached import MemcachedContainer
+
+        c = MemcachedContainer(self.image).with_command(f"memcached -m {self.memory_mb} -I {self.max_item_mb}m")
+        self.container = _docker.start_on_loopback(c, 11211)
+        host, port = _docker.loopback_address(self.container, 11211)
+        self._endpoint = Endpoint(kind=self.kind, name=self.name, provider=self.provider, host=host, port=port,
+                                  extra={"memory_mb": self.memory_mb})
+        wait_for(f"memcached container '{self.name}' to answer `version`", lambda: query_health(self._endpoint).ok,
+                 30, on_fail=lambda: _docker.container_logs(self.container))
+        return self._endpoint
+
+    def stop(self) -> None:
+        _docker.stop(self.container)
+        self.container = None
+
+    def health(self) -> Health:
+        return query_health(self.endpoint) if self.container else Health(False, "not started")
+
+    def version(self) -> str:
+        return query_version(self.endpoint)
+
+    def logs(self, lines: int = 50) -> str:
+        return _docker.container_logs(self.container, lines)
+
+    def kill(self) -> None:
+        _docker.signal(self.container, "SIGKILL")
+
+    def pause(self) -> None:
+        _docker.pause(self.container)
+
+    def resume(self) -> None:
+        _docker.unpause(self.container)
+
+
+LOCAL = LocalMemcached
+DOCKER = DockerMemcached

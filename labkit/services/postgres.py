@@ -1,0 +1,246 @@
+"""Postgres: a real server as a local process (initdb + postgres) or a testcontainers container.
+
+    with LocalPostgres("pg") as pg:
+        psycopg.connect(pg.endpoint.dsn)
+
+As root (Colab, CI) the server runs as an unprivileged user, because Postgres refuses to run as root.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from labkit import profile
+from labkit.errors import BadParameter, ServiceFailed
+from labkit.services import _docker
+from labkit.services._process import (LOOPBACK, LocalService, ManagedProcess, find_binary, give_to, new_password,
+                                      reuse_or_pick_port, same_process, tail, unprivileged_user, wait_for)
+from labkit.services.base import Endpoint, Health, Service
+
+PG_GLOBS = ("/usr/lib/postgresql/*/bin/{name}", "/usr/local/opt/postgresql*/bin/{name}",
+            "/opt/homebrew/opt/postgresql*/bin/{name}", "/Applications/Postgres.app/Contents/Versions/*/bin/{name}")
+PG_HINT = ("Install PostgreSQL: `apt-get install postgresql` (Debian/Ubuntu/Colab), `brew install postgresql@16` "
+           "(macOS), or `conda install -c conda-forge postgresql` (conda, Binder).")
+USER = "labkit"
+DATABASE = "labkit"
+
+
+def pg_binary(name: str) -> Path:
+    return find_binary(name, [g.format(name=name) for g in PG_GLOBS], PG_HINT)
+
+
+def query_version(endpoint: Endpoint, timeout: float = 3.0) -> str:
+    with psycopg.connect(endpoint.dsn, connect_timeout=max(1, int(timeout))) as conn:
+        return str(conn.execute("SHOW server_version").fetchone()[0])
+
+
+def query_health(endpoint: Endpoint, timeout: float = 2.0) -> Health:
+    try:
+        with psycopg.connect(endpoint.dsn, connect_timeout=max(1, int(timeout))) as conn:
+            conn.execute("SELECT 1").fetchone()
+        return Health(True, "answers SELECT 1")
+    except psycopg.Error as e:
+        return Health(False, f"no answer: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
+
+
+class LocalPostgres(LocalService):
+    """A real `postgres` process with its own data directory, a free port on 127.0.0.1 and a password."""
+
+    kind = "postgres"
+
+    def __init__(self, name: str = "postgres", *, port: int | None = None, shared_buffers_mb: int | None = None,
+                 max_connections: int = 200, settings: dict[str, str] | None = None,
+                 password: str | None = None, instance_dir: Path | None = None) -> None:
+        super().__init__(name, instance_dir=instance_dir)
+        if max_connections < 5:
+            raise BadParameter(f"max_connections={max_connections} is too small for a lab: use 20 or more")
+        self.requested_port = port
+        self.port = port
+        self.shared_buffers_mb = shared_buffers_mb or int(profile.pick(128, 64, 32))
+        self.max_connections = max_connections
+        self.settings = dict(settings or {})
+        self.password = password or new_password()
+        self.run_as = unprivileged_user()
+
+    @property
+    def data_dir(self) -> Path:
+        return self.dir / "data"
+
+    def options(self) -> dict[str, Any]:
+        return {"port": self.requested_port, "shared_buffers_mb": self.shared_buffers_mb,
+                "max_connections": self.max_connections, "settings": self.settings, "password": self.password}
+
+    def _initdb(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        pwfile = self.dir / "pwfile"
+        pwfile.write_text(self.password + "\n")
+        os.chmod(pwfile, 0o600)
+        give_to(self.dir, self.run_as)
+        argv = [pg_binary("initdb"), "-D", self.data_dir, "-U", USER, f"--pwfile={pwfile}", "--auth=scram-sha-256",
+                "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"]
+        kw: dict[str, Any] = {}
+        if self.run_as is not None:
+            kw.update(user=self.run_as.pw_uid, group=self.run_as.pw_gid, extra_groups=[])
+        res = subprocess.run([str(a) for a in argv], capture_output=True, text=True, cwd=self.dir, **kw)
+        pwfile.unlink(missing_ok=True)
+        if res.returncode != 0:
+            raise ServiceFailed(f"initdb failed for Postgres '{self.name}' (exit {res.returncode}):\n"
+                                f"{(res.stdout + res.stderr)[-2000:]}")
+
+    def _stat_statements_available(self) -> bool:
+        try:
+            out = subprocess.run([str(pg_binary("pg_config")), "--pkglibdir"], capture_output=True, text=True,
+                                 timeout=5).stdout.strip()
+            return bool(out) and any(Path(out).glob("pg_stat_statements.*"))
+        except Exception:  # noqa: BLE001 - no pg_config: run without the extension
+            return False
+
+    def start(self) -> Endpoint:
+        if self.running():
+            return self.endpoint
+        fresh = not (self.data_dir / "PG_VERSION").exists()
+        if fresh:
+            self._initdb()
+        # Backends of a server that was SIGKILLed may still hold its shared memory for a moment.
+        wait_for(f"old Postgres '{self.name}' processes to exit", lambda: not self._stale_postmaster(), 15)
+        self.port = reuse_or_pick_port(self.requested_port, self.port, what=f"Postgres '{self.name}'")
+        settings = {"listen_addresses": LOOPBACK, "port": str(self.port), "unix_socket_directories": "",
+                    "max_connections": str(self.max_connections), "shared_buffers": f"{self.shared_buffers_mb}MB",
+                    "logging_collector": "off", "log_min_messages": "warning", "dynamic_shared_memory_type": "posix",
+                    **self.settings}
+        if self._stat_statements_available():
+            settings.setdefault("shared_preload_libraries", "pg_stat_statements")
+        argv: list[Any] = [pg_binary("postgres"), "-D", self.data_dir]
+        for k, v in settings.items():
+            argv += ["-c", f"{k}={v}"]
+        self.procs = [ManagedProcess(argv, self.log_path, user=self.run_as, cwd=self.dir)]
+        self._restored_refs = []
+        self._endpoint = Endpoint(kind=self.kind, name=self.name, provider=self.provider, host=LOOPBACK,
+                                  port=self.port, user=USER, password=self.password, database="postgres")
+        proc = self.procs[0]
+        try:
+            wait_for(f"Postgres '{self.name}' on {LOOPBACK}:{self.port} to answer a query",
+                     lambda: query_health(self._endpoint, timeout=1.0).ok, timeout=60, alive=proc.alive,
+                     on_fail=lambda: tail(self.log_path))
+            if fresh:
+                with psycopg.connect(self._endpoint.dsn, autocommit=True) as conn:
+                    conn.execute(f"CREATE DATABASE {DATABASE}")
+        except BaseException:
+            self.stop()  # never leave a half-started server behind
+            raise
+        self._endpoint = Endpoint(kind=self.kind, name=self.name, provider=self.provider, host=LOOPBACK,
+                                  port=self.port, user=USER, password=self.password, database=DATABASE,
+                                  extra={"data_dir": str(self.data_dir)})
+        return self._endpoint
+
+    def _stale_postmaster(self) -> bool:
+        pidfile = self.data_dir / "postmaster.pid"
+        if not pidfile.exists():
+            return False
+        try:
+            pid = int(pidfile.read_text().split()[0])
+            os.kill(pid, 0)
+            return True
+        except (ValueError, IndexError, ProcessLookupError, PermissionError):
+            return False
+
+    def _stop_signal(self) -> int:
+        return signal.SIGINT  # Postgres "fast" shutdown: roll back sessions, checkpoint, exit.
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster and its backends, as a crash or the OOM killer would."""
+        procs = []
+        for p in self._live():
+            try:
+                procs += [p, *p.children(recursive=True)]
+            except Exception:  # noqa: BLE001
+                procs.append(p)
+        for p in procs:
+            try:
+                p.kill()
+            except Exception:  # noqa: BLE001
+                pass
+        deadline = time.monotonic() + 5
+        while any(same_process({"pid": p.pid, "create_time": p.create_time()}) for p in procs
+                  if _exists(p)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for mp in self.procs:
+            try:
+                mp.popen.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def health(self) -> Health:
+        if self._endpoint is None:
+            return Health(False, "not started")
+        if not self.running():
+            return Health(False, "process is not running (killed or stopped)")
+        return query_health(self._endpoint)
+
+    def version(self) -> str:
+        return query_version(self.endpoint)
+
+
+def _exists(p: Any) -> bool:
+    try:
+        return p.is_running()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+class DockerPostgres(Service):
+    """testcontainers' PostgresContainer, published on 127.0.0.1 only, with a generated password."""
+
+    kind = "postgres"
+    provider = "docker"
+
+    def __init__(self, name: str = "postgres", *, image: str = "postgres:16-alpine", **_: Any) -> None:
+        super().__init__(name)
+        self.image = image
+        self.password = new_password()
+        self.container: Any = None
+
+    def start(self) -> Endpoint:
+        from testcontainers.postgres import PostgresContainer
+
+        c = PostgresContainer(self.image, username=USER, password=self.password, dbname=DATABASE, driver=None)
+        self.container = _docker.start_on_loopback(c, 5432)
+        host, port = _docker.loopback_address(self.container, 5432)
+        self._endpoint = Endpoint(kind=self.kind, name=self.name, provider=self.provider, host=host, port=port,
+                                  user=USER, password=self.password, database=DATABASE,
+                                  extra={"container": self.container.get_wrapped_container().name})
+        wait_for(f"Postgres container '{self.name}' to answer a query", lambda: query_health(self._endpoint).ok,
+                 60, on_fail=lambda: _docker.container_logs(self.container))
+        return self._endpoint
+
+    def stop(self) -> None:
+        _docker.stop(self.container)
+        self.container = None
+
+    def health(self) -> Health:
+        return query_health(self.endpoint) if self.container else Health(False, "not started")
+
+    def version(self) -> str:
+        return query_version(self.endpoint)
+
+    def logs(self, lines: int = 50) -> str:
+        return _docker.container_logs(self.container, lines)
+
+    def kill(self) -> None:
+        _docker.signal(self.container, "SIGKILL")
+
+    def pause(self) -> None:
+        _docker.pause(self.container)
+
+    def resume(self) -> None:
+        _docker.unpause(self.container)
+
+
+LOCAL = LocalPostgres
+DOCKER = DockerPostgres

@@ -1,0 +1,420 @@
+"""The Stack: the set of servers a notebook, a test run or `labkit up` uses, recorded so nothing is orphaned.
+
+Every stack is a JSON record in `<labkit home>/stacks/`:
+- `shared.json`: the stack `labkit up` starts in the background; it has no owner and lives until `labkit down`.
+- `<id>.json`: a private stack owned by one Python process (a kernel, a test run). A watchdog process reaps its
+  servers when that owner dies, even by SIGKILL; `reap_orphans()` does the same from any later labkit call.
+
+`labkit.stack()` attaches to the shared stack's services when they are up, and starts the missing ones itself.
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from labkit import paths
+from labkit.errors import LabkitError, StateError, UnknownService
+from labkit.services import check_kind, choose_provider, service_class
+from labkit.services._process import proc_ref, reap, same_process
+from labkit.services.base import Endpoint, Health, Service
+
+SHARED_ID = "shared"
+_open_stacks: "weakref.WeakSet[Stack]" = weakref.WeakSet()
+
+
+# records -----------------------------------------------------------------------------------
+def record_path(stack_id: str) -> Path:
+    return paths.stacks_dir() / f"{stack_id}.json"
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """Serialise read-modify-write of stack records between processes (a notebook and `labkit up`)."""
+    with open(paths.stacks_dir() / ".lock", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("services"), dict):
+            raise ValueError("not a stack record (no 'services' object)")
+        return data
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError) as e:
+        raise StateError(f"stack record {path} is corrupt ({e}). Run `labkit down` to stop whatever it started "
+                         f"(it also finds labkit's servers by process scan) and remove it.") from None
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def all_records() -> list[tuple[Path, dict[str, Any] | StateError]]:
+    out: list[tuple[Path, dict[str, Any] | StateError]] = []
+    for p in sorted(paths.stacks_dir().glob("*.json")):
+        try:
+            out.append((p, read_record(p)))
+        except FileNotFoundError:
+            continue
+        except StateError as e:
+            out.append((p, e))
+    return out
+
+
+def owner_alive(record: dict[str, Any]) -> bool:
+    owner = record.get("owner")
+    return owner is None or same_process(owner) is not None
+
+
+def record_alive_pids(record: dict[str, Any]) -> list[int]:
+    return [r["pid"] for s in record["services"].values() for r in s.get("pids", []) if same_process(r)]
+
+
+def is_stale(record: dict[str, Any]) -> bool:
+    """A record whose local servers are all gone (a reboot, a crash) while it still lists some."""
+    local = [s for s in record["services"].values() if s.get("provider") == "local"]
+    return bool(local) and not record_alive_pids(record)
+
+
+# reaping -----------------------------------------------------------------------------------
+def strays(markers: list[str]) -> list[psutil.Process]:
+    """Processes whose command line names one of `markers` (instance directories of labkit's servers)."""
+    found = []
+    me = os.getpid()
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+        except (psutil.Error, TypeError):
+            continue
+        if p.pid != me and any(m in cmd for m in markers) and "labkit.services._watchdog" not in cmd:
+            found.append(p)
+    return found
+
+
+def reap_record(record: dict[str, Any], remove_data: bool = True) -> list[int]:
+    """Stop every process a record lists (and any stray that names its directories); returns the PIDs."""
+    refs = [r for s in record["services"].values() for r in s.get("pids", [])]
+    stopped = reap(refs)
+    dirs = [s["dir"] for s in record["services"].values() if s.get("dir")]
+    if dirs:
+        extra = strays(dirs)
+        stopped += reap([proc_ref(p.pid) for p in extra if p.is_running()])
+    for s in record["services"].values():
+        for name in s.get("containers", []):
+            _remove_container(name)
+    if remove_data:
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+    wd = record.get("watchdog")
+    if wd and same_process(wd) and wd.get("pid") != os.getpid():
+        reap([wd], grace=1)
+    return sorted(set(stopped))
+
+
+def _remove_container(name: str) -> None:
+    try:
+        import docker
+
+        docker.from_env(timeout=5).containers.get(name).remove(force=True)
+    except Exception:  # noqa: BLE001 - gone already, or no daemon
+        pass
+
+
+def reap_orphans() -> list[int]:
+    """Reap the servers of private stacks whose owner process died (a killed kernel or test run)."""
+    stopped: list[int] = []
+    with _locked():
+        for path, rec in all_records():
+            if isinstance(rec, StateError) or rec.get("id") == SHARED_ID or owner_alive(rec):
+                continue
+            stopped += reap_record(rec)
+            path.unlink(missing_ok=True)
+    return stopped
+
+
+def down(remove_data: bool = True) -> dict[str, Any]:
+    """Stop everything labkit started under this home: every stack, corrupt records' servers, strays."""
+    report: dict[str, Any] = {"stacks": [], "pids": [], "corrupt": [], "strays": []}
+    with _locked():
+        for path, rec in all_records():
+            if isinstance(rec, StateError):
+                report["corrupt"].append(str(path))
+            else:
+                report["pids"] += reap_record(rec, remove_data=remove_data)
+                report["stacks"].append(rec.get("id", path.stem))
+            path.unlink(missing_ok=True)
+        leftover = strays([str(paths.instances_dir())])
+        report["strays"] = reap([proc_ref(p.pid) for p in leftover if p.is_running()])
+        if remove_data:
+            for d in paths.instances_dir().iterdir():
+                shutil.rmtree(d, ignore_errors=True)
+    return report
+
+
+# the Stack ---------------------------------------------------------------------------------
+class Stack:
+    """Servers for one notebook or test run. `add` starts one; `service`/`endpoint` look one up.
+
+    It stops only what it started itself; services attached from the shared stack are left running.
+    """
+
+    def __init__(self, stack_id: str, *, shared: bool, provider: str | None = None) -> None:
+        self.id = stack_id
+        self.shared = shared
+        self.provider = choose_provider(provider)
+        self.services: dict[str, Service] = {}
+        self.owned: set[str] = set()
+        self.closed = False
+        self.path = record_path(stack_id)
+
+    # creation ------------------------------------------------------------------------------
+    @classmethod
+    def private(cls, provider: str | None = None) -> "Stack":
+        st = cls(f"{os.getpid()}-{secrets.token_hex(3)}", shared=False, provider=provider)
+        with _locked():
+            write_record(st.path, st._record())
+        st._spawn_watchdog()
+        _open_stacks.add(st)
+        return st
+
+    @classmethod
+    def open_shared(cls, provider: str | None = None) -> "Stack":
+        """The shared stack of `labkit up`: loaded when recorded (stale records are cleaned), else created."""
+        path = record_path(SHARED_ID)
+        with _locked():
+            rec: dict[str, Any] | None = None
+            if path.exists():
+                rec = read_record(path)
+                if is_stale(rec):
+                    reap_record(rec)
+                    path.unlink(missing_ok=True)
+                    rec = None
+            st = cls(SHARED_ID, shared=True, provider=provider or (rec or {}).get("provider"))
+            if rec is not None:
+                for name, srec in rec["services"].items():
+                    st.services[name] = restore(srec)
+                    st.owned.add(name)
+            write_record(path, st._record())
+        return st
+
+    def _record(self) -> dict[str, Any]:
+        return {"id": self.id, "shared": self.shared, "provider": self.provider,
+                "owner": None if self.shared else proc_ref(os.getpid()),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "watchdog": getattr(self, "_watchdog_ref", None),
+                "services": {n: s.to_record() for n, s in self.services.items() if n in self.owned}}
+
+    def save(self) -> None:
+        """Re-record the owned services (after a restart their PIDs changed)."""
+        if not self.closed:
+            with _locked():
+                write_record(self.path, self._record())
+
+    def _spawn_watchdog(self) -> None:
+        proc = subprocess.Popen([sys.executable, "-m", "labkit.services._watchdog", str(self.path)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True, env={**os.environ, "LABKIT_HOME": str(paths.home())})
+        self._watchdog_ref = proc_ref(proc.pid)
+        self._watchdog = proc
+        self.save()
+
+    # services ------------------------------------------------------------------------------
+    def add(self, kind: str, name: str | None = None, *, provider: str | None = None, **options: Any) -> Service:
+        """Start a server of `kind` (postgres, memcached, cassandra) named `name` and record it."""
+        if self.closed:
+            raise LabkitError("this stack is closed: call labkit.stack() for a new one")
+        kind = check_kind(kind)
+        name = name or kind
+        if name in self.services:
+            raise UnknownService(f"this stack already has a service named '{name}': pass another name=, "
+                                 f"e.g. st.add('{kind}', name='{name}-2')")
+        prov = choose_provider(provider or self.provider)
+        cls = service_class(kind, prov)
+        svc = cls(name, kind=kind, **options) if prov == "external" else cls(name, **options)
+        self.services[name] = svc
+        self.owned.add(name)
+        try:
+            self.save()  # recorded before it starts: a crash mid-start still leaves a trail to reap
+            svc.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                svc.stop()
+            self.services.pop(name, None)
+            self.owned.discard(name)
+            self.save()
+            raise
+        self.save()
+        return svc
+
+    def attach(self, name: str, svc: Service) -> None:
+        self.services[name] = svc
+
+    def remove(self, name: str) -> None:
+        """Stop (if owned) and forget one service."""
+        svc = self.service(name)
+        if name in self.owned:
+            svc.stop()
+            if hasattr(svc, "remove_data"):
+                svc.remove_data()
+            self.owned.discard(name)
+        del self.services[name]
+        self.save()
+
+    def restart(self, name: str) -> Endpoint:
+        """Start a service again after kill() or stop() (same data directory) and re-record its PIDs."""
+        ep = self.service(name).start()
+        self.save()
+        return ep
+
+    def service(self, name: str) -> Service:
+        try:
+            return self.services[name]
+        except KeyError:
+            have = ", ".join(self.services) or "none"
+            raise UnknownService(f"no service named '{name}' in this stack (it has: {have}). "
+                                 f"Start it with st.add('{name.split('-')[0]}', name='{name}').") from None
+
+    def endpoint(self, name: str) -> Endpoint:
+        return self.service(name).endpoint
+
+    @property
+    def endpoints(self) -> dict[str, Endpoint]:
+        return {n: s.endpoint for n, s in self.services.items()}
+
+    def health(self) -> dict[str, Health]:
+        return {n: s.health() for n, s in self.services.items()}
+
+    def __getattr__(self, item: str) -> Service:
+        if item.startswith("_") or item not in ("postgres", "memcached", "cassandra"):
+            raise AttributeError(item)
+        return self.service(item)
+
+    def __getitem__(self, name: str) -> Service:
+        return self.service(name)
+
+    # shutdown ------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop what this stack started and forget its record. Attached shared services keep running."""
+        if self.closed:
+            return
+        for name in list(self.owned):
+            svc = self.services[name]
+            with contextlib.suppress(Exception):
+                svc.stop()
+            if hasattr(svc, "remove_data"):
+                svc.remove_data()
+        self.owned.clear()
+        self.closed = True
+        with _locked():
+            self.path.unlink(missing_ok=True)
+        wd = getattr(self, "_watchdog", None)
+        if wd is not None:
+            wd.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                wd.wait(timeout=2)
+
+    stop = close
+
+    def __enter__(self) -> "Stack":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        parts = [f"{n}={'own' if n in self.owned else 'attached'}:{s.endpoint.host}:{s.endpoint.port}"
+                 for n, s in self.services.items() if s._endpoint]
+        return f"<Stack {self.id} {self.provider} {' '.join(parts)}>"
+
+    def _repr_html_(self) -> str:
+        rows = "".join(f"<tr><td>{n}</td><td>{s.provider}</td><td>{s.endpoint.host}:{s.endpoint.port}</td>"
+                       f"<td>{'started here' if n in self.owned else 'attached (labkit up)'}</td></tr>"
+                       for n, s in self.services.items() if s._endpoint)
+        return ("<table><tr><th>service</th><th>provider</th><th>address</th><th>owner</th></tr>"
+                f"{rows}</table>")
+
+
+def restore(srec: dict[str, Any]) -> Service:
+    """Rebuild a Service object from its record (another process started it)."""
+    cls = service_class(srec["kind"], srec["provider"])
+    opts = dict(srec.get("options", {}))
+    if srec["provider"] == "local":
+        svc = cls(srec["name"], instance_dir=Path(srec["dir"]), **opts)
+    elif srec["provider"] == "external":
+        svc = cls(srec["name"], **opts)
+    else:
+        svc = cls(srec["name"], **opts)
+    if hasattr(svc, "_adopt"):
+        svc._adopt(srec)
+    elif srec.get("endpoint"):
+        svc._endpoint = Endpoint.from_dict(srec["endpoint"])
+    return svc
+
+
+def _compatible(srec: dict[str, Any], options: dict[str, Any]) -> bool:
+    have = srec.get("options", {})
+    return all(k not in have or have[k] == v for k, v in options.items())
+
+
+def stack(*kinds: str, provider: str | None = None, attach: bool = True, **options: dict[str, Any]) -> Stack:
+    """Servers for a notebook: attach to `labkit up`'s shared stack where it has them, start the rest here.
+
+        st = labkit.stack("postgres", "memcached")
+        st = labkit.stack("cassandra", cassandra={"nodes": "us:2,eu:1"})
+
+    `options` maps a kind to its constructor options. What this call starts is stopped by st.close(), at
+    interpreter exit, or by a watchdog if this process is killed.
+    """
+    kinds = tuple(check_kind(k) for k in (kinds or ("postgres", "memcached")))
+    unknown = set(options) - set(kinds)
+    if unknown:
+        raise UnknownService(f"options given for {', '.join(sorted(unknown))} which is not among the requested "
+                             f"services {kinds}: add it to the list or drop its options")
+    reap_orphans()
+    shared: dict[str, Any] | None = None
+    if attach and record_path(SHARED_ID).exists():
+        rec = read_record(record_path(SHARED_ID))
+        if not is_stale(rec):
+            shared = rec
+    st = Stack.private(provider)
+    try:
+        for kind in kinds:
+            srec = (shared or {}).get("services", {}).get(kind)
+            if srec and _compatible(srec, options.get(kind, {})):
+                svc = restore(srec)
+                if svc.health().ok:
+                    st.attach(kind, svc)
+                    continue
+            st.add(kind, **options.get(kind, {}))
+    except BaseException:
+        st.close()
+        raise
+    return st
+
+
+@atexit.register
+def _close_open_stacks() -> None:
+    for st in list(_open_stacks):
+        with contextlib.suppress(Exception):
+            st.close()
