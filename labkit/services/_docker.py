@@ -20,7 +20,12 @@ def docker_available() -> tuple[bool, str]:
         client.ping()
         return True, f"Docker {client.version().get('Version', '?')}"
     except Exception as e:  # noqa: BLE001 - any failure means "no daemon we can use"
-        return False, f"no Docker daemon answers ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})"
+        text = str(e)
+        if "FileNotFoundError" in text or "No such file" in text:
+            return False, "no Docker daemon answers (no Docker socket: the engine is not installed or not running)"
+        if "Permission denied" in text:
+            return False, "the Docker socket refuses this user (add it to the `docker` group)"
+        return False, f"no Docker daemon answers ({type(e).__name__}: {text.splitlines()[0][:120] if text else ''})"
 
 
 def require_docker() -> None:

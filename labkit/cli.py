@@ -1,0 +1,219 @@
+"""The `labkit` command: doctor, up, down, status, logs, fetch, course.
+
+    labkit doctor                        what this machine can run, and what to install for the rest
+    labkit up [postgres memcached cassandra ...] [--nodes us:3,eu:2] [--postgres-servers 3]
+    labkit status [--json]               running services and their endpoints
+    labkit logs SERVICE [-n 50]
+    labkit down [--keep-data]            stop everything labkit started (also orphans of killed kernels)
+    labkit fetch cassandra               download Cassandra's jars from Maven Central ahead of time
+    labkit course [NOTEBOOK...]          run the course headless: execute, render HTML, summarise checkpoints
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from labkit.errors import LabkitError
+
+
+def _print_table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def status_data() -> list[dict[str, Any]]:
+    """One entry per recorded service: stack, name, kind, provider, host, port, dsn, healthy, pids."""
+    from labkit.errors import StateError
+    from labkit.services import stack as stacks
+
+    stacks.reap_orphans()
+    out: list[dict[str, Any]] = []
+    for path, rec in stacks.all_records():
+        if isinstance(rec, StateError):
+            out.append({"stack": path.stem, "error": str(rec)})
+            continue
+        for name, srec in rec["services"].items():
+            ep = srec.get("endpoint") or {}
+            entry = {"stack": rec["id"], "shared": rec.get("shared", False), "name": name, "kind": srec["kind"],
+                     "provider": srec["provider"], "host": ep.get("host"), "port": ep.get("port"),
+                     "pids": [r["pid"] for r in srec.get("pids", [])]}
+            if srec["kind"] == "postgres":
+                entry["dsn"] = ep.get("dsn")
+            if srec["kind"] == "cassandra":
+                entry["contact_points"] = ep.get("extra", {}).get("contact_points")
+                entry["local_dc"] = ep.get("extra", {}).get("local_dc")
+                entry["datacenters"] = ep.get("extra", {}).get("datacenters")
+            try:
+                entry["healthy"] = bool(stacks.restore(srec).health().ok)
+            except Exception as e:  # noqa: BLE001
+                entry["healthy"] = False
+                entry["detail"] = str(e)
+            out.append(entry)
+    return out
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    data = status_data()
+    if args.json:
+        print(json.dumps({"services": data}, indent=2))
+        return 0
+    if not data:
+        print("No labkit servers are running. Start the shared stack with `labkit up`, or just open a notebook.")
+        return 0
+    rows = []
+    for e in data:
+        if "error" in e:
+            print(f"! {e['error']}")
+            continue
+        rows.append([e["stack"], e["name"], e["provider"], f"{e['host']}:{e['port']}",
+                     "up" if e["healthy"] else "DOWN", " ".join(map(str, e["pids"])) or "-"])
+    if rows:
+        _print_table(rows, ["stack", "service", "provider", "address", "health", "pids"])
+    for e in data:
+        if e.get("dsn"):
+            print(f"{e['name']}: {e['dsn']}")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from labkit.services import check_kind
+    from labkit.services.stack import Stack
+
+    kinds = [check_kind(k) for k in (args.services or ["postgres", "memcached"])]
+    if args.provider == "docker":
+        os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # the CLI exits; containers must stay
+    st = Stack.open_shared(args.provider)
+    for kind in kinds:
+        opts: dict[str, Any] = {}
+        if kind == "cassandra" and args.nodes:
+            opts["nodes"] = args.nodes
+        if kind == "memcached" and args.memory_mb:
+            opts["memory_mb"] = args.memory_mb
+        count = args.postgres_servers if kind == "postgres" else 1
+        for i in range(count):
+            name = kind if i == 0 else f"{kind}-{i + 1}"
+            if name in st.services:
+                if st.services[name].health().ok:
+                    print(f"{name}: already running at {st.services[name].endpoint.host}:"
+                          f"{st.services[name].endpoint.port}")
+                    continue
+                st.remove(name)
+            print(f"{name}: starting ({st.provider}) ...", flush=True)
+            svc = st.add(kind, name, **opts)
+            print(f"{name}: up at {svc.endpoint.host}:{svc.endpoint.port} ({kind} {svc.version()})")
+    print("Notebooks attach to this stack; `labkit status` shows it, `labkit down` stops it.")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from labkit.services import stack as stacks
+
+    report = stacks.down(remove_data=not args.keep_data)
+    if not report["stacks"] and not report["pids"] and not report["corrupt"] and not report["strays"]:
+        print("Nothing to stop: no labkit stack is running (`labkit status` shows none).")
+        return 0
+    for p in report["corrupt"]:
+        print(f"removed corrupt stack record {p}")
+    if report["stacks"]:
+        print(f"stopped stacks: {', '.join(report['stacks'])}")
+    if report["pids"] or report["strays"]:
+        print(f"stopped processes: {' '.join(map(str, sorted(set(report['pids'] + report['strays']))))}")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from labkit.errors import UnknownService
+    from labkit.services import stack as stacks
+
+    for path, rec in stacks.all_records():
+        if isinstance(rec, Exception):
+            continue
+        if args.service in rec["services"]:
+            print(stacks.restore(rec["services"][args.service]).logs(args.lines))
+            return 0
+    names = sorted({n for _, r in stacks.all_records() if isinstance(r, dict) for n in r["services"]})
+    raise UnknownService(f"no running service named '{args.service}' (running: {', '.join(names) or 'none'}). "
+                         "`labkit status` lists them.")
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    if args.what != "cassandra":
+        raise LabkitError(f"nothing to fetch for '{args.what}': only `labkit fetch cassandra` downloads anything")
+    from labkit.services._cassandra_jars import fetch_cassandra
+
+    path = fetch_cassandra(progress=True)
+    print(f"Cassandra jars ready in {path}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from labkit.doctor import diagnose, render
+
+    report = diagnose(include_java=True)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(render(report))
+    return 0 if report["ready"] else 1
+
+
+def cmd_course(args: argparse.Namespace) -> int:
+    from labkit.course import run_course
+
+    return run_course(args.notebooks, out_dir=args.out, timeout=args.timeout)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="labkit", description="Real servers for the Scaling Labs course.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("doctor", help="what this machine can run, and how to install the rest")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_doctor)
+    s = sub.add_parser("up", help="start the shared stack in the background")
+    s.add_argument("services", nargs="*", help="postgres memcached cassandra (default: postgres memcached)")
+    s.add_argument("--provider", choices=["local", "docker", "external"], default=None)
+    s.add_argument("--nodes", help="Cassandra datacenters and node counts, e.g. us:3,eu:2 (default dc1:1)")
+    s.add_argument("--postgres-servers", type=int, default=1, help="how many Postgres servers (sharding lab: 2-4)")
+    s.add_argument("--memory-mb", type=int, default=None, help="memcached memory (-m)")
+    s.set_defaults(func=cmd_up)
+    s = sub.add_parser("down", help="stop every server labkit started")
+    s.add_argument("--keep-data", action="store_true", help="keep the data directories")
+    s.set_defaults(func=cmd_down)
+    s = sub.add_parser("status", help="running services and endpoints")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_status)
+    s = sub.add_parser("logs", help="the tail of a service's log")
+    s.add_argument("service")
+    s.add_argument("-n", "--lines", type=int, default=50)
+    s.set_defaults(func=cmd_logs)
+    s = sub.add_parser("fetch", help="download Cassandra's jars ahead of time")
+    s.add_argument("what", choices=["cassandra"])
+    s.set_defaults(func=cmd_fetch)
+    s = sub.add_parser("course", help="run every notebook headless, render HTML, summarise checkpoints")
+    s.add_argument("notebooks", nargs="*", help="notebooks to run (default: all in notebooks/)")
+    s.add_argument("--out", default="course-output", help="where the executed notebooks and HTML go")
+    s.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    s.set_defaults(func=cmd_course)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "postgres_servers", 1) < 1:
+        print("labkit: --postgres-servers must be 1 or more", file=sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except LabkitError as e:
+        print(f"labkit: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
