@@ -60,11 +60,16 @@ class _Route:
         return time.monotonic() + max(0.0, self.delay[direction] + (random.uniform(-j, j) if j else 0.0))
 
     async def handle(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
+        peer = cwriter.get_extra_info("peername")
         try:
             sreader, swriter = await asyncio.open_connection(*self.target)
-        except OSError:
+        except OSError as e:
+            print(f"{time.strftime('%H:%M:%S')} {self.listen} <- {peer}: target {self.target} refused ({e})",
+                  flush=True)
             cwriter.close()
             return
+        # one line per connection: which peers cross this proxy (the inter-DC routing check reads it)
+        print(f"{time.strftime('%H:%M:%S')} {self.listen[0]}:{self.listen[1]} <- {peer[0]}:{peer[1]}", flush=True)
         for w in (cwriter, swriter):
             sock = w.get_extra_info("socket")
             if sock is not None:
