@@ -75,14 +75,16 @@ class Recorder:
         self.error_examples: dict[str, str] = {}
         self.first_error_at: float | None = None
         self.last_error_at: float | None = None
+        self.disconnects = 0
         self.counters: collections.Counter[str] = collections.Counter()
         self._counters_now: collections.Counter[str] = collections.Counter()
 
     def ok(self, kind: str, latency_ns: int) -> None:
         self._lat[kind].append(latency_ns)
 
-    def error(self, exc: BaseException, now: float) -> None:
+    def error(self, exc: BaseException, now: float, disconnect: bool = False) -> None:
         kind = type(exc).__name__
+        self.disconnects += disconnect
         self.errors[kind] += 1
         self.error_examples.setdefault(kind, _short(exc))
         self._errs_now += 1
@@ -153,6 +155,7 @@ class RunResult:
     server: dict[str, Any] = field(default_factory=dict)
     first_error_at: float | None = None
     last_error_at: float | None = None
+    disconnects: int = 0
     stopped: str = "completed"
 
     # -- building ----------------------------------------------------------------------------
@@ -172,6 +175,7 @@ class RunResult:
                 res.error_examples.setdefault(k, v)
             for k, v in rec.counters.items():
                 res.counters[k] = res.counters.get(k, 0) + v
+            res.disconnects += rec.disconnects
             res.first_error_at = _min(res.first_error_at, rec.first_error_at)
             res.last_error_at = _max(res.last_error_at, rec.last_error_at)
         res.rows = [rows_by_t[t] for t in sorted(rows_by_t)]
@@ -190,6 +194,7 @@ class RunResult:
                 dst[k] = dst.get(k, 0) + v
         for k, v in other.error_examples.items():
             self.error_examples.setdefault(k, v)
+        self.disconnects += other.disconnects
         self.first_error_at = _min(self.first_error_at, other.first_error_at)
         self.last_error_at = _max(self.last_error_at, other.last_error_at)
         self.duration = max(self.duration, other.duration)

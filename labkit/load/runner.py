@@ -35,6 +35,12 @@ from labkit.load.workload import Op, Workload
 __all__ = ["run", "arun", "Context", "Progress"]
 
 _BACKOFF_MIN, _BACKOFF_MAX = 0.02, 0.5
+# Bugs in the operation, not server behaviour: raise at once instead of counting 100k of them.
+_PROGRAMMING_ERRORS = (TypeError, AttributeError, NameError, ImportError, SyntaxError)
+
+
+class OperationBug(Exception):
+    """Wraps a programming error raised by the lesson's operation (see __cause__)."""
 
 
 @dataclass
@@ -64,6 +70,12 @@ class Context:
     def count(self, name: str, n: int = 1) -> None:
         """Add n to a lesson-defined counter (e.g. 'db_queries', 'cache_hits')."""
         self._rec.count(name, n)
+
+
+def _check_bug(exc: BaseException, fn: Callable[..., Any]) -> None:
+    if isinstance(exc, _PROGRAMMING_ERRORS):
+        raise OperationBug(f"the operation {getattr(fn, '__name__', fn)!r} raised {type(exc).__name__}: {exc} "
+                           "-- a bug in the operation's code, not a server failure; fix it and run again") from exc
 
 
 def _arity(fn: Callable[..., Any]) -> int:
@@ -136,10 +148,10 @@ async def _aconnect(driver: Any, ctx: Context, shared: _Shared, rec: Recorder) -
             ctx.conn = await driver.aconnect()
         except Exception as exc:  # a refused/failed connect is an error the run reports, not a crash
             now = time.perf_counter()
-            rec.error(exc, now)
-            if now + backoff >= shared.deadline or shared.stop_event.is_set():
+            rec.error(exc, now, disconnect=True)
+            if now >= shared.deadline or shared.stop_event.is_set():
                 return False
-            await asyncio.sleep(backoff)
+            await asyncio.sleep(min(backoff, shared.deadline - now))
             backoff = min(_BACKOFF_MAX, backoff * 2)
     return True
 
@@ -172,11 +184,14 @@ async def _async_engine(fn: Callable[..., Awaitable[Any]], wl: Workload, driver:
             await coro
 
     async def failed(ctx: Context, exc: BaseException, backoff: float) -> float:
-        rec.error(exc, perf())
-        if isinstance(exc, (OSError, asyncio.TimeoutError)) or (driver is not None and driver.is_disconnect(exc)):
+        _check_bug(exc, fn)
+        lost = isinstance(exc, (OSError, asyncio.TimeoutError)) or (driver is not None and driver.is_disconnect(exc))
+        rec.error(exc, perf(), disconnect=lost)
+        if lost:
             await _adrop(driver, ctx)
-            await asyncio.sleep(backoff)
+            await asyncio.sleep(max(0.0, min(backoff, shared.deadline - perf())))
             return min(_BACKOFF_MAX, backoff * 2)
+        await asyncio.sleep(0)  # an op failing without awaiting must not starve the other tasks
         return backoff
 
     async def closed_client(i: int) -> None:
@@ -196,6 +211,8 @@ async def _async_engine(fn: Callable[..., Awaitable[Any]], wl: Workload, driver:
                 else:
                     rec.ok(op.kind, perf_ns() - start)
                     backoff = _BACKOFF_MIN
+                    if op.seq % 64 == 63:
+                        await asyncio.sleep(0)  # ops that never suspend must not starve the ticker
         finally:
             await _adrop(driver, ctx)
 
@@ -266,7 +283,14 @@ async def _async_engine(fn: Callable[..., Awaitable[Any]], wl: Workload, driver:
         tasks = [asyncio.ensure_future(open_loop())]
     grace = op_timeout if op_timeout is not None else 1.0
     timeout = None if shared.deadline == float("inf") else max(0.0, shared.deadline - perf()) + grace
-    done, pending = await asyncio.wait(tasks, timeout=timeout)
+    done, pending = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_EXCEPTION)
+    bug = next((t.exception() for t in done if not t.cancelled() and t.exception() is not None), None)
+    if bug is not None:
+        tick.cancel()
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(tick, *pending, return_exceptions=True)
+        raise bug  # a bug in the operation or labkit, not a server failure
     if pending:
         # clients stuck in an operation (paused server): cancel, count each as an error
         for t in pending:
@@ -276,9 +300,6 @@ async def _async_engine(fn: Callable[..., Awaitable[Any]], wl: Workload, driver:
             rec.error(TimeoutError("operation still running when the run ended (server paused or "
                                    "overloaded?)"), perf())
         notes.append(f"{len(pending)} clients were still waiting for the server at the end and were cancelled.")
-    for t in done:
-        if t.exception() is not None:
-            raise t.exception()  # a bug in labkit or the lesson's setup, not a server failure
     tick.cancel()
     await asyncio.gather(tick, return_exceptions=True)
     if shared.stop_event.is_set():
@@ -301,10 +322,11 @@ def _sync_connect(driver: Any, ctx: Context, shared: _Shared, rec: Recorder) -> 
             ctx.conn = driver.connect()
         except Exception as exc:
             now = time.perf_counter()
-            rec.error(exc, now)
-            if now + backoff >= shared.deadline or shared.stop_event.is_set():
+            rec.error(exc, now, disconnect=True)
+            rec.maybe_flush(now)  # keep the time series honest while the server is away
+            if now >= shared.deadline or shared.stop_event.is_set():
                 return False
-            time.sleep(backoff)
+            time.sleep(min(backoff, shared.deadline - now))
             backoff = min(_BACKOFF_MAX, backoff * 2)
     return True
 
@@ -329,15 +351,28 @@ def _thread_engine(fn: Callable[..., Any], wl: Workload, driver: Any,
     recs: list[Recorder] = []
     perf_ns, perf = time.perf_counter_ns, time.perf_counter
 
+    bugs: list[BaseException] = []
+
     def take() -> bool:
         with lock:
-            return shared.take(perf())
+            return not bugs and shared.take(perf())
+
+    def guarded(target: Callable[..., None]) -> Callable[..., None]:
+        def wrapper(*args: Any) -> None:
+            try:
+                target(*args)
+            except BaseException as exc:  # surfaced in the calling thread after the run
+                bugs.append(exc)
+                shared.stop_event.set()
+        return wrapper
 
     def failed(rec: Recorder, ctx: Context, exc: BaseException, backoff: float) -> float:
-        rec.error(exc, perf())
-        if isinstance(exc, OSError) or (driver is not None and driver.is_disconnect(exc)):
+        _check_bug(exc, fn)
+        lost = isinstance(exc, OSError) or (driver is not None and driver.is_disconnect(exc))
+        rec.error(exc, perf(), disconnect=lost)
+        if lost:
             _sync_drop(driver, ctx)
-            time.sleep(backoff)
+            time.sleep(max(0.0, min(backoff, shared.deadline - perf())))
             return min(_BACKOFF_MAX, backoff * 2)
         return backoff
 
@@ -391,7 +426,7 @@ def _thread_engine(fn: Callable[..., Any], wl: Workload, driver: Any,
     threads: list[threading.Thread] = []
     if wl.closed_loop:
         recs.extend(Recorder(t0, interval) for _ in range(wl.clients))
-        threads = [threading.Thread(target=closed_client, args=(i,), daemon=True, name=f"labkit-client-{i}")
+        threads = [threading.Thread(target=guarded(closed_client), args=(i,), daemon=True, name=f"labkit-client-{i}")
                    for i in range(wl.clients)]
         for t in threads:
             t.start()
@@ -419,9 +454,9 @@ def _thread_engine(fn: Callable[..., Any], wl: Workload, driver: Any,
                             f"more than max_in_flight={wl.max_in_flight} requests waiting: the server "
                             "cannot keep up with the rate"), perf())
                     continue
-                pending.append(pool.submit(open_serve, next(stream), t0_ns + int(offset * 1e9)))
+                pending.append(pool.submit(guarded(open_serve), next(stream), t0_ns + int(offset * 1e9)))
 
-        threads = [threading.Thread(target=scheduler, daemon=True, name="labkit-scheduler")]
+        threads = [threading.Thread(target=guarded(scheduler), daemon=True, name="labkit-scheduler")]
         threads[0].start()
 
     # monitor: progress callbacks from this thread while the clients run
@@ -449,6 +484,8 @@ def _thread_engine(fn: Callable[..., Any], wl: Workload, driver: Any,
             recs[int(t.name.rsplit("-", 1)[1])].error(
                 TimeoutError("operation still running when the run ended (server paused or overloaded?)"), perf())
         notes.append(f"{len(stuck)} clients were still blocked in an operation at the end and were abandoned.")
+    if bugs:
+        raise bugs[0]
     if shared.stop_event.is_set():
         shared.stopped_by = "stopped"
     now = perf()
@@ -476,7 +513,7 @@ def _explain(res: RunResult, t_end_rel: float, interval: float) -> None:
                         f"t={res.first_error_at:.2f} s, last at t={res.last_error_at:.2f} s.")
     ok_rows = [r for r in res.rows if r.get("ops", 0) > 0]
     last_ok = max((r["t"] + r["seconds"] for r in ok_rows), default=0.0)
-    if res.first_error_at is not None and last_ok <= res.first_error_at + interval and \
+    if res.disconnects and res.first_error_at is not None and last_ok <= res.first_error_at + interval and \
             res.last_error_at is not None and res.last_error_at > last_ok:
         res.notes.append(f"No operation succeeded after t~{last_ok:.1f} s: the server stopped answering "
                          "(killed or down?).")
@@ -585,6 +622,7 @@ def run(fn: Callable[..., Any], workload: Workload | None = None, *, driver: Any
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
         raise BadParameter(f"processes={processes!r}: must be an integer >= 1")
     name = name or getattr(fn, "__name__", "run")
+    driver = driver if driver is not None else getattr(fn, "driver", None)
     watchers = list(watch) if isinstance(watch, (list, tuple)) else [watch]
     before = [w.snapshot() for w in watchers]
     if processes == 1:
