@@ -45,7 +45,9 @@ _lock = threading.Lock()
 
 def _fmt(x: float) -> str:
     """Short, readable number for messages: 0.4132 -> '0.413', 17234.2 -> '17234'."""
-    if x == 0 or not math.isfinite(x):
+    if x == 0:
+        return "0"
+    if not math.isfinite(x):
         return str(x)
     if abs(x) >= 100:
         return f"{x:.0f}"

@@ -16,22 +16,29 @@ Experiments, all on the real servers:
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import psycopg
 
 from labkit.datasets import instagram
-from labkit.errors import BadParameter
+from labkit.errors import BadParameter, CheckpointFailed
 from labkit.memcache_meta import MetaClient
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "CARD_BYTES", "post_key", "decode_card", "PostStore", "prepare", "che_hit_ratio", "lru_hit_ratio",
     "hit_ratio_run", "latency_compare", "stale_set_race", "RaceOutcome", "items_per_mb",
+    "check_cache_aside", "defaults", "sized_cache", "skew_sweep", "size_sweep", "table", "plot_sweep",
+    "plot_latency", "check_db_follows_hit_ratio", "check_small_cache_serves_most", "check_model_matches",
+    "check_race",
 ]
 
 # A rendered post card (caption, author, counts, latest likers, markup) is a few KB. The size matters
@@ -176,14 +183,17 @@ def items_per_mb() -> float:
 
 
 def hit_ratio_run(mc_address: Any, store: PostStore, data: instagram.InstagramData, *, skew: float,
-                  reads: int, warmup: int, seed: int = 9, ttl: int = 0) -> dict[str, Any]:
+                  reads: int, warmup: int, seed: int = 9, ttl: int = 0,
+                  read: Callable[[MetaClient, PostStore, int, int], bytes] | None = None) -> dict[str, Any]:
     """Replay a Zipf(``skew``) read trace through cache-aside on a real memcached and Postgres.
 
     The cache is flushed first, warmed with ``warmup`` reads, then ``reads`` reads are measured.
     Hit ratio comes from memcached's own counters (get_hits/get_misses); DB queries are the render
     queries that reached Postgres. The memcached's memory size is whatever it was started with: its
-    capacity in cards is read back from its stats (curr_items once full).
+    capacity in cards is read back from its stats (curr_items once full). ``read(mc, store, post_id,
+    ttl)`` replaces the lesson's cache-aside read (tests pass broken ones).
     """
+    read = read or _read_through
     if reads < 1 or warmup < 0:
         raise BadParameter(f"reads={reads} must be >= 1 and warmup={warmup} >= 0")
     n_keys = len(data.posts)
@@ -193,10 +203,10 @@ def hit_ratio_run(mc_address: Any, store: PostStore, data: instagram.InstagramDa
         mc.flush_all()
         time.sleep(1.05)  # flush_all marks items invalid as of "now" (1 s clock): let the clock tick
         for pid in ids[:warmup].tolist():
-            _read_through(mc, store, pid, ttl)
+            read(mc, store, pid, ttl)
         before, q0, t0 = _mc_counters(mc), store.queries, time.perf_counter()
         for pid in ids[warmup:].tolist():
-            _read_through(mc, store, pid, ttl)
+            read(mc, store, pid, ttl)
         elapsed = time.perf_counter() - t0
         after = _mc_counters(mc)
     hits = after["get_hits"] - before["get_hits"]
@@ -345,3 +355,239 @@ def stale_set_race(mc_address: Any, dsn: str, data: instagram.InstagramData, *, 
         out.append(_race_once(mc_address, dsn, post_id, user_id=1 + (7919 * (i + 1 + int(fixed) * 131)) % n_users,
                               fixed=fixed))
     return out
+
+
+# -------------------------------------------------------------------------------------------- exercise
+
+def _expect(ok: bool, what: str) -> None:
+    if not ok:
+        raise CheckpointFailed(f"exercise: {what}")
+
+
+def check_cache_aside(read_post: Callable[[MetaClient, PostStore, int], bytes],
+                      like_post: Callable[[MetaClient, PostStore, int, int], None],
+                      mc_address: Any, dsn: str, data: instagram.InstagramData) -> None:
+    """Run the learner's ``read_post(mc, db, post_id)`` and ``like_post(mc, db, post_id, user_id)``
+    against the real memcached and Postgres; print PASS or raise CheckpointFailed saying what was seen."""
+    post_id = int(data.popularity_rank[len(data.posts) // 2])
+    key = post_key(post_id)
+    with MetaClient(mc_address) as mc, PostStore(dsn) as db, MetaClient(mc_address) as probe:
+        probe.delete(key)
+        fresh = decode_card(db.render(post_id))
+        q0 = db.queries
+        card = read_post(mc, db, post_id)
+        _expect(isinstance(card, (bytes, bytearray)) and card,
+                f"read_post({post_id}) returned {type(card).__name__} {str(card)[:60]!r}: return the card's bytes")
+        got = decode_card(bytes(card))
+        _expect(got["id"] == post_id and got["version"] == fresh["version"],
+                f"read_post({post_id}) on a cold cache returned post {got.get('id')} version {got.get('version')}; "
+                f"Postgres has version {fresh['version']}")
+        _expect(db.queries - q0 == 1, f"a miss on {key} ran {db.queries - q0} queries on Postgres (db.render calls); "
+                                      "expected exactly 1")
+        cached = probe.get(key)
+        _expect(cached.hit, f"after the miss, memcached has nothing under {key!r}: set the card into the cache "
+                            "after reading it from Postgres (mc.set(post_key(post_id), card))")
+        q1 = db.queries
+        again = read_post(mc, db, post_id)
+        _expect(db.queries == q1, f"the second read of {key} ran {db.queries - q1} query(ies) on Postgres although "
+                                  "the card was cached: return the cached value on a hit")
+        _expect(bytes(again) == bytes(cached.value), "the second read did not return the cached card")
+        version = fresh["version"]
+        like_post(mc, db, post_id, user_id=int(data.users[-1][0]))
+        now = db.version(post_id)
+        _expect(now == version + 1, f"like_post did not update Postgres: version {version} -> {now} "
+                                    "(call db.like(post_id, user_id))")
+        after = probe.get(key)
+        stale = after.hit and decode_card(after.value)["version"] < now
+        _expect(not stale, f"after like_post the cache still holds version {version} of {key} while Postgres has "
+                           f"{now}: invalidate the key (mc.delete(post_key(post_id))) after the database write")
+        got = decode_card(bytes(read_post(mc, db, post_id)))
+        _expect(got["version"] == now, f"the read after the like returned version {got['version']}, Postgres has {now}")
+    print("PASS  exercise: cache-aside read path and invalidation on write")
+
+
+# ------------------------------------------------------------------ notebook level: sweeps, plots, claims
+
+def defaults() -> dict[str, Any]:
+    """Sizes and lengths of the experiments for the current profile (LABKIT_PROFILE)."""
+    from labkit import profile
+
+    p = profile.current()
+    n_posts = instagram.SIZES[p][1]
+    # the largest whole-MB memcached that holds at most 10% of the posts
+    small_mb = max(2, int(0.10 * n_posts / items_per_mb()))
+    return {
+        "reads": int(profile.pick(40_000, 8_000)), "warmup": int(profile.pick(20_000, 4_000)),
+        "skews": [0.6, 0.8, 1.0, 1.1, 1.2], "small_mb": small_mb,
+        "sizes_mb": sorted({small_mb, *(int(x * small_mb) for x in (1.5, 2, 3, 5))}),
+        "size_skew": 1.0, "latency_reads": int(profile.pick(5_000, 1_500)), "race_trials": 5,
+    }
+
+
+@contextlib.contextmanager
+def sized_cache(st: Any, memory_mb: int) -> Iterator[tuple[str, int]]:
+    """A memcached of ``memory_mb`` MB added to the stack for one experiment, removed afterwards."""
+    name = f"cache-{memory_mb}mb"
+    # -I 1m: memcached refuses an item size limit above half its memory, and 1 MB pages keep
+    # the capacity a smooth function of the memory size
+    svc = st.add("memcached", name=name, memory_mb=int(memory_mb), max_item_mb=1)
+    try:
+        yield svc.endpoint.address
+    finally:
+        st.remove(name)
+
+
+def skew_sweep(st: Any, data: instagram.InstagramData, skews: list[float] | None = None,
+               memory_mb: int | None = None, reads: int | None = None, warmup: int | None = None,
+               progress: Callable[[str], None] | None = None) -> "pd.DataFrame":
+    """Hit ratio and DB load vs Zipf skew, on one memcached of ``memory_mb`` MB."""
+    import pandas as pd
+
+    d = defaults()
+    rows = []
+    with sized_cache(st, memory_mb or d["small_mb"]) as addr, PostStore(st.endpoint("postgres").dsn) as store:
+        for s in skews or d["skews"]:
+            if progress:
+                progress(f"skew {s}")
+            rows.append(hit_ratio_run(addr, store, data, skew=s, reads=reads or d["reads"],
+                                      warmup=warmup if warmup is not None else d["warmup"]))
+    return pd.DataFrame(rows)
+
+
+def size_sweep(st: Any, data: instagram.InstagramData, sizes_mb: list[int] | None = None,
+               skew: float | None = None, reads: int | None = None, warmup: int | None = None,
+               progress: Callable[[str], None] | None = None) -> "pd.DataFrame":
+    """Hit ratio and DB load vs memcached memory size, at one Zipf skew."""
+    import pandas as pd
+
+    d = defaults()
+    rows = []
+    with PostStore(st.endpoint("postgres").dsn) as store:
+        for mb in sizes_mb or d["sizes_mb"]:
+            if progress:
+                progress(f"{mb} MB")
+            with sized_cache(st, mb) as addr:
+                rows.append(hit_ratio_run(addr, store, data, skew=skew if skew is not None else d["size_skew"],
+                                          reads=reads or d["reads"],
+                                          warmup=warmup if warmup is not None else d["warmup"]))
+    return pd.DataFrame(rows)
+
+
+TABLE_COLUMNS = {"skew": "Zipf s", "cache_mb": "cache MB", "cached_cards": "cards cached",
+                 "cache_fraction": "share of posts cached", "hit_ratio": "hit ratio (memcached)",
+                 "che_model": "Che model", "lru_simulation": "LRU simulation", "db_queries": "DB queries",
+                 "db_queries_per_s": "DB queries/s", "reads_per_s": "reads/s"}
+
+
+def table(df: "pd.DataFrame") -> "pd.DataFrame":
+    """The sweep's measured figures, rounded, with readable column names."""
+    out = df[list(TABLE_COLUMNS)].rename(columns=TABLE_COLUMNS)
+    return out.round({"share of posts cached": 3, "hit ratio (memcached)": 3, "Che model": 3,
+                      "LRU simulation": 3, "DB queries/s": 0, "reads/s": 0, "cache MB": 1})
+
+
+def plot_sweep(df: "pd.DataFrame", x: str, data: instagram.InstagramData | None = None) -> Any:
+    """Measured hit ratio (points) over the Che model (line) and DB queries per 1000 reads, vs ``x``.
+
+    ``x`` is "skew" or "cache_fraction". With ``x="skew"`` and ``data`` the model is drawn as a smooth
+    curve at the sweep's capacity.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    label = {"skew": "Zipf skew s", "cache_fraction": "cache size (share of all posts cached)"}[x]
+    if x == "skew" and data is not None:
+        cap = float(df["cached_cards"].median())
+        xs = np.linspace(min(df[x]) - 0.05, max(df[x]) + 0.05, 40)
+        ax1.plot(xs, [che_hit_ratio(instagram.zipf_probabilities(len(data.posts), s), cap) for s in xs],
+                 color="C0", label=f"Che model (LRU, {cap:.0f} cards)")
+    else:
+        ax1.plot(df[x], df["che_model"], color="C0", label="Che model (LRU)")
+    ax1.plot(df[x], df["lru_simulation"], "x", color="C2", label="exact LRU simulation")
+    ax1.plot(df[x], df["hit_ratio"], "o", color="C1", label="measured on memcached")
+    ax1.set_xlabel(label)
+    ax1.set_ylabel("hit ratio")
+    ax1.set_ylim(0, 1)
+    ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=8)
+    ax2.bar(range(len(df)), 1000 * df["db_queries"] / df["reads"], color="C3", alpha=0.8)
+    ax2.plot(range(len(df)), 1000 * (1 - df["hit_ratio"]), "k_", markersize=20, label="1000 × (1 − hit ratio)")
+    ax2.set_xticks(range(len(df)), [f"{v:.2f}" if x == "cache_fraction" else f"{v:g}" for v in df[x]])
+    ax2.set_xlabel(label)
+    ax2.set_ylabel("Postgres queries per 1000 reads")
+    ax2.legend(fontsize=8)
+    ax2.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig
+
+
+def plot_latency(lat: dict[str, dict[str, float]]) -> Any:
+    """p50 and p99 per path, in milliseconds."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3))
+    names = list(lat)
+    pos = np.arange(len(names))
+    ax.barh(pos - 0.2, [lat[n]["p50_ms"] for n in names], 0.4, label="p50")
+    ax.barh(pos + 0.2, [lat[n]["p99_ms"] for n in names], 0.4, label="p99")
+    ax.set_yticks(pos, names)
+    ax.set_xlabel("latency per read (ms)")
+    ax.legend()
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    return fig
+
+
+def check_db_follows_hit_ratio(df: "pd.DataFrame", rel_tol: float = 0.05) -> list[Any]:
+    """Claim: Postgres queries = reads × (1 − hit ratio), at every point of a sweep."""
+    from labkit.checkpoints import checkpoint
+
+    worst = max(df.itertuples(), key=lambda r: abs(r.db_queries - r.reads * (1 - r.hit_ratio))
+                / max(1.0, r.reads * (1 - r.hit_ratio)))
+    return [checkpoint("DB queries fall as the hit ratio predicts: queries = reads x (1 - hit ratio)",
+                       worst.db_queries, within=(worst.reads * (1 - worst.hit_ratio), rel_tol),
+                       context=f"s={worst.skew}, {worst.cache_mb:.0f} MB cache, hit ratio {worst.hit_ratio:.3f}, "
+                               f"{worst.reads} reads")]
+
+
+def check_small_cache_serves_most(df: "pd.DataFrame", skew: float = 1.1, share: float = 0.10,
+                                  at_least: float = 0.5) -> list[Any]:
+    """Claim: at high skew, a cache holding at most ``share`` of the posts serves most reads."""
+    from labkit.checkpoints import checkpoint
+
+    rows = df[np.isclose(df["skew"], skew)]
+    if rows.empty:
+        raise BadParameter(f"the sweep has no point at s={skew}: include it in skews")
+    r = rows.iloc[0]
+    return [
+        checkpoint(f"the small cache holds at most {share:.0%} of the posts", r["cache_fraction"],
+                   at_most=share + 0.005, context=f"{r['cached_cards']} of {r['keys']} cards in {r['cache_mb']:.0f} MB"),
+        checkpoint(f"at s={skew} a cache of {share:.0%} of the posts serves most reads", r["hit_ratio"],
+                   at_least=at_least, context=f"zipf s={skew}, {r['cache_fraction']:.1%} of posts cached"),
+    ]
+
+
+def check_model_matches(df: "pd.DataFrame", tol: float = 0.08) -> list[Any]:
+    """Claim: the measured hit ratio is within ``tol`` (absolute) of Che's model at every point."""
+    from labkit.checkpoints import checkpoint
+
+    gap = (df["hit_ratio"] - df["che_model"]).abs()
+    r = df.loc[gap.idxmax()]
+    return [checkpoint(f"measured hit ratio within {tol} of the Che model at every point", float(gap.max()),
+                       at_most=tol, context=f"worst at s={r['skew']}, {r['cache_fraction']:.1%} cached: measured "
+                                            f"{r['hit_ratio']:.3f} vs model {r['che_model']:.3f}")]
+
+
+def check_race(naive: list[RaceOutcome], fixed: list[RaceOutcome]) -> list[Any]:
+    """Claims: the stale-set race leaves stale data without the fix, and never with the lease fix."""
+    from labkit.checkpoints import checkpoint
+
+    n_stale = sum(o.stale for o in naive)
+    f_stale = sum(o.stale for o in fixed)
+    return [
+        checkpoint("the stale-set race is reproduced with plain get/set", n_stale, at_least=len(naive),
+                   context=f"{n_stale} of {len(naive)} interleavings left a stale card"),
+        checkpoint("with a lease (mg N, ms C) the race leaves no stale data", f_stale, at_most=0,
+                   context=f"{f_stale} of {len(fixed)} interleavings left a stale card; set answers "
+                           f"{sorted({o.set_status for o in fixed})}"),
+    ]

@@ -1,0 +1,2 @@
+"""Reference solutions of the lessons' exercises. The notebooks never import this package;
+the test suite runs every self-check against these."""

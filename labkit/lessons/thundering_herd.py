@@ -1,0 +1,342 @@
+"""Lesson 10 — the thundering herd: one hot key, many readers, repeated invalidations.
+
+A celebrity's post is read by N concurrent clients (threads, each with its own memcached and Postgres
+connection). A writer invalidates the key every ``interval`` seconds. Recomputing the card is made
+explicitly expensive (``pg_sleep(cost)`` before the render query, the way a real card joins several
+tables and services), so a herd of recomputes is a real load on the real Postgres.
+
+Strategies (all on the real memcached, meta protocol):
+- ``none``: get; on a miss every client recomputes and sets.
+- ``lock``: the classic guard: on a miss, ``add lock:<key>``; the one that stores it recomputes, the
+  others sleep and retry.
+- ``lease``: ``mg <key> N<ttl>``: on a miss memcached hands exactly one client a win (W) and answers
+  the others Z (someone is on it); the winner sets with the lease's CAS, the others back off and retry.
+- ``stale``: invalidate with ``md <key> I`` (mark stale, don't delete): readers keep getting the old
+  value flagged X while the one client that got W recomputes.
+
+Each strategy is a function ``(mc, key, recompute) -> (value, served_stale)``; :func:`run_herd` measures
+DB queries per invalidation, peak DB queries/s, client p50/p99 and stale reads served.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import psycopg
+
+from labkit.errors import BadParameter, CheckpointFailed
+from labkit.lessons.caching import PostStore, decode_card, post_key
+from labkit.memcache_meta import MetaClient
+
+__all__ = ["STRATEGIES", "HerdResult", "run_herd", "compare", "Recompute",
+           "no_protection", "lock_with_add", "lease", "serve_stale", "lease_ignoring_z", "from_lease_get",
+           "check_lease_get"]
+
+LEASE_TTL = 10       # s: how long a lease / a stale item lives if the winner never sets
+LOCK_TTL = 10        # s: the lock key's TTL, so a crashed lock holder doesn't block forever
+BACKOFF = 0.005      # s: how long a loser waits before asking again
+MAX_WAIT = 10.0      # s: a read that waits longer is a bug (lost lease), not a slow read
+
+Strategy = Callable[[MetaClient, str, Callable[[], bytes]], "tuple[bytes, bool]"]
+
+
+def _gave_up(key: str) -> TimeoutError:
+    return TimeoutError(f"a reader waited {MAX_WAIT}s for {key!r}: the client holding the lease/lock never "
+                        "set the value (did the winner forget to set, or set with the wrong CAS?)")
+
+
+def no_protection(mc: MetaClient, key: str, recompute: Callable[[], bytes]) -> tuple[bytes, bool]:
+    """Plain cache-aside: every client that misses goes to the database."""
+    r = mc.get(key)
+    if r.hit:
+        return r.value, False
+    value = recompute()
+    mc.set(key, value)
+    return value, False
+
+
+def lock_with_add(mc: MetaClient, key: str, recompute: Callable[[], bytes]) -> tuple[bytes, bool]:
+    """On a miss, only the client whose ``add lock:<key>`` succeeds recomputes; the others retry."""
+    deadline = time.monotonic() + MAX_WAIT
+    while True:
+        r = mc.get(key)
+        if r.hit:
+            return r.value, False
+        if mc.set("lock:" + key, b"1", ttl=LOCK_TTL, mode="add").stored:
+            try:
+                value = recompute()
+                mc.set(key, value)
+            finally:
+                mc.delete("lock:" + key)
+            return value, False
+        if time.monotonic() > deadline:
+            raise _gave_up(key)
+        time.sleep(BACKOFF)
+
+
+def lease(mc: MetaClient, key: str, recompute: Callable[[], bytes]) -> tuple[bytes, bool]:
+    """``mg N``: the one client that gets W recomputes and sets with its CAS; Z means wait and retry."""
+    deadline = time.monotonic() + MAX_WAIT
+    while True:
+        r = mc.get(key, vivify=LEASE_TTL)
+        if r.hit:
+            return r.value, False
+        if r.win:
+            value = recompute()
+            mc.set(key, value, cas=r.cas)  # rejected if the key was invalidated meanwhile: no stale set
+            return value, False
+        if time.monotonic() > deadline:
+            raise _gave_up(key)
+        time.sleep(BACKOFF)
+
+
+def serve_stale(mc: MetaClient, key: str, recompute: Callable[[], bytes]) -> tuple[bytes, bool]:
+    """Invalidation marks the item stale (``md I``): X readers serve the old value, the W one refreshes."""
+    deadline = time.monotonic() + MAX_WAIT
+    while True:
+        r = mc.get(key, vivify=LEASE_TTL)
+        if r.win:  # a miss or a stale item: this client alone refreshes it
+            value = recompute()
+            mc.set(key, value, cas=r.cas)
+            return value, False
+        if r.stale and r.value:
+            return r.value, True
+        if r.hit:
+            return r.value, False
+        if time.monotonic() > deadline:  # Z on a real miss (nothing stale to serve): wait
+            raise _gave_up(key)
+        time.sleep(BACKOFF)
+
+
+def lease_ignoring_z(mc: MetaClient, key: str, recompute: Callable[[], bytes]) -> tuple[bytes, bool]:
+    """A broken lease: it asks for one but recomputes on Z too (used to show a checkpoint failing)."""
+    r = mc.get(key, vivify=LEASE_TTL)
+    if r.hit:
+        return r.value, False
+    value = recompute()
+    mc.set(key, value)
+    return value, False
+
+
+def from_lease_get(fn: Callable[[MetaClient, str, Callable[[], bytes]], bytes]) -> Strategy:
+    """Wrap a learner's ``lease_get(mc, key, recompute) -> bytes`` as a strategy."""
+    def strategy(mc: MetaClient, key: str, recompute: Callable[[], bytes]) -> tuple[bytes, bool]:
+        return fn(mc, key, recompute), False
+    strategy.__name__ = getattr(fn, "__name__", "lease_get")
+    return strategy
+
+
+# how each strategy invalidates: delete, or mark stale
+STRATEGIES: dict[str, tuple[Strategy, bool]] = {
+    "none": (no_protection, False),
+    "lock": (lock_with_add, False),
+    "lease": (lease, False),
+    "stale": (serve_stale, True),
+}
+
+
+class Recompute:
+    """The expensive recompute of the hot card on one client's own Postgres connection.
+
+    Each call is one trip to Postgres: ``pg_sleep(cost)`` (the explicit cost of a heavy render) then
+    the post-card query. Calls are counted with their start times for the DB-load figures.
+    """
+
+    def __init__(self, dsn: str, post_id: int, cost: float, log: list[float]) -> None:
+        self.store = PostStore(dsn)
+        self.post_id, self.cost, self.log = post_id, cost, log
+
+    def __call__(self) -> bytes:
+        self.log.append(time.perf_counter())  # list.append is atomic under the GIL
+        self.store.conn.execute("SELECT pg_sleep(%s)", (self.cost,))
+        return self.store.render(self.post_id)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+@dataclass
+class HerdResult:
+    strategy: str
+    readers: int
+    invalidations: int
+    recompute_s: float
+    db_queries: int
+    reads: int
+    stale_reads: int
+    latencies_ms: np.ndarray = field(repr=False)
+    query_times: np.ndarray = field(repr=False)  # s since start of each DB query
+    invalidation_times: np.ndarray = field(repr=False)
+    duration_s: float = 0.0
+
+    @property
+    def db_queries_per_invalidation(self) -> float:
+        return self.db_queries / max(1, self.invalidations)
+
+    def peak_db_queries_per_s(self, window: float = 0.1) -> float:
+        """The highest DB query rate seen over any ``window``-second bin, in queries/s."""
+        if len(self.query_times) == 0:
+            return 0.0
+        bins = np.floor(self.query_times / window).astype(int)
+        return float(np.bincount(bins).max() / window)
+
+    def p(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if len(self.latencies_ms) else float("nan")
+
+    def row(self) -> dict[str, Any]:
+        return {"strategy": self.strategy, "readers": self.readers, "invalidations": self.invalidations,
+                "db_queries": self.db_queries, "db_queries_per_invalidation": self.db_queries_per_invalidation,
+                "peak_db_queries_per_s": self.peak_db_queries_per_s(), "reads": self.reads,
+                "p50_ms": self.p(50), "p99_ms": self.p(99), "max_ms": float(self.latencies_ms.max()),
+                "stale_reads": self.stale_reads}
+
+
+def run_herd(mc_address: Any, dsn: str, post_id: int, strategy: str | Strategy, *, readers: int = 50,
+             invalidations: int = 6, interval: float = 0.5, cost: float = 0.1, think: float = 0.02,
+             mark_stale: bool | None = None, name: str | None = None) -> HerdResult:
+    """Run ``readers`` concurrent clients on the hot post while it is invalidated ``invalidations`` times.
+
+    ``strategy`` is a name from STRATEGIES or a strategy function. ``think`` is each reader's pause
+    between reads (a client issues a read every ~think seconds). The writer bumps the post's version
+    in Postgres, then invalidates the key (delete, or ``md I`` when ``mark_stale``).
+    A read is stale when the version it returned is older than the last version that had been
+    committed and invalidated when the read began.
+    """
+    if isinstance(strategy, str):
+        if strategy not in STRATEGIES:
+            raise BadParameter(f"strategy {strategy!r} unknown: use one of {', '.join(STRATEGIES)} or a function")
+        name = name or strategy
+        fn, default_stale = STRATEGIES[strategy]
+    else:
+        fn, default_stale = strategy, False
+        name = name or getattr(strategy, "__name__", "custom")
+    mark_stale = default_stale if mark_stale is None else mark_stale
+    if readers < 1 or invalidations < 1 or interval <= cost or cost < 0 or think < 0:
+        raise BadParameter(f"need readers >= 1, invalidations >= 1, 0 <= cost < interval (got readers={readers}, "
+                           f"invalidations={invalidations}, cost={cost}, interval={interval})")
+    key = post_key(post_id)
+    query_log: list[float] = []
+    clients = [(MetaClient(mc_address).connect(), Recompute(dsn, post_id, cost, query_log)) for _ in range(readers)]
+    writer_db, writer_mc = PostStore(dsn), MetaClient(mc_address).connect()
+    committed = [writer_db.version(post_id)]  # last element: the newest committed-and-invalidated version
+    # Start from a warm cache holding the current version (not counted: it is not a herd).
+    writer_mc.delete("lock:" + key)
+    writer_mc.set(key, writer_db.render(post_id))
+    stop = threading.Event()
+    per_thread: list[list[tuple[float, float, bool]]] = [[] for _ in range(readers)]
+    errors: list[BaseException] = []
+    start_gate = threading.Barrier(readers + 1)
+
+    def reader(i: int) -> None:
+        mc, recompute = clients[i]
+        out = per_thread[i]
+        try:
+            start_gate.wait()
+            while not stop.is_set():
+                want = committed[-1]
+                t0 = time.perf_counter()
+                value, _served_stale = fn(mc, key, recompute)
+                dt = time.perf_counter() - t0
+                out.append((t0, dt, decode_card(value)["version"] < want))
+                if think:
+                    time.sleep(think)
+        except BaseException as e:  # reported by the caller
+            errors.append(e)
+
+    threads = [threading.Thread(target=reader, args=(i,), daemon=True) for i in range(readers)]
+    for t in threads:
+        t.start()
+    inval_times: list[float] = []
+    try:
+        start_gate.wait()
+        t_start = time.perf_counter()
+        n_queries_before = len(query_log)
+        for _ in range(invalidations):
+            time.sleep(interval)
+            version = writer_db.like(post_id, 1 + len(inval_times))
+            inval_times.append(time.perf_counter())
+            if mark_stale:
+                writer_mc.delete(key, invalidate=True, ttl=LEASE_TTL)
+            else:
+                writer_mc.delete(key)
+            committed.append(version)  # from now on, an older version is a stale read
+            if errors:
+                break
+        time.sleep(interval)  # let the last herd settle before stopping
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(MAX_WAIT + 5)
+        for mc, rc in clients:
+            mc.close()
+            rc.close()
+        writer_db.close()
+        writer_mc.close()
+    if errors:
+        raise errors[0]
+    duration = time.perf_counter() - t_start
+    samples = [s for lst in per_thread for s in lst if s[0] >= t_start]
+    queries = np.array(query_log[n_queries_before:]) - t_start
+    return HerdResult(
+        strategy=name, readers=readers, invalidations=len(inval_times), recompute_s=cost,
+        db_queries=len(queries), reads=len(samples), stale_reads=sum(1 for s in samples if s[2]),
+        latencies_ms=np.array([s[1] * 1000 for s in samples]), query_times=queries,
+        invalidation_times=np.array(inval_times) - t_start, duration_s=duration)
+
+
+def compare(mc_address: Any, dsn: str, post_id: int, strategies: list[str] | None = None,
+            **kw: Any) -> dict[str, HerdResult]:
+    """Run :func:`run_herd` for each strategy with the same parameters."""
+    return {s: run_herd(mc_address, dsn, post_id, s, **kw) for s in (strategies or list(STRATEGIES))}
+
+
+# -------------------------------------------------------------------------------------------- exercise
+
+def check_lease_get(lease_get: Callable[[MetaClient, str, Callable[[], bytes]], bytes], mc_address: Any,
+                    dsn: str, post_id: int, *, readers: int = 20, invalidations: int = 3,
+                    cost: float = 0.05) -> HerdResult:
+    """Run the learner's ``lease_get(mc, key, recompute) -> bytes`` as ``readers`` concurrent clients
+    on the real servers while the key is invalidated; print PASS or raise CheckpointFailed with what
+    was measured."""
+    key = post_key(post_id)
+    with MetaClient(mc_address) as mc:
+        mc.delete(key)
+        calls: list[float] = []
+        rc = Recompute(dsn, post_id, 0.0, calls)
+        try:
+            value = lease_get(mc, key, rc)
+            _expect(isinstance(value, (bytes, bytearray)) and value,
+                    f"lease_get on a cold cache returned {type(value).__name__} {str(value)[:60]!r}: return the "
+                    "value recompute() gave you")
+            _expect(len(calls) == 1, f"lease_get on a cold cache called recompute() {len(calls)} times; expected 1 "
+                                     "(the client that gets W recomputes)")
+            held = mc.get(key)
+            _expect(held.hit, f"after lease_get won the lease, memcached holds no value under {key!r}: set it "
+                              "with the lease's CAS (mc.set(key, value, cas=r.cas))")
+            lease_get(mc, key, rc)
+            _expect(len(calls) == 1, "lease_get on a warm cache called recompute() again: return r.value on a hit")
+        finally:
+            rc.close()
+    try:
+        res = run_herd(mc_address, dsn, post_id, from_lease_get(lease_get), readers=readers,
+                       invalidations=invalidations, interval=max(0.3, 4 * cost), cost=cost)
+    except TimeoutError as e:
+        raise CheckpointFailed(f"exercise: readers waited forever: {e}") from None
+    per = res.db_queries_per_invalidation
+    _expect(per <= 1.5, f"with {readers} concurrent readers, lease_get sent {res.db_queries} recomputes to Postgres "
+                        f"over {res.invalidations} invalidations ({per:.1f} per invalidation); a lease allows ~1: "
+                        "only the client whose mg answer has W (r.win) may recompute, a Z answer must wait and retry")
+    _expect(res.db_queries >= res.invalidations,
+            f"only {res.db_queries} recomputes for {res.invalidations} invalidations: readers must recompute "
+            "after an invalidation, not keep an old value")
+    _expect(res.stale_reads == 0, f"{res.stale_reads} reads returned an older version than Postgres had committed")
+    print("PASS  exercise: lease-based get (one recompute per invalidation)")
+    return res
+
+
+def _expect(ok: bool, what: str) -> None:
+    if not ok:
+        raise CheckpointFailed(f"exercise: {what}")
