@@ -261,9 +261,12 @@ class Workload:
             raise BadParameter(f"value_size={self.value_size!r}: use bytes as an int or a (min, max) "
                                f"range with 0 <= min <= max <= {len(_VALUE_BYTES)}")
         try:
-            self.key_format.format(0)
-        except (IndexError, KeyError, ValueError):
-            raise BadParameter(f"key_format={self.key_format!r}: must contain one '{{}}' for the key rank") from None
+            distinct = self.key_format.format(0) != self.key_format.format(1)
+        except (IndexError, KeyError, ValueError, AttributeError):
+            distinct = False
+        if not distinct:
+            raise BadParameter(f"key_format={self.key_format!r}: must contain one '{{}}' for the key rank, "
+                               "e.g. 'user:{}'")
         _positive_int("max_in_flight", self.max_in_flight)
         return self
 
@@ -315,6 +318,7 @@ class Workload:
         writes = {k for k in kinds if k in set(self.write_kinds)}
         lo, hi = self.value_size if isinstance(self.value_size, tuple) else (self.value_size,) * 2
         fmt = self.key_format.format
+        names = self.keys.names if isinstance(self.keys, Trace) else None  # trace keys keep their names
         trace_pos = client * 7919  # trace replay: clients start at different points of the trace
         seq = 0
         while True:
@@ -333,7 +337,7 @@ class Workload:
                     size = int(sizes[i]) if sizes is not None else lo
                     start = (seq * 31) % 95  # vary the bytes a little, cheaply
                     value = _VALUE_BYTES[start:start + size]
-                yield Op(kind, fmt(r), r, value, client + client_offset, seq)
+                yield Op(kind, fmt(names[r] if names is not None else r), r, value, client + client_offset, seq)
                 seq += 1
 
     def arrivals(self, rng: np.random.Generator, chunk: int = 4096) -> Iterator[float]:
