@@ -1,0 +1,50 @@
+# Scaling Labs — the two commands:
+#   make lab    set up everything, then open JupyterLab on the course (servers start on demand)
+#   make test   set up everything, then run the test suite and every notebook under nbval
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: lab test course bench setup system-deps python-deps cassandra-jars doctor down clean
+
+lab: setup
+	-$(BIN)/labkit doctor
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(CI),--no-browser,)
+
+test: setup cassandra-jars
+	$(BIN)/python -m pytest --nbval-lax --timeout=900 -p no:cacheprovider tests notebooks $(PYTEST_ARGS)
+
+# Headless course: every notebook executed, rendered to HTML in course-output/, checkpoints summarised.
+course: setup cassandra-jars
+	$(BIN)/labkit course
+
+bench: setup
+	$(BIN)/python benchmarks/stack_start.py
+	$(BIN)/python benchmarks/loadgen_vs_peers.py
+
+setup: system-deps python-deps
+
+system-deps:
+	@bash .ci/system-deps
+
+python-deps: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+cassandra-jars: python-deps
+	$(BIN)/labkit fetch cassandra
+
+doctor: python-deps
+	$(BIN)/labkit doctor
+
+down:
+	-$(BIN)/labkit down
+
+clean: down
+	rm -rf $(VENV) course-output
