@@ -29,13 +29,11 @@ fast dev-start settings (no wait for gossip to settle, short ring delay, one tok
 """
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import random
 import re
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -47,8 +45,8 @@ import psutil
 from labkit.errors import BadParameter, BinaryNotFound, InsufficientResources, NotRunning, ServiceFailed
 from labkit.services import _docker
 from labkit.services._cassandra_jars import cassandra_classpath
-from labkit.services._process import (LOOPBACK, LocalService, ManagedProcess, free_port, port_is_free, proc_ref,
-                                      reap, same_process, tail, tcp_open, wait_for)
+from labkit.services._process import (LOOPBACK, LocalService, ManagedProcess, free_port, port_is_free, reap,
+                                      same_process, tail, tcp_open, wait_for)
 from labkit.services.base import Endpoint, Health, Service
 
 JAVA_HINT = ("Java 17 not found: apt-get install openjdk-17-jre-headless (Debian/Ubuntu/Colab), "
@@ -63,6 +61,8 @@ PROFILES: dict[str, dict[str, int]] = {
 _SPEC_SYNTAX = ('nodes must look like "dc1:1" or "us:3,eu:2" (comma-separated <datacenter>:<count>, '
                 "datacenter names of letters, digits, _ or -, 1-9 nodes each)")
 _PROXY_OFFSET = 100
+_JAVA_GLOBS = ["/usr/lib/jvm/*17*/bin/java", "/opt/conda/bin/java", "/srv/conda/envs/notebook/bin/java",
+               "/usr/local/opt/openjdk@17/bin/java", "/opt/homebrew/opt/openjdk@17/bin/java"]
 _DC_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
 
 
@@ -125,8 +125,7 @@ def find_java() -> Path:
         on_path = shutil.which("java")
         if on_path:
             candidates.append(Path(on_path))
-        for pattern in ("/usr/lib/jvm/*17*/bin/java", "/opt/conda/bin/java", "/srv/conda/envs/notebook/bin/java",
-                        "/usr/local/opt/openjdk@17/bin/java", "/opt/homebrew/opt/openjdk@17/bin/java"):
+        for pattern in _JAVA_GLOBS:
             candidates.extend(sorted(Path("/").glob(pattern.lstrip("/"))))
     seen: list[str] = []
     for c in candidates:
@@ -353,7 +352,10 @@ class LocalCassandra(LocalService):
         if delay_ms < 0 or jitter_ms < 0:
             raise BadParameter("delay_ms and jitter_ms must be >= 0 (milliseconds, one way)")
         self.inter_dc_delay_ms, self.jitter_ms = float(delay_ms), float(jitter_ms)
-        if self.nodes:
+        if self.nodes and not self.multi_dc and delay_ms:
+            raise BadParameter(f"cassandra '{self.name}' has one datacenter, so there is no inter-DC link to slow "
+                               'down: start it with two, e.g. nodes="us:1,eu:1"')
+        if self.nodes and self.multi_dc:
             write_config(self._proxy_config, self._proxy_routes())
             self._save_layout()
             time.sleep(0.15)  # the proxy polls its config every 50 ms
@@ -409,27 +411,32 @@ class LocalCassandra(LocalService):
         return list(first.values())
 
     def start(self, timeout: float | None = None) -> Endpoint:
-        """Start every node (seeds first, then the rest together) and wait until each serves CQL."""
-        if self.nodes and all(n.alive() for n in self.nodes):
+        """Start the cluster (seeds first, then the rest together) and wait until every node serves CQL.
+
+        After kill() or stop() it starts only what is not running, on the same data and addresses.
+        """
+        if self.nodes and all(n.alive() for n in self.nodes) and (self._proxy_alive() or not self.multi_dc):
             return self.endpoint
-        count = sum(self.datacenters.values())
         self.java = find_java()
         self.classpath = cassandra_classpath()
-        check_memory(count, PROFILES[self.profile]["footprint_mb"] * self.heap_mb // PROFILES[self.profile]["heap_mb"])
-        timeout = timeout if timeout is not None else 60.0 + 45.0 * count
-        deadline = time.monotonic() + timeout
-        self.dir.mkdir(parents=True, exist_ok=True)
         if not self.nodes:
             self._plan()
+        dead = [n for n in self.nodes if not n.alive()]
+        footprint = PROFILES[self.profile]["footprint_mb"] * self.heap_mb // PROFILES[self.profile]["heap_mb"]
+        check_memory(len(dead), footprint)
+        timeout = timeout if timeout is not None else 60.0 + 45.0 * len(dead)
+        deadline = time.monotonic() + timeout
+        self.dir.mkdir(parents=True, exist_ok=True)
         try:
-            from labkit.services.latency_proxy import start_proxy_process
+            if self.multi_dc and not self._proxy_alive():
+                from labkit.services.latency_proxy import start_proxy_process
 
-            self.proxy = start_proxy_process(self._proxy_config, self._proxy_routes())
-            self.proxy_ref = self.proxy.ref
-            self.procs = [self.proxy]
+                self.proxy = start_proxy_process(self._proxy_config, self._proxy_routes())
+                self.proxy_ref = self.proxy.ref
+                self.procs = [self.proxy]
             self._save_layout()
-            seeds = self.seeds()
-            others = [n for n in self.nodes if n not in seeds]
+            seeds = [n for n in self.seeds() if n in dead]
+            others = [n for n in dead if n not in seeds]
             for group in (seeds, others):
                 for n in group:
                     self._launch(n)
@@ -443,6 +450,14 @@ class LocalCassandra(LocalService):
             raise
         return self._endpoint
 
+    @property
+    def multi_dc(self) -> bool:
+        """Only clusters with several datacenters get latency proxies (one DC has no inter-DC link)."""
+        return len(self.datacenters) > 1
+
+    def _proxy_alive(self) -> bool:
+        return self.proxy_ref is not None and same_process(self.proxy_ref) is not None
+
     def _make_endpoint(self) -> Endpoint:
         dcs: dict[str, list[str]] = {}
         for n in self.nodes:
@@ -455,11 +470,14 @@ class LocalCassandra(LocalService):
                             "nodes": [{"name": n.name, "dc": n.dc, "address": n.address,
                                        "native_port": self.native_port} for n in self.nodes]})
 
+    def _broadcast(self, n: CassandraNode) -> str:
+        return n.proxy_address if self.multi_dc else n.address
+
     def _write_config(self, n: CassandraNode) -> Path:
         conf = n.dir / "conf"
         for d in ("conf", "data", "commitlog", "saved_caches", "hints", "cdc_raw", "logs", "triggers"):
             (n.dir / d).mkdir(parents=True, exist_ok=True)
-        seeds = ",".join(f"{s.proxy_address}:{self.storage_port}" for s in self.seeds())
+        seeds = ",".join(f"{self._broadcast(s)}:{self.storage_port}" for s in self.seeds())
         cfg: dict[str, Any] = {
             "cluster_name": f"labkit-{self.name}",
             "num_tokens": 1,
@@ -476,7 +494,7 @@ class LocalCassandra(LocalService):
             "seed_provider": [{"class_name": "org.apache.cassandra.locator.SimpleSeedProvider",
                                "parameters": [{"seeds": seeds}]}],
             "listen_address": n.address,
-            "broadcast_address": n.proxy_address,  # peers in other DCs reach this node through its proxy
+            "broadcast_address": self._broadcast(n),  # peers in other DCs reach this node through its proxy
             "rpc_address": n.address,
             "storage_port": self.storage_port,
             "native_transport_port": self.native_port,
@@ -581,19 +599,29 @@ class LocalCassandra(LocalService):
         """Every node lists every other as a live peer (schema changes then reach everyone)."""
         if len(self.nodes) == 1:
             return
-        want = {m.proxy_address for m in self.nodes}
+        want = {self._broadcast(m) for m in self.nodes}
 
         def converged() -> bool:
             for n in self.nodes:
                 rows = _query_one(n.address, self.native_port,
                                   "SELECT peer FROM system.peers_v2")
-                if {str(r[0]) for r in rows} | {n.proxy_address} != want:
+                if {str(r[0]) for r in rows} | {self._broadcast(n)} != want:
                     return False
             return True
 
         wait_for(f"Cassandra cluster '{self.name}' to see all {len(self.nodes)} nodes", converged, timeout,
                  on_fail=lambda: "\n".join(f"--- {n.name} ---\n{tail(n.log_path, 8)}" for n in self.nodes),
                  interval=0.5)
+
+    def wait_for_schema_agreement(self, timeout: float = 60.0) -> str:
+        """Wait until every running node reports the same schema version (after CREATE/ALTER); return it."""
+        def agreed() -> str | None:
+            versions = {str(_query_one(n.address, self.native_port, "SELECT schema_version FROM system.local")[0][0])
+                        for n in self.nodes if n.alive()}
+            return versions.pop() if len(versions) == 1 else None
+
+        return wait_for(f"the nodes of cassandra '{self.name}' to agree on the schema", agreed, timeout,
+                        interval=0.3)
 
     # -- stop, health -----------------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -646,10 +674,11 @@ class LocalCassandra(LocalService):
 
 def _query_one(address: str, port: int, cql: str, timeout: float = 5.0) -> list[Any]:
     """Run one query on exactly one node (a short-lived driver session pinned to it)."""
-    from cassandra.cluster import Cluster
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
     from cassandra.policies import WhiteListRoundRobinPolicy
 
-    cluster = Cluster([address], port=port, load_balancing_policy=WhiteListRoundRobinPolicy([address]),
+    pinned = ExecutionProfile(load_balancing_policy=WhiteListRoundRobinPolicy([address]), request_timeout=timeout)
+    cluster = Cluster([address], port=port, execution_profiles={EXEC_PROFILE_DEFAULT: pinned},
                       connect_timeout=timeout, control_connection_timeout=timeout, protocol_version=5,
                       schema_metadata_enabled=False, token_metadata_enabled=False)
     try:
