@@ -76,3 +76,35 @@ def pause(container: Any) -> None:
 
 def unpause(container: Any) -> None:
     container.get_wrapped_container().unpause()
+
+
+class ContainerRecordMixin:
+    """Records the container's name, so another process (`labkit down`, a watchdog) can remove it."""
+
+    container: Any
+    _adopted_names: list[str]
+
+    def to_record(self) -> dict[str, Any]:
+        rec = super().to_record()  # type: ignore[misc]
+        names = list(getattr(self, "_adopted_names", []))
+        if self.container is not None:
+            names.append(self.container.get_wrapped_container().name)
+        rec["containers"] = names
+        return rec
+
+    def _adopt(self, record: dict[str, Any]) -> None:
+        from labkit.services.base import Endpoint
+
+        if record.get("endpoint"):
+            self._endpoint = Endpoint.from_dict(record["endpoint"])  # type: ignore[attr-defined]
+        self._adopted_names = list(record.get("containers", []))
+
+    def _remove_adopted(self) -> None:
+        import docker
+
+        for name in getattr(self, "_adopted_names", []):
+            try:
+                docker.from_env(timeout=5).containers.get(name).remove(force=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        self._adopted_names = []

@@ -116,7 +116,7 @@ class LocalMemcached(LocalService):
         return query_version(self.endpoint)
 
 
-class DockerMemcached(Service):
+class DockerMemcached(_docker.ContainerRecordMixin, Service):
     """testcontainers' MemcachedContainer, published on 127.0.0.1 only."""
 
     kind = "memcached"
@@ -129,6 +129,7 @@ class DockerMemcached(Service):
         self.container: Any = None
 
     def start(self) -> Endpoint:
+        _docker.require_docker()  # testcontainers talks to the daemon as soon as a container is built
         from testcontainers.memcached import MemcachedContainer
 
         c = MemcachedContainer(self.image).with_command(f"memcached -m {self.memory_mb} -I {self.max_item_mb}m")
@@ -143,6 +144,7 @@ class DockerMemcached(Service):
     def stop(self) -> None:
         _docker.stop(self.container)
         self.container = None
+        self._remove_adopted()
 
     def health(self) -> Health:
         return query_health(self.endpoint) if self.container else Health(False, "not started")

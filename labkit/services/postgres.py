@@ -194,7 +194,7 @@ def _exists(p: Any) -> bool:
         return False
 
 
-class DockerPostgres(Service):
+class DockerPostgres(_docker.ContainerRecordMixin, Service):
     """testcontainers' PostgresContainer, published on 127.0.0.1 only, with a generated password."""
 
     kind = "postgres"
@@ -207,6 +207,7 @@ class DockerPostgres(Service):
         self.container: Any = None
 
     def start(self) -> Endpoint:
+        _docker.require_docker()  # testcontainers talks to the daemon as soon as a container is built
         from testcontainers.postgres import PostgresContainer
 
         c = PostgresContainer(self.image, username=USER, password=self.password, dbname=DATABASE, driver=None)
@@ -222,6 +223,7 @@ class DockerPostgres(Service):
     def stop(self) -> None:
         _docker.stop(self.container)
         self.container = None
+        self._remove_adopted()
 
     def health(self) -> Health:
         return query_health(self.endpoint) if self.container else Health(False, "not started")

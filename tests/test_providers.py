@@ -1,0 +1,128 @@
+"""The docker and external providers: same endpoints and contract as the local one.
+
+Docker tests run wherever a Docker daemon answers and skip with the reason elsewhere (our CI has none)."""
+from __future__ import annotations
+
+import json
+import os
+
+import psycopg
+import pytest
+from pymemcache.client.base import Client
+
+import labkit
+from labkit.errors import BadParameter, NotRunning, ProviderUnavailable
+from labkit.services import choose_provider, docker_available
+from labkit.services.external import ExternalService
+
+
+def docker_or_skip() -> None:
+    ok, why = docker_available()
+    if not ok:
+        pytest.skip(f"Docker provider test skipped: {why}")
+
+
+def test_provider_choice_follows_the_daemon(monkeypatch):
+    monkeypatch.delenv("LABKIT_PROVIDER", raising=False)
+    assert choose_provider() == ("docker" if docker_available()[0] else "local")
+    monkeypatch.setenv("LABKIT_PROVIDER", "local")
+    assert choose_provider() == "local"
+
+
+def test_docker_provider_is_refused_clearly_without_a_daemon():
+    if docker_available()[0]:
+        pytest.skip("a Docker daemon answers here: the refusal cannot be observed")
+    with pytest.raises(ProviderUnavailable, match="LABKIT_PROVIDER=local"):
+        labkit.stack("memcached", provider="docker")
+
+
+@pytest.mark.docker
+def test_docker_postgres_and_memcached_same_contract():
+    docker_or_skip()
+    with labkit.stack("postgres", "memcached", provider="docker", attach=False) as st:
+        pg, mc = st.endpoint("postgres"), st.endpoint("memcached")
+        assert pg.host == "127.0.0.1" and mc.host == "127.0.0.1" and pg.provider == "docker"
+        with psycopg.connect(pg.dsn) as conn:
+            assert conn.execute("SELECT 6*7").fetchone() == (42,)
+        big = os.urandom(1_000_000)
+        client = Client(mc.address)
+        assert client.set("big", big, noreply=False) and client.get("big") == big
+        assert st.service("postgres").version()[0].isdigit()
+        assert st.service("memcached").version().startswith("1.")
+        st.service("memcached").pause()
+        assert not st.service("memcached").health().ok
+        st.service("memcached").resume()
+        assert st.service("memcached").health().ok
+
+
+@pytest.mark.docker
+def test_docker_two_stacks_side_by_side():
+    docker_or_skip()
+    with labkit.stack("memcached", provider="docker", attach=False) as a, \
+            labkit.stack("memcached", provider="docker", attach=False) as b:
+        assert a.endpoint("memcached").port != b.endpoint("memcached").port
+
+
+def test_external_provider_uses_given_servers_and_never_stops_them(stack, monkeypatch):
+    """Point the external provider at the real servers of this run, as a class cluster would be."""
+    pg, mc = stack.endpoint("postgres"), stack.endpoint("memcached")
+    monkeypatch.setenv("LABKIT_POSTGRES_DSN", pg.dsn)
+    monkeypatch.setenv("LABKIT_MEMCACHED", f"{mc.host}:{mc.port}")
+    with labkit.stack("postgres", "memcached", provider="external", attach=False) as ext:
+        e = ext.endpoint("postgres")
+        assert (e.host, e.port, e.provider) == (pg.host, pg.port, "external")
+        assert ext.service("postgres").version() == stack.service("postgres").version()
+        assert ext.service("memcached").health().ok
+        with pytest.raises(NotRunning, match="not labkit's to kill"):
+            ext.service("postgres").kill()
+        with psycopg.connect(e.dsn) as conn:  # labkit created only its own schema
+            assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'labkit'").fetchone() == (1,)
+    assert stack.service("postgres").health().ok and stack.service("memcached").health().ok
+
+
+def test_external_provider_from_a_config_file(stack, tmp_path, monkeypatch):
+    mc = stack.endpoint("memcached")
+    cfg = tmp_path / "external.json"
+    cfg.write_text(json.dumps({"memcached": {"address": f"{mc.host}:{mc.port}"}}))
+    monkeypatch.setenv("LABKIT_CONFIG", str(cfg))
+    monkeypatch.delenv("LABKIT_MEMCACHED", raising=False)
+    svc = ExternalService("memcached", kind="memcached")
+    assert svc.start().port == mc.port
+    svc.stop()
+    assert stack.service("memcached").health().ok
+
+
+def test_external_provider_errors_name_the_setting(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABKIT_CONFIG", str(tmp_path / "none.json"))
+    monkeypatch.delenv("LABKIT_POSTGRES_DSN", raising=False)
+    with pytest.raises(ProviderUnavailable, match="LABKIT_POSTGRES_DSN"):
+        ExternalService("postgres", kind="postgres").start()
+    monkeypatch.setenv("LABKIT_MEMCACHED", "cache.example:notaport")
+    with pytest.raises(BadParameter, match="host:port"):
+        ExternalService("memcached", kind="memcached").start()
+    bad = tmp_path / "bad.json"
+    bad.write_text("{oops")
+    monkeypatch.setenv("LABKIT_CONFIG", str(bad))
+    monkeypatch.delenv("LABKIT_MEMCACHED")
+    with pytest.raises(BadParameter, match="not valid JSON"):
+        ExternalService("memcached", kind="memcached").start()
+    monkeypatch.setenv("LABKIT_CONFIG", str(tmp_path / "none.json"))
+    monkeypatch.setenv("LABKIT_MEMCACHED", "127.0.0.1:1")  # nothing listens on port 1
+    with pytest.raises(ProviderUnavailable, match="Check the address"):
+        ExternalService("memcached", kind="memcached").start()
+
+
+def test_setup_files_list_what_the_local_provider_needs():
+    """conda and Binder users get the real servers from conda-forge; CI from apt."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for path in ("environment.yml", "binder/environment.yml"):
+        text = open(os.path.join(root, path)).read()
+        for pkg in ("postgresql", "memcached", "openjdk=17", "maven", "jupyterlab", "ipywidgets",
+                    "psycopg", "pymemcache", "cassandra-driver"):
+            assert f"- {pkg}" in text, f"{path} does not list {pkg}"
+    assert "LABKIT_PROFILE=light" in open(os.path.join(root, "binder/start")).read()
+    assert "labkit fetch cassandra" in open(os.path.join(root, "binder/postBuild")).read()
+    ci = open(os.path.join(root, ".ci/run")).read()
+    assert "apt-get install" in ci and "make test" in ci
+    readme = open(os.path.join(root, "README.md")).read()
+    assert "make test" in readme and "make lab" in readme
