@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import psycopg
@@ -31,9 +31,13 @@ from labkit.errors import BadParameter, CheckpointFailed
 from labkit.lessons.caching import PostStore, decode_card, post_key
 from labkit.memcache_meta import MetaClient
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 __all__ = ["STRATEGIES", "HerdResult", "run_herd", "compare", "Recompute",
            "no_protection", "lock_with_add", "lease", "serve_stale", "lease_ignoring_z", "from_lease_get",
-           "check_lease_get"]
+           "check_lease_get", "defaults", "hot_post", "table", "plot_results", "check_leases_cut_queries",
+           "check_serve_stale_p99"]
 
 LEASE_TTL = 10       # s: how long a lease / a stale item lives if the winner never sets
 LOCK_TTL = 10        # s: the lock key's TTL, so a crashed lock holder doesn't block forever
@@ -171,6 +175,7 @@ class HerdResult:
     query_times: np.ndarray = field(repr=False)  # s since start of each DB query
     invalidation_times: np.ndarray = field(repr=False)
     duration_s: float = 0.0
+    start_times: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)  # s since start, per read
 
     @property
     def db_queries_per_invalidation(self) -> float:
@@ -186,16 +191,24 @@ class HerdResult:
     def p(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if len(self.latencies_ms) else float("nan")
 
+    def baseline_p(self, q: float) -> float:
+        """Percentile (ms) of the reads before the first invalidation: plain cache hits, same run, same load."""
+        if len(self.invalidation_times) == 0:
+            return self.p(q)
+        quiet = self.latencies_ms[self.start_times < self.invalidation_times[0]]
+        return float(np.percentile(quiet, q)) if len(quiet) else float("nan")
+
     def row(self) -> dict[str, Any]:
         return {"strategy": self.strategy, "readers": self.readers, "invalidations": self.invalidations,
                 "db_queries": self.db_queries, "db_queries_per_invalidation": self.db_queries_per_invalidation,
                 "peak_db_queries_per_s": self.peak_db_queries_per_s(), "reads": self.reads,
                 "p50_ms": self.p(50), "p99_ms": self.p(99), "max_ms": float(self.latencies_ms.max()),
+                "hit_p99_ms": self.baseline_p(99),
                 "stale_reads": self.stale_reads}
 
 
 def run_herd(mc_address: Any, dsn: str, post_id: int, strategy: str | Strategy, *, readers: int = 50,
-             invalidations: int = 6, interval: float = 0.5, cost: float = 0.1, think: float = 0.02,
+             invalidations: int = 6, interval: float = 0.6, cost: float = 0.2, think: float = 0.05,
              mark_stale: bool | None = None, name: str | None = None) -> HerdResult:
     """Run ``readers`` concurrent clients on the hot post while it is invalidated ``invalidations`` times.
 
@@ -284,7 +297,8 @@ def run_herd(mc_address: Any, dsn: str, post_id: int, strategy: str | Strategy, 
         strategy=name, readers=readers, invalidations=len(inval_times), recompute_s=cost,
         db_queries=len(queries), reads=len(samples), stale_reads=sum(1 for s in samples if s[2]),
         latencies_ms=np.array([s[1] * 1000 for s in samples]), query_times=queries,
-        invalidation_times=np.array(inval_times) - t_start, duration_s=duration)
+        invalidation_times=np.array(inval_times) - t_start, duration_s=duration,
+        start_times=np.array([s[0] for s in samples]) - t_start)
 
 
 def compare(mc_address: Any, dsn: str, post_id: int, strategies: list[str] | None = None,
@@ -340,3 +354,94 @@ def check_lease_get(lease_get: Callable[[MetaClient, str, Callable[[], bytes]], 
 def _expect(ok: bool, what: str) -> None:
     if not ok:
         raise CheckpointFailed(f"exercise: {what}")
+
+
+# ------------------------------------------------------------------ notebook level: runs, plots, claims
+
+def defaults() -> dict[str, Any]:
+    """Parameters of the herd experiment for the current profile (LABKIT_PROFILE)."""
+    from labkit import profile
+
+    return {"readers": int(profile.pick(100, 50)), "invalidations": int(profile.pick(12, 6)),
+            "interval": 0.6, "cost": 0.2, "think": 0.05}
+
+
+def hot_post(data: Any) -> int:
+    """The celebrity's post: the most popular post of the dataset."""
+    return int(data.popularity_rank[0])
+
+
+def table(results: dict[str, HerdResult]) -> "pd.DataFrame":
+    """One row per strategy, rounded, with readable column names."""
+    import pandas as pd
+
+    df = pd.DataFrame([r.row() for r in results.values()]).set_index("strategy")
+    df = df[["readers", "invalidations", "db_queries", "db_queries_per_invalidation", "peak_db_queries_per_s",
+             "p50_ms", "p99_ms", "stale_reads", "reads"]]
+    df.columns = ["readers", "invalidations", "DB queries", "DB queries / invalidation", "peak DB queries/s",
+                  "p50 (ms)", "p99 (ms)", "stale reads served", "reads"]
+    return df.round({"DB queries / invalidation": 1, "peak DB queries/s": 0, "p50 (ms)": 2, "p99 (ms)": 1})
+
+
+def plot_results(results: dict[str, HerdResult], window: float = 0.1) -> Any:
+    """Left: DB queries/s over time per strategy (invalidations marked). Right: p50/p99 per strategy."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [3, 2]})
+    for i, (name, r) in enumerate(results.items()):
+        edges = np.arange(0, r.duration_s + window, window)
+        counts, _ = np.histogram(r.query_times, bins=edges)
+        ax1.step(edges[:-1], counts / window, where="post", label=name, color=f"C{i}", alpha=0.85)
+    first = next(iter(results.values()))
+    for t in first.invalidation_times:
+        ax1.axvline(t, color="grey", lw=0.6, ls=":")
+    ax1.set_xlabel("time (s); dotted lines: invalidations")
+    ax1.set_ylabel(f"Postgres queries/s ({window * 1000:.0f} ms bins)")
+    ax1.legend(fontsize=8)
+    ax1.grid(alpha=0.3)
+    names = list(results)
+    pos = np.arange(len(names))
+    ax2.bar(pos - 0.2, [results[n].p(50) for n in names], 0.4, label="p50")
+    ax2.bar(pos + 0.2, [results[n].p(99) for n in names], 0.4, label="p99")
+    ax2.axhline(first.recompute_s * 1000, color="grey", ls="--", lw=0.8, label="recompute cost")
+    ax2.set_yscale("log")
+    ax2.set_xticks(pos, names)
+    ax2.set_ylabel("read latency (ms, log scale)")
+    ax2.legend(fontsize=8)
+    ax2.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig
+
+
+def check_leases_cut_queries(none: HerdResult, leased: HerdResult, factor: float = 10.0,
+                             min_readers: int = 50) -> list[Any]:
+    """Claim: with >= 50 concurrent readers, leases cut DB queries per invalidation by >= ``factor``."""
+    from labkit.checkpoints import checkpoint
+
+    ratio = none.db_queries_per_invalidation / max(leased.db_queries_per_invalidation, 1e-9)
+    return [
+        checkpoint(f"the herd has at least {min_readers} concurrent readers", min(none.readers, leased.readers),
+                   at_least=min_readers),
+        checkpoint(f"leases cut DB queries per invalidation by at least {factor:g}x", ratio, at_least=factor,
+                   context=f"{leased.strategy}: {leased.db_queries_per_invalidation:.1f} vs {none.strategy}: "
+                           f"{none.db_queries_per_invalidation:.1f} queries per invalidation, "
+                           f"{leased.readers} readers"),
+    ]
+
+
+def check_serve_stale_p99(stale: HerdResult, none: HerdResult, fraction: float = 0.5,
+                          factor: float = 5.0) -> list[Any]:
+    """Claims: under serve-stale, p99 stays well under the recompute cost and far below no protection's."""
+    from labkit.checkpoints import checkpoint
+
+    bound = fraction * stale.recompute_s * 1000
+    return [
+        checkpoint(f"serve-stale keeps p99 under {fraction:g}x the recompute time", stale.p(99), at_most=bound,
+                   context=f"{stale.strategy} p99 {stale.p(99):.1f} ms, recompute {stale.recompute_s * 1000:.0f} ms, "
+                           f"{stale.readers} readers"),
+        checkpoint(f"serve-stale p99 is at least {factor:g}x lower than without protection",
+                   none.p(99) / max(stale.p(99), 1e-9), at_least=factor,
+                   context=f"{none.strategy} p99 {none.p(99):.1f} ms vs {stale.strategy} p99 {stale.p(99):.1f} ms"),
+        checkpoint("serve-stale also needs about one DB query per invalidation", stale.db_queries_per_invalidation,
+                   at_most=2.0, context=f"{stale.db_queries} queries over {stale.invalidations} invalidations"),
+    ]
