@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 import time
-import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from labkit.services._process import proc_ref, reap, same_process
 from labkit.services.base import Endpoint, Health, Service
 
 SHARED_ID = "shared"
-_open_stacks: "weakref.WeakSet[Stack]" = weakref.WeakSet()
+_open_stacks: "set[Stack]" = set()  # closed at interpreter exit (strong refs: an unnamed stack counts too)
 
 
 # records -----------------------------------------------------------------------------------
@@ -195,7 +194,6 @@ class Stack:
         st = cls(f"{os.getpid()}-{secrets.token_hex(3)}", shared=False, provider=provider)
         with _locked():
             write_record(st.path, st._record())
-        st._spawn_watchdog()
         _open_stacks.add(st)
         return st
 
@@ -254,6 +252,8 @@ class Stack:
         svc = cls(name, kind=kind, **options) if prov == "external" else cls(name, **options)
         self.services[name] = svc
         self.owned.add(name)
+        if not self.shared and getattr(self, "_watchdog", None) is None:
+            self._spawn_watchdog()  # only stacks that own servers need one
         try:
             self.save()  # recorded before it starts: a crash mid-start still leaves a trail to reap
             svc.start()
@@ -333,6 +333,7 @@ class Stack:
             wd.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 wd.wait(timeout=2)
+        _open_stacks.discard(self)
 
     stop = close
 

@@ -1,0 +1,176 @@
+"""How long until a server answers: labkit's cold start per service, attaching to a running stack, and the
+same servers started by hand with their own tools (the peer), measured in the same run.
+
+    python benchmarks/stack_start.py [--runs 5] [--no-cassandra]
+
+Prints a table: median, min-max spread, and the ratio labkit/peer. Targets on a 2-core machine: Postgres
+ready < 2 s, memcached < 0.5 s, attach < 1 s; Cassandra one node < 30 s, 3 nodes < 90 s, < 700 MB per node.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from labkit.services._process import free_port, tcp_open, unprivileged_user, wait_for  # noqa: E402
+
+
+def timed(fn: Callable[[], object], runs: int) -> list[float]:
+    out = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def labkit_cold(kind: str) -> Callable[[], None]:
+    def run() -> None:
+        import labkit
+
+        st = labkit.stack(kind, attach=False)
+        st.close()  # stop time is not part of "ready", but keeps the next run cold and clean
+    return run
+
+
+def measure_labkit_cold(kind: str, runs: int) -> list[float]:
+    import labkit
+
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        st = labkit.stack(kind, attach=False)
+        times.append(time.perf_counter() - start)
+        st.close()
+    return times
+
+
+def peer_postgres(runs: int) -> list[float]:
+    """initdb + `pg_ctl start -w` + a first query, by hand: what labkit automates."""
+    from labkit.services.postgres import pg_binary
+
+    user = unprivileged_user()
+    prefix = ["runuser", "-u", user.pw_name, "--"] if user else []
+    times = []
+    for _ in range(runs):
+        d = Path(tempfile.mkdtemp(prefix="peer-pg-"))
+        os.chmod(d, 0o777)
+        port = free_port()
+        start = time.perf_counter()
+        subprocess.run(prefix + [str(pg_binary("initdb")), "-D", str(d / "data"), "-U", "bench", "--auth=trust",
+                                 "--no-sync", "-E", "UTF8", "--locale=C"], check=True, capture_output=True)
+        subprocess.run(prefix + [str(pg_binary("pg_ctl")), "-D", str(d / "data"), "-w", "-l", str(d / "log"),
+                                 "-o", f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=",
+                                 "start"], check=True, capture_output=True)
+        import psycopg
+
+        wait_for("peer postgres", lambda: psycopg.connect(f"host=127.0.0.1 port={port} user=bench dbname=postgres"),
+                 30)
+        times.append(time.perf_counter() - start)
+        subprocess.run(prefix + [str(pg_binary("pg_ctl")), "-D", str(d / "data"), "-m", "fast", "-w", "stop"],
+                       capture_output=True)
+        shutil.rmtree(d, ignore_errors=True)
+    return times
+
+
+def peer_memcached(runs: int) -> list[float]:
+    """`memcached` spawned by hand, ready when its port accepts a connection."""
+    binary = shutil.which("memcached") or "/usr/bin/memcached"
+    user = unprivileged_user()
+    times = []
+    for _ in range(runs):
+        port = free_port()
+        start = time.perf_counter()
+        proc = subprocess.Popen([binary, "-l", "127.0.0.1", "-p", str(port), "-m", "64"]
+                                + (["-u", user.pw_name] if user else []))
+        wait_for("peer memcached", lambda: tcp_open("127.0.0.1", port), 10)
+        times.append(time.perf_counter() - start)
+        proc.terminate()
+        proc.wait()
+    return times
+
+
+def measure_attach(runs: int) -> tuple[list[float], list[float]]:
+    """Attach to a running `labkit up` stack: in-process, and from a fresh Python (import included)."""
+    import labkit
+    from labkit.cli import main as cli
+
+    cli(["up", "postgres", "memcached"])
+    try:
+        inproc = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            st = labkit.stack("postgres", "memcached")
+            inproc.append(time.perf_counter() - start)
+            assert not st.owned, "expected to attach, but the stack started its own servers"
+            st.close()
+        fresh = timed(lambda: subprocess.run([sys.executable, "-c", "import labkit; labkit.stack('postgres','memcached')"],
+                                             check=True), runs)
+    finally:
+        cli(["down"])
+    return inproc, fresh
+
+
+def row(what: str, times: list[float], peer: list[float] | None = None, target: float | None = None,
+        extra: str = "") -> list[str]:
+    med = statistics.median(times)
+    ratio = f"{med / statistics.median(peer):.2f}" if peer else "-"
+    ok = "-" if target is None else ("yes" if med < target else "NO")
+    return [what, f"{med:.3f}", f"{min(times):.3f}-{max(times):.3f}", ratio,
+            f"{statistics.median(peer):.3f}" if peer else "-", f"< {target:g}" if target else "-", ok, extra]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--no-cassandra", action="store_true", help="skip the Cassandra rows (they take minutes)")
+    ap.add_argument("--cassandra-runs", type=int, default=3)
+    args = ap.parse_args()
+    if args.runs < 1:
+        ap.error("--runs must be 1 or more")
+    home = tempfile.mkdtemp(prefix="labkit-bench-")
+    os.chmod(home, 0o755)
+    from labkit import paths
+
+    os.environ.setdefault("LABKIT_CACHE", str(paths.cache_dir()))
+    os.environ["LABKIT_HOME"] = home
+    print(f"stack_start: {args.runs} runs each, {os.cpu_count()} cores, state in {home}\n", flush=True)
+    rows = [
+        row("postgres cold start (s)", measure_labkit_cold("postgres", args.runs), peer_postgres(args.runs), 2.0,
+            "peer: initdb + pg_ctl start -w"),
+        row("memcached cold start (s)", measure_labkit_cold("memcached", args.runs), peer_memcached(args.runs), 0.5,
+            "peer: memcached spawned by hand"),
+    ]
+    inproc, fresh = measure_attach(args.runs)
+    rows.append(row("attach to labkit up (s)", inproc, None, 1.0, "postgres+memcached, in-process"))
+    rows.append(row("attach, fresh python (s)", fresh, None, None, "interpreter + import + attach"))
+    if not args.no_cassandra:
+        try:
+            from _cassandra_bench import measure_cassandra
+        except ImportError as e:
+            print(f"(Cassandra rows unavailable: {e})")
+        else:
+            for r in measure_cassandra(args.cassandra_runs):
+                rows.append([r["what"], f"{r['median_s']:.1f}", f"{r['min_s']:.1f}-{r['max_s']:.1f}", "-", "-",
+                             r.get("target", "-"), r.get("ok", "-"),
+                             f"RSS/node {r['rss_mb']:.0f} MB" if r.get("rss_mb") else ""])
+    header = ["measure", "median", "min-max", "labkit/peer", "peer median", "target", "met", "notes"]
+    widths = [max(len(str(x[i])) for x in [header, *rows]) for i in range(len(header))]
+    for r in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    shutil.rmtree(home, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
