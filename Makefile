@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 lab: setup
 	-$(BIN)/labkit doctor
-	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(CI),--no-browser,)
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(CI),--no-browser,) $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 test: setup cassandra-jars
 	$(BIN)/python -m pytest --nbval-lax --timeout=900 -p no:cacheprovider tests notebooks $(PYTEST_ARGS)

@@ -237,9 +237,11 @@ def _read_through(mc: MetaClient, store: PostStore, post_id: int, ttl: int) -> b
 
 def latency_compare(mc_address: Any, store: PostStore, data: instagram.InstagramData, *, skew: float = 1.0,
                     reads: int = 2000, seed: int = 11) -> dict[str, dict[str, float]]:
-    """Per-read latency (ms) of the same trace straight from Postgres and through a warm cache.
+    """Per-read latency (ms) of the same Zipf trace straight from Postgres and through cache-aside.
 
-    Returns {"postgres only": {...}, "cache-aside (warm)": {...}, "cache hit": {...}} with p50/p99/mean.
+    The cache-aside pass starts cold, so it has both kinds of reads; they are reported apart:
+    {"postgres only": {...}, "cache hit": {...}, "cache miss (get + query + set)": {...}}, each with
+    reads, p50_ms, p99_ms, mean_ms.
     """
     trace = data.popularity_rank[instagram.zipf_trace(len(data.posts), skew, reads, seed=seed)].tolist()
     direct = np.empty(len(trace))
@@ -247,25 +249,27 @@ def latency_compare(mc_address: Any, store: PostStore, data: instagram.Instagram
         t = time.perf_counter()
         store.render(pid)
         direct[i] = time.perf_counter() - t
-    cached, hit_flags = np.empty(len(trace)), np.zeros(len(trace), dtype=bool)
+    through, hit = np.empty(len(trace)), np.zeros(len(trace), dtype=bool)
     with MetaClient(mc_address) as mc:
-        for pid in trace:  # warm the cache with the same trace first
-            _read_through(mc, store, pid, 0)
+        for pid in set(trace):  # start cold for this trace's keys
+            mc.delete(post_key(pid))
         for i, pid in enumerate(trace):
             t = time.perf_counter()
             r = mc.get(post_key(pid))
             if not r.hit:
                 mc.set(post_key(pid), store.render(pid))
-            cached[i] = time.perf_counter() - t
-            hit_flags[i] = r.hit
+            through[i] = time.perf_counter() - t
+            hit[i] = r.hit
 
     def stats(x: np.ndarray) -> dict[str, float]:
         x = x * 1000
+        if len(x) == 0:
+            return {"reads": 0, "p50_ms": float("nan"), "p99_ms": float("nan"), "mean_ms": float("nan")}
         return {"reads": len(x), "p50_ms": float(np.percentile(x, 50)), "p99_ms": float(np.percentile(x, 99)),
                 "mean_ms": float(x.mean())}
 
-    return {"postgres only": stats(direct), "cache-aside (warm)": stats(cached),
-            "cache hit": stats(cached[hit_flags]) if hit_flags.any() else stats(cached)}
+    return {"postgres only": stats(direct), "cache hit": stats(through[hit]),
+            "cache miss (get + query + set)": stats(through[~hit])}
 
 
 # --------------------------------------------------------------------------------------- stale-set race
@@ -369,6 +373,14 @@ def check_cache_aside(read_post: Callable[[MetaClient, PostStore, int], bytes],
                       mc_address: Any, dsn: str, data: instagram.InstagramData) -> None:
     """Run the learner's ``read_post(mc, db, post_id)`` and ``like_post(mc, db, post_id, user_id)``
     against the real memcached and Postgres; print PASS or raise CheckpointFailed saying what was seen."""
+    try:
+        _check_cache_aside(read_post, like_post, mc_address, dsn, data)
+    except NotImplementedError:
+        print("Not attempted yet: write read_post and like_post in the cell above, then run this cell again.")
+
+
+def _check_cache_aside(read_post: Callable[..., bytes], like_post: Callable[..., None], mc_address: Any,
+                       dsn: str, data: instagram.InstagramData) -> None:
     post_id = int(data.popularity_rank[len(data.posts) // 2])
     key = post_key(post_id)
     with MetaClient(mc_address) as mc, PostStore(dsn) as db, MetaClient(mc_address) as probe:
@@ -438,8 +450,8 @@ def sized_cache(st: Any, memory_mb: int) -> Iterator[tuple[str, int]]:
 
 
 def skew_sweep(st: Any, data: instagram.InstagramData, skews: list[float] | None = None,
-               memory_mb: int | None = None, reads: int | None = None, warmup: int | None = None,
-               progress: Callable[[str], None] | None = None) -> "pd.DataFrame":
+               memory_mb: int | None = None, reads: int | None = None,
+               warmup: int | None = None) -> "pd.DataFrame":
     """Hit ratio and DB load vs Zipf skew, on one memcached of ``memory_mb`` MB."""
     import pandas as pd
 
@@ -447,16 +459,14 @@ def skew_sweep(st: Any, data: instagram.InstagramData, skews: list[float] | None
     rows = []
     with sized_cache(st, memory_mb or d["small_mb"]) as addr, PostStore(st.endpoint("postgres").dsn) as store:
         for s in skews or d["skews"]:
-            if progress:
-                progress(f"skew {s}")
             rows.append(hit_ratio_run(addr, store, data, skew=s, reads=reads or d["reads"],
                                       warmup=warmup if warmup is not None else d["warmup"]))
     return pd.DataFrame(rows)
 
 
 def size_sweep(st: Any, data: instagram.InstagramData, sizes_mb: list[int] | None = None,
-               skew: float | None = None, reads: int | None = None, warmup: int | None = None,
-               progress: Callable[[str], None] | None = None) -> "pd.DataFrame":
+               skew: float | None = None, reads: int | None = None,
+               warmup: int | None = None) -> "pd.DataFrame":
     """Hit ratio and DB load vs memcached memory size, at one Zipf skew."""
     import pandas as pd
 
@@ -464,8 +474,6 @@ def size_sweep(st: Any, data: instagram.InstagramData, sizes_mb: list[int] | Non
     rows = []
     with PostStore(st.endpoint("postgres").dsn) as store:
         for mb in sizes_mb or d["sizes_mb"]:
-            if progress:
-                progress(f"{mb} MB")
             with sized_cache(st, mb) as addr:
                 rows.append(hit_ratio_run(addr, store, data, skew=skew if skew is not None else d["size_skew"],
                                           reads=reads or d["reads"],
@@ -475,15 +483,15 @@ def size_sweep(st: Any, data: instagram.InstagramData, sizes_mb: list[int] | Non
 
 TABLE_COLUMNS = {"skew": "Zipf s", "cache_mb": "cache MB", "cached_cards": "cards cached",
                  "cache_fraction": "share of posts cached", "hit_ratio": "hit ratio (memcached)",
-                 "che_model": "Che model", "lru_simulation": "LRU simulation", "db_queries": "DB queries",
-                 "db_queries_per_s": "DB queries/s", "reads_per_s": "reads/s"}
+                 "che_model": "Che model", "lru_simulation": "LRU simulation", "reads": "reads",
+                 "db_queries": "DB queries", "db_queries_per_s": "DB queries/s"}
 
 
 def table(df: "pd.DataFrame") -> "pd.DataFrame":
     """The sweep's measured figures, rounded, with readable column names."""
     out = df[list(TABLE_COLUMNS)].rename(columns=TABLE_COLUMNS)
     return out.round({"share of posts cached": 3, "hit ratio (memcached)": 3, "Che model": 3,
-                      "LRU simulation": 3, "DB queries/s": 0, "reads/s": 0, "cache MB": 1})
+                      "LRU simulation": 3, "DB queries/s": 0, "cache MB": 1})
 
 
 def plot_sweep(df: "pd.DataFrame", x: str, data: instagram.InstagramData | None = None) -> Any:
@@ -555,7 +563,7 @@ def check_small_cache_serves_most(df: "pd.DataFrame", skew: float = 1.1, share: 
     """Claim: at high skew, a cache holding at most ``share`` of the posts serves most reads."""
     from labkit.checkpoints import checkpoint
 
-    rows = df[np.isclose(df["skew"], skew)]
+    rows = df.reset_index(drop=True)[np.isclose(df["skew"].to_numpy(), skew)]
     if rows.empty:
         raise BadParameter(f"the sweep has no point at s={skew}: include it in skews")
     r = rows.iloc[0]
@@ -571,6 +579,7 @@ def check_model_matches(df: "pd.DataFrame", tol: float = 0.08) -> list[Any]:
     """Claim: the measured hit ratio is within ``tol`` (absolute) of Che's model at every point."""
     from labkit.checkpoints import checkpoint
 
+    df = df.reset_index(drop=True)  # sweeps concatenated with pd.concat repeat index labels
     gap = (df["hit_ratio"] - df["che_model"]).abs()
     r = df.loc[gap.idxmax()]
     return [checkpoint(f"measured hit ratio within {tol} of the Che model at every point", float(gap.max()),

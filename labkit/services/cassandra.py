@@ -435,9 +435,11 @@ class LocalCassandra(LocalService):
                 self.proxy_ref = self.proxy.ref
                 self.procs = [self.proxy]
             self._save_layout()
-            seeds = [n for n in self.seeds() if n in dead]
-            others = [n for n in dead if n not in seeds]
-            for group in (seeds, others):
+            # One seed first (nobody to gossip with yet), then all the rest at once: with auto_bootstrap off and
+            # fixed tokens, nodes may join together, and the JVM start-ups overlap on the cores.
+            first = [n for n in self.seeds()[:1] if n in dead]
+            rest = [n for n in dead if n not in first]
+            for group in (first, rest):
                 for n in group:
                     self._launch(n)
                 self._save_layout()
