@@ -180,3 +180,16 @@ def test_exercise_fails_when_hits_query_postgres(mc, pg, data):
 
     with pytest.raises(CheckpointFailed, match=r"second read of post:\d+ ran 1 query\(ies\) on Postgres"):
         caching.check_cache_aside(read_post, solution.like_post, mc.address, pg.dsn, data)
+
+
+def test_exercise_not_attempted_says_so(mc, pg, data, capsys):
+    def read_post(mc_, db, post_id):
+        raise NotImplementedError
+
+    caching.check_cache_aside(read_post, solution.like_post, mc.address, pg.dsn, data)
+    assert "Not attempted yet" in capsys.readouterr().out
+
+
+def test_race_table_is_tidy(mc, pg, data):
+    df = caching.race_table(caching.stale_set_race(mc.address, pg.dsn, data, fixed=True, trials=1))
+    assert list(df["reader's late set"]) == ["NF"] and df["cached version"].isna().all()

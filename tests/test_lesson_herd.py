@@ -101,3 +101,11 @@ def test_exercise_fails_when_the_winner_never_sets(mc, pg, hot):
 
     with pytest.raises(CheckpointFailed, match=r"memcached holds no value under 'post:\d+': set it"):
         herd.check_lease_get(lease_get, mc.address, pg.dsn, hot)
+
+
+def test_exercise_not_attempted_says_so(mc, pg, hot, capsys):
+    def lease_get(mc_, key, recompute):
+        raise NotImplementedError
+
+    assert herd.check_lease_get(lease_get, mc.address, pg.dsn, hot) is None
+    assert "Not attempted yet" in capsys.readouterr().out

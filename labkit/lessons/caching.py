@@ -37,7 +37,7 @@ __all__ = [
     "CARD_BYTES", "post_key", "decode_card", "PostStore", "prepare", "che_hit_ratio", "lru_hit_ratio",
     "hit_ratio_run", "latency_compare", "stale_set_race", "RaceOutcome", "items_per_mb",
     "check_cache_aside", "defaults", "sized_cache", "skew_sweep", "size_sweep", "table", "plot_sweep",
-    "plot_latency", "check_db_follows_hit_ratio", "check_small_cache_serves_most", "check_model_matches",
+    "plot_latency", "race_table", "check_db_follows_hit_ratio", "check_small_cache_serves_most", "check_model_matches",
     "check_race",
 ]
 
@@ -517,7 +517,7 @@ def plot_sweep(df: "pd.DataFrame", x: str, data: instagram.InstagramData | None 
     ax1.set_ylabel("hit ratio")
     ax1.set_ylim(0, 1)
     ax1.grid(alpha=0.3)
-    ax1.legend(fontsize=8)
+    ax1.legend(fontsize=8, loc="lower right")
     ax2.bar(range(len(df)), 1000 * df["db_queries"] / df["reads"], color="C3", alpha=0.8)
     ax2.plot(range(len(df)), 1000 * (1 - df["hit_ratio"]), "k_", markersize=20, label="1000 × (1 − hit ratio)")
     ax2.set_xticks(range(len(df)), [f"{v:.2f}" if x == "cache_fraction" else f"{v:g}" for v in df[x]])
@@ -544,6 +544,18 @@ def plot_latency(lat: dict[str, dict[str, float]]) -> Any:
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     return fig
+
+
+def race_table(*runs: list[RaceOutcome]) -> "pd.DataFrame":
+    """The interleavings of :func:`stale_set_race`, one row each."""
+    import pandas as pd
+
+    rows = [{"lease fix": o.fixed, "reader read version": o.reader_saw_version, "Postgres version": o.db_version,
+             "reader's late set": o.set_status, "cached version": o.cached_version, "stale": o.stale}
+            for run in runs for o in run]
+    df = pd.DataFrame(rows)
+    df["cached version"] = df["cached version"].astype("Int64")
+    return df
 
 
 def check_db_follows_hit_ratio(df: "pd.DataFrame", rel_tol: float = 0.05) -> list[Any]:

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["STRATEGIES", "HerdResult", "run_herd", "compare", "Recompute",
            "no_protection", "lock_with_add", "lease", "serve_stale", "lease_ignoring_z", "from_lease_get",
-           "check_lease_get", "defaults", "hot_post", "table", "plot_results", "check_leases_cut_queries",
+           "check_lease_get", "defaults", "hot_post", "table", "plot_results", "plot_timeline", "check_leases_cut_queries",
            "check_serve_stale_p99"]
 
 LEASE_TTL = 10       # s: how long a lease / a stale item lives if the winner never sets
@@ -386,38 +386,62 @@ def table(results: dict[str, HerdResult]) -> "pd.DataFrame":
 
     df = pd.DataFrame([r.row() for r in results.values()]).set_index("strategy")
     df = df[["readers", "invalidations", "db_queries", "db_queries_per_invalidation", "peak_db_queries_per_s",
-             "p50_ms", "p99_ms", "stale_reads", "reads"]]
+             "p50_ms", "p99_ms", "hit_p99_ms", "stale_reads", "reads"]]
     df.columns = ["readers", "invalidations", "DB queries", "DB queries / invalidation", "peak DB queries/s",
-                  "p50 (ms)", "p99 (ms)", "stale reads served", "reads"]
-    return df.round({"DB queries / invalidation": 1, "peak DB queries/s": 0, "p50 (ms)": 2, "p99 (ms)": 1})
+                  "p50 (ms)", "p99 (ms)", "p99 before 1st invalidation (ms)", "stale reads served", "reads"]
+    return df.round({"DB queries / invalidation": 1, "peak DB queries/s": 0, "p50 (ms)": 2, "p99 (ms)": 1,
+                     "p99 before 1st invalidation (ms)": 1})
 
 
-def plot_results(results: dict[str, HerdResult], window: float = 0.1) -> Any:
-    """Left: DB queries/s over time per strategy (invalidations marked). Right: p50/p99 per strategy."""
+def plot_results(results: dict[str, HerdResult]) -> Any:
+    """Left: DB queries per invalidation per strategy. Right: read latency p50/p99 per strategy."""
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [3, 2]})
-    for i, (name, r) in enumerate(results.items()):
-        edges = np.arange(0, r.duration_s + window, window)
-        counts, _ = np.histogram(r.query_times, bins=edges)
-        ax1.step(edges[:-1], counts / window, where="post", label=name, color=f"C{i}", alpha=0.85)
-    first = next(iter(results.values()))
-    for t in first.invalidation_times:
-        ax1.axvline(t, color="grey", lw=0.6, ls=":")
-    ax1.set_xlabel("time (s); dotted lines: invalidations")
-    ax1.set_ylabel(f"Postgres queries/s ({window * 1000:.0f} ms bins)")
-    ax1.legend(fontsize=8)
-    ax1.grid(alpha=0.3)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.6))
     names = list(results)
     pos = np.arange(len(names))
+    per = [results[n].db_queries_per_invalidation for n in names]
+    ax1.bar(pos, per, color=[f"C{i}" for i in range(len(names))], alpha=0.85)
+    for x, v in zip(pos, per):
+        ax1.annotate(f"{v:.1f}", (x, v), ha="center", va="bottom", fontsize=9)
+    ax1.set_yscale("log")
+    ax1.set_ylim(0.5, max(per) * 3)
+    ax1.set_xticks(pos, names)
+    ax1.set_ylabel("Postgres queries per invalidation (log)")
+    ax1.set_title(f"{results[names[0]].readers} readers, one hot key", fontsize=10)
+    ax1.grid(alpha=0.3, axis="y")
+    first = results[names[0]]
     ax2.bar(pos - 0.2, [results[n].p(50) for n in names], 0.4, label="p50")
     ax2.bar(pos + 0.2, [results[n].p(99) for n in names], 0.4, label="p99")
     ax2.axhline(first.recompute_s * 1000, color="grey", ls="--", lw=0.8, label="recompute cost")
     ax2.set_yscale("log")
     ax2.set_xticks(pos, names)
-    ax2.set_ylabel("read latency (ms, log scale)")
-    ax2.legend(fontsize=8)
+    ax2.set_ylabel("read latency (ms, log)")
+    ax2.legend(fontsize=8, loc="upper right")
     ax2.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig
+
+
+def plot_timeline(results: dict[str, HerdResult], window: float = 0.1) -> Any:
+    """Postgres queries/s over time, one row per strategy; dotted lines mark the invalidations."""
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    fig, axes = plt.subplots(len(names), 1, figsize=(11, 1.3 * len(names) + 0.6), sharex=True, sharey=True,
+                             squeeze=False)
+    for i, (ax, name) in enumerate(zip(axes[:, 0], names)):
+        r = results[name]
+        edges = np.arange(0, r.duration_s + window, window)
+        counts, _ = np.histogram(r.query_times, bins=edges)
+        ax.fill_between(edges[:-1], counts / window, step="post", color=f"C{i}", alpha=0.8)
+        for t in r.invalidation_times:
+            ax.axvline(t, color="grey", lw=0.7, ls=":")
+        ax.set_ylabel(name, rotation=0, ha="right", va="center")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_title(f"Postgres queries/s ({window * 1000:.0f} ms bins); dotted lines: invalidations",
+                         fontsize=10)
+    axes[-1, 0].set_xlabel("time since start (s)")
     fig.tight_layout()
     return fig
 
