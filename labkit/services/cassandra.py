@@ -13,17 +13,23 @@ Layout of a local cluster (all on loopback; Linux routes the whole 127/8 there):
 
 * cluster k gets the addresses 127.0.k.x, with k picked so that nothing else listens there; node n listens on
   ``127.0.k.n`` (CQL, internode) and its JMX on 127.0.0.1:<free port>. All nodes share one free CQL port and
-  one free storage port, so ``Cluster(ep.contact_points, port=ep.port)`` is all a driver needs.
+  one free storage port, so ``Cluster(ep.contact_points, port=ep.port)`` is all a driver needs. (Where only
+  127.0.0.1 is loopback, e.g. macOS without aliases, a single node runs there and clusters are refused.)
 * Datacenters and racks come from GossipingPropertyFileSnitch (one cassandra-rackdc.properties per node).
-* Inter-DC latency: every node's ``broadcast_address`` is ``127.0.k.(100+n)``, where a latency proxy process
-  (labkit.services.latency_proxy) forwards to the node. With ``prefer_local=true`` peers in the same DC
-  switch to the node's private ``listen_address`` and bypass the proxy; peers in another DC keep using the
-  broadcast address, so each inter-DC message crosses exactly one proxy (Cassandra's internode connections
-  are one-way: replies travel on the replier's own connection). A cross-DC round trip thus costs
-  2 * inter_dc_delay_ms. Clients connect straight to the nodes (rpc_address), never through a proxy.
+* Inter-DC latency (clusters of two or more DCs): every node's ``broadcast_address`` is ``127.0.k.(100+n)``,
+  where one latency proxy process (labkit.services.latency_proxy, one route per node) forwards to the node's
+  storage port. With ``prefer_local=true``, peers in the same DC learn the node's private ``listen_address``
+  from gossip and reconnect to it, bypassing the proxy; peers in another DC keep the broadcast address, so
+  each inter-DC message crosses exactly one proxy (Cassandra's internode connections are one-way: replies
+  travel on the replier's own outbound connection). A cross-DC round trip thus costs 2 * inter_dc_delay_ms.
+  Clients connect straight to the nodes (rpc_address), never through a proxy. Verified by measurement
+  (tests/test_cassandra.py): at 60 ms one-way, an eu-coordinated QUORUM read (needs a us replica) takes
+  ~128 ms against ~2 ms for LOCAL_QUORUM, while a us LOCAL_QUORUM read, which needs both us replicas, stays at
+  a few ms (it would cost >= 120 ms if intra-DC traffic crossed the proxy).
+  ``set_inter_dc_delay(ms)`` changes the delay while the cluster runs, also from another process.
 
-Profiles: "light" (heap 256 MB, C1 JIT only, tiny caches; ~0.5 GB resident per node, fits Binder with one
-node per DC) and "full" (heap 768 MB, full JIT). Each node is one JVM started the way Cassandra 5.0's own
+Profiles: "light" (heap 256 MB, C1 JIT only, tiny caches; measured ~640 MB resident per node, so Binder
+fits one node, or at most one per DC) and "full" (heap 768 MB, full JIT). Each node is one JVM started the way Cassandra 5.0's own
 scripts start it on Java 17 (module exports/opens, the jamm agent, -Dcassandra.config=file://...), with
 fast dev-start settings (no wait for gossip to settle, short ring delay, one token per node, no bootstrap).
 """
@@ -42,7 +48,8 @@ from typing import Any
 
 import psutil
 
-from labkit.errors import BadParameter, BinaryNotFound, InsufficientResources, NotRunning, ServiceFailed
+from labkit.errors import (BadParameter, BinaryNotFound, InsufficientResources, NotRunning, ProviderUnavailable,
+                           ServiceFailed)
 from labkit.services import _docker
 from labkit.services._cassandra_jars import cassandra_classpath
 from labkit.services._process import (LOOPBACK, LocalService, ManagedProcess, free_port, port_is_free, reap,
@@ -55,7 +62,7 @@ JAVA_HINT = ("Java 17 not found: apt-get install openjdk-17-jre-headless (Debian
 
 PROFILES: dict[str, dict[str, int]] = {
     # footprint_mb: resident memory per node we plan for (measured: see benchmarks/_cassandra_bench.py)
-    "light": {"heap_mb": 256, "footprint_mb": 650},
+    "light": {"heap_mb": 256, "footprint_mb": 700},
     "full": {"heap_mb": 768, "footprint_mb": 1300},
 }
 _SPEC_SYNTAX = ('nodes must look like "dc1:1" or "us:3,eu:2" (comma-separated <datacenter>:<count>, '
@@ -149,6 +156,17 @@ def check_memory(count: int, footprint_mb: int) -> None:
             f"{count} Cassandra node(s) need about {need} MB ({footprint_mb} MB each) but only {avail_mb} MB "
             "of memory is available: ask for fewer nodes (e.g. nodes=\"us:1,eu:1\"), use profile=\"light\", "
             "or stop other servers (`labkit down`).")
+
+
+def _can_bind(address: str) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((address, 0))
+            return True
+        except OSError:
+            return False
 
 
 def _initial_token(dc_index: int, i: int, count: int) -> int:
@@ -376,21 +394,32 @@ class LocalCassandra(LocalService):
             busy = {c.laddr.ip for c in psutil.net_connections(kind="inet") if c.laddr}
         except (psutil.Error, PermissionError):
             busy = set()
-        subnets = list(range(10, 250))
-        random.shuffle(subnets)
-        for k in subnets:
-            addrs = [f"127.0.{k}.{i}" for i in range(1, count + 1)]
-            proxies = [f"127.0.{k}.{_PROXY_OFFSET + i}" for i in range(1, count + 1)]
-            if busy & set(addrs + proxies):
-                continue
-            native, storage = free_port(addrs[0]), free_port(addrs[0])
-            if native == storage or not all(port_is_free(native, a) and port_is_free(storage, a)
-                                            for a in addrs + proxies):
-                continue
-            break
+        if not _can_bind("127.0.254.1"):
+            # macOS and others route only 127.0.0.1 unless aliases are added: one node still works there
+            if count > 1:
+                raise ProviderUnavailable(
+                    f"this system routes only 127.0.0.1 to loopback, and a {count}-node cluster needs one address "
+                    "per node (127.0.k.n, plus 127.0.k.(100+n) for the latency proxies). Add aliases (macOS: "
+                    "`sudo ifconfig lo0 alias 127.0.10.1` ... for each), or use Docker (LABKIT_PROVIDER=docker), "
+                    'or one node (nodes="dc1:1").')
+            addrs, proxies = [LOOPBACK], [LOOPBACK]
+            native, storage = free_port(LOOPBACK), free_port(LOOPBACK)
         else:
-            raise ServiceFailed("no free 127.0.k.0/24 loopback range for a Cassandra cluster: stop other "
-                                "clusters (`labkit down`)")
+            subnets = list(range(10, 250))
+            random.shuffle(subnets)
+            for k in subnets:
+                addrs = [f"127.0.{k}.{i}" for i in range(1, count + 1)]
+                proxies = [f"127.0.{k}.{_PROXY_OFFSET + i}" for i in range(1, count + 1)]
+                if busy & set(addrs + proxies):
+                    continue
+                native, storage = free_port(addrs[0]), free_port(addrs[0])
+                if native == storage or not all(port_is_free(native, a) and port_is_free(storage, a)
+                                                for a in addrs + proxies):
+                    continue
+                break
+            else:
+                raise ServiceFailed("no free 127.0.k.0/24 loopback range for a Cassandra cluster: stop other "
+                                    "clusters (`labkit down`)")
         self.native_port, self.storage_port = native, storage
         self.nodes = []
         i = 0
@@ -740,7 +769,9 @@ _LOGBACK = """<configuration scan="false">
 class DockerCassandra(Service):
     """Cassandra in containers (testcontainers): one CassandraContainer, or several on a Docker network.
 
-    Same endpoint shape as LocalCassandra: contact points on 127.0.0.1 with one published CQL port per node.
+    Same endpoint shape as LocalCassandra; each node's CQL port is published on 127.0.0.1 (``extra["nodes"]``).
+    The contact point is the first node; the driver then finds the others at their container addresses, which
+    the host reaches on Linux (Docker Desktop on macOS/Windows: use one node, or run the notebook in Docker).
     Inter-DC delay is not injected here (containers share a bridge network): use the local provider for it.
     """
 
@@ -760,36 +791,40 @@ class DockerCassandra(Service):
         self.containers: list[tuple[str, str, Any]] = []  # (node name, dc, container)
         self.network: Any = None
 
-    def _env(self, dc: str, seeds: str | None) -> dict[str, str]:
+    def _env(self, dc: str, token: int, seeds: str | None) -> dict[str, str]:
         env = {"CASSANDRA_DC": dc, "CASSANDRA_RACK": "rack1", "CASSANDRA_ENDPOINT_SNITCH": "GossipingPropertyFileSnitch",
                "CASSANDRA_CLUSTER_NAME": f"labkit-{self.name}", "CASSANDRA_NUM_TOKENS": "1",
                "MAX_HEAP_SIZE": f"{self.heap_mb}M", "HEAP_NEWSIZE": "64M",
-               "JVM_EXTRA_OPTS": "-Dcassandra.skip_wait_for_gossip_to_settle=0 -Dcassandra.ring_delay_ms=1000"}
+               # CassandraContainer sets initial_token=0 for every container: a cluster needs distinct tokens
+               "JVM_OPTS": f"-Dcassandra.skip_wait_for_gossip_to_settle=0 -Dcassandra.ring_delay_ms=1000 "
+                           f"-Dcassandra.initial_token={token} -Dcassandra.consistent.rangemovement=false"}
         if seeds:
             env["CASSANDRA_SEEDS"] = seeds
         return env
 
     def start(self) -> Endpoint:
-        from testcontainers.cassandra import CassandraContainer
+        try:
+            from testcontainers.community.cassandra import CassandraContainer
+        except ImportError:  # testcontainers < 4.8
+            from testcontainers.cassandra import CassandraContainer
 
         _docker.require_docker()
         count = sum(self.datacenters.values())
         check_memory(count, PROFILES[self.profile]["footprint_mb"])
-        names = [(f"{dc}{i + 1}", dc) for dc, n in self.datacenters.items() for i in range(n)]
+        names = [(f"{dc}_{i + 1}" if dc[-1].isdigit() else f"{dc}{i + 1}", dc, _initial_token(d, i, n))
+                 for d, (dc, n) in enumerate(self.datacenters.items()) for i in range(n)]
         try:
             if count > 1:
                 from testcontainers.core.network import Network
 
                 self.network = Network().create()
-            seed_names = [f"labkit-{self.name}-{nm}" for nm, dc in names
-                          if nm == f"{dc}1"]
-            for nm, dc in names:
-                alias = f"labkit-{self.name}-{nm}"
+            seeds = ",".join(f"labkit-{self.name}-{nm}" for nm, dc, _ in names if nm in (f"{dc}1", f"{dc}_1"))
+            for nm, dc, token in names:  # one after another: each start() waits for "Startup complete"
                 c = CassandraContainer(self.image)
-                for k, v in self._env(dc, ",".join(seed_names) if count > 1 else None).items():
+                for k, v in self._env(dc, token, seeds if count > 1 else None).items():
                     c.with_env(k, v)
                 if self.network is not None:
-                    c.with_network(self.network).with_network_aliases(alias)
+                    c.with_network(self.network).with_network_aliases(f"labkit-{self.name}-{nm}")
                 _docker.start_on_loopback(c, 9042)
                 self.containers.append((nm, dc, c))
             self._endpoint = self._make_endpoint()
