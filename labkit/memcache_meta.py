@@ -18,7 +18,10 @@ from __future__ import annotations
 import asyncio
 import base64 as _b64
 import collections
+import functools
+import re
 import socket
+import time
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Deque, Mapping
@@ -31,6 +34,7 @@ __all__ = [
 ]
 
 MAX_KEY_LENGTH = 250
+_BAD_KEY_BYTE = re.compile(rb"[\x00-\x20\x7f]")  # memcached splits tokens on space; controls break lines
 _SET_MODES = {"set": "S", "add": "E", "append": "A", "prepend": "P", "replace": "R",
               "S": "S", "E": "E", "A": "A", "P": "P", "R": "R"}
 # Tokens of a returned flag that carry integers; the rest stay strings.
@@ -88,7 +92,7 @@ def validate_key(key: str | bytes, *, binary: bool = False) -> bytes:
     if len(raw) > MAX_KEY_LENGTH:
         raise BadParameter(f"memcached key is {len(raw)} bytes (max {MAX_KEY_LENGTH}): use a shorter "
                            "key or hash it (e.g. hashlib.sha1(key).hexdigest())")
-    if any(b <= 0x20 or b == 0x7F for b in raw):
+    if _BAD_KEY_BYTE.search(raw):
         raise BadParameter(f"memcached key {raw[:40]!r} contains a space or control character: "
                            "remove it, or pass binary=True to send the key base64-encoded")
     return raw
@@ -118,10 +122,18 @@ def encode_get(key: str | bytes, *, value: bool = True, cas: bool = False, ttl: 
                binary: bool = False) -> bytes:
     """Build an ``mg`` request. vivify=N<ttl> (lease on miss), recache=R<ttl>, touch=T<ttl>."""
     k = validate_key(key, binary=binary)
+    return b"mg " + k + _get_flags(value, cas, ttl, size, return_key, client_flags, vivify, recache, touch,
+                                   no_bump, quiet, opaque, binary)
+
+
+@functools.lru_cache(maxsize=1024)
+def _get_flags(value: bool, cas: bool, ttl: bool, size: bool, return_key: bool, client_flags: bool,
+               vivify: int | None, recache: int | None, touch: int | None, no_bump: bool, quiet: bool,
+               opaque: str | None, binary: bool) -> bytes:
+    # cached: a load run asks for the same few flag sets millions of times
     parts: list[str] = []
     if binary:
         parts.append("b")
-    # Always ask for the CAS and TTL the caller wants; 'v' last so flags come back in a stable order.
     for on, flag in ((cas, "c"), (ttl, "t"), (size, "s"), (return_key, "k"), (client_flags, "f"),
                      (no_bump, "u"), (quiet, "q")):
         if on:
@@ -134,7 +146,7 @@ def encode_get(key: str | bytes, *, value: bool = True, cas: bool = False, ttl: 
         parts.append(f"O{opaque}")
     if value:
         parts.append("v")
-    return _line("mg", k, parts)
+    return ("".join(" " + p for p in parts) + "\r\n").encode()
 
 
 def encode_set(key: str | bytes, value: bytes | str, *, ttl: int = 0, cas: int | None = None,
@@ -289,10 +301,12 @@ class _Commands:
     """The request-building half shared by the sync and async clients."""
 
     @staticmethod
-    def _get(key: str | bytes, kw: Mapping[str, Any]) -> tuple[bytes, bool]:
-        kw = dict(kw)
-        kw.setdefault("cas", True)
-        kw.setdefault("ttl", True)
+    def _get(key: str | bytes, kw: dict[str, Any]) -> tuple[bytes, bool]:
+        # CAS and TTL come back by default: cheap, and what cache-aside/lease code needs
+        if "cas" not in kw:
+            kw["cas"] = True
+        if "ttl" not in kw:
+            kw["ttl"] = True
         return encode_get(key, **kw), bool(kw.get("quiet"))
 
 
@@ -401,44 +415,62 @@ class MetaClient(_Commands):
                 raise MetaError(f"flush_all answered {line!r}")
 
 
+class _MetaProtocol(asyncio.Protocol):
+    """Feeds bytes from the socket straight into the client's parser (no StreamReader layer)."""
+
+    def __init__(self, client: "AsyncMetaClient") -> None:
+        self.client = client
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self.client._on_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client._on_lost(exc)
+
+
 class AsyncMetaClient(_Commands):
-    """asyncio twin of MetaClient. Many tasks may share one client: requests are pipelined on the
-    connection and answers matched in order (memcached replies in request order)."""
+    """asyncio twin of MetaClient. Many tasks may share one client: their requests are pipelined
+    on the connection (written together once per loop iteration) and answers matched in order
+    (memcached replies in request order)."""
 
     def __init__(self, address: tuple[str, int] | str | Any, *, timeout: float = 5.0) -> None:
         self.address = _address(address)
         self.timeout = timeout
-        self._reader_stream: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._pending: Deque[tuple[asyncio.Future[Any], bool]] = collections.deque()
-        self._task: asyncio.Task[None] | None = None
+        self._transport: asyncio.Transport | None = None
+        self._parser = ResponseReader()
+        self._pending: Deque[list[Any]] = collections.deque()  # [future, quiet, sent_at]
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._watchdog: asyncio.TimerHandle | None = None
         self._connect_lock: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def connect(self) -> "AsyncMetaClient":
         if self._connect_lock is None:
             self._connect_lock = asyncio.Lock()
         async with self._connect_lock:
-            if self._writer is None:
-                r, w = await asyncio.wait_for(asyncio.open_connection(*self.address), self.timeout)
-                sock = w.get_extra_info("socket")
-                if sock is not None:
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self._reader_stream, self._writer = r, w
-                self._task = asyncio.get_running_loop().create_task(self._read_loop(r))
+            if self._transport is None:
+                loop = asyncio.get_running_loop()
+                self._parser = ResponseReader()
+                transport, _ = await asyncio.wait_for(
+                    loop.create_connection(lambda: _MetaProtocol(self), *self.address), self.timeout)
+                self._transport, self._loop = transport, loop  # type: ignore[assignment]
+                self._arm_watchdog()
         return self
 
     async def close(self) -> None:
-        w, self._writer = self._writer, None
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+        t, self._transport = self._transport, None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         self._fail_pending(ConnectionError("client closed"))
-        if w is not None:
-            w.close()
-            try:
-                await w.wait_closed()
-            except (OSError, asyncio.CancelledError):
-                pass
+        if t is not None:
+            t.close()
 
     async def __aenter__(self) -> "AsyncMetaClient":
         return await self.connect()
@@ -446,75 +478,110 @@ class AsyncMetaClient(_Commands):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    # -- connection events ------------------------------------------------------------------
     def _fail_pending(self, exc: BaseException) -> None:
+        self._out.clear()
         while self._pending:
-            fut, _ = self._pending.popleft()
+            fut = self._pending.popleft()[0]
             if not fut.done():
                 fut.set_exception(exc)
 
-    async def _read_loop(self, stream: asyncio.StreamReader) -> None:
-        parser = ResponseReader()
-        try:
-            while True:
-                chunk = await stream.read(65536)
-                if not chunk:
-                    raise ConnectionError(f"memcached at {self.address[0]}:{self.address[1]} closed "
-                                          "the connection (server stopped or killed?)")
-                parser.feed(chunk)
-                while self._pending:
-                    fut, quiet = self._pending[0]
-                    item = parser.next()
-                    if item is None:
-                        break
-                    if quiet:
-                        # Quiet request was sent with a trailing 'mn': a reply (if any) then MN.
-                        if isinstance(item, MetaResult) and item.status == "MN":
-                            self._pending.popleft()
-                            if not fut.done():
-                                fut.set_result(None)
-                            continue
-                        if not fut.done():
-                            fut.set_result(item)
-                        # the future stays queued until its MN arrives
-                        continue
-                    self._pending.popleft()
+    def _on_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        self._fail_pending(ConnectionError(
+            f"memcached at {self.address[0]}:{self.address[1]} closed the connection (server stopped or "
+            f"killed?){': ' + str(exc) if exc else ''}"))
+
+    def _on_data(self, data: bytes) -> None:
+        parser = self._parser
+        parser.feed(data)
+        pending = self._pending
+        while pending:
+            entry = pending[0]
+            try:
+                item = parser.next()
+            except Exception as exc:  # unparseable stream: nothing after this can be trusted
+                self._abort(MetaError(f"could not parse memcached's reply: {exc}"))
+                return
+            if item is None:
+                return
+            fut, quiet = entry[0], entry[1]
+            if quiet:
+                # a quiet request was sent with a trailing 'mn': maybe one reply, then MN
+                if isinstance(item, MetaResult) and item.status == "MN":
+                    pending.popleft()
                     if not fut.done():
-                        if isinstance(item, MetaError):
-                            fut.set_exception(item)
-                        else:
-                            fut.set_result(item)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # connection lost: every waiter gets the error, not a hang
-            self._writer = None
-            self._fail_pending(exc if isinstance(exc, (OSError, MetaError)) else ConnectionError(str(exc)))
+                        fut.set_result(None)
+                elif not fut.done():
+                    fut.set_result(item)
+                continue
+            pending.popleft()
+            if not fut.done():
+                if isinstance(item, MetaError):
+                    fut.set_exception(item)
+                else:
+                    fut.set_result(item)
+
+    def _abort(self, exc: BaseException) -> None:
+        t, self._transport = self._transport, None
+        self._fail_pending(exc)
+        if t is not None:
+            t.abort()
+
+    def _arm_watchdog(self) -> None:
+        # one timer per connection instead of one per request: checks the oldest request's age
+        if self.timeout and self._loop is not None:
+            self._watchdog = self._loop.call_later(max(0.05, self.timeout / 4), self._check_timeouts)
+
+    def _check_timeouts(self) -> None:
+        self._watchdog = None
+        if self._pending and time.monotonic() - self._pending[0][2] > self.timeout:
+            self._abort(TimeoutError(f"memcached at {self.address[0]}:{self.address[1]} did not answer within "
+                                     f"{self.timeout} s (server paused or overloaded?)"))
+            return
+        if self._transport is not None:
+            self._arm_watchdog()
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._out and self._transport is not None:
+            data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+            self._out.clear()
+            self._transport.write(data)
 
     async def _call(self, request: bytes, quiet: bool = False) -> Any:
-        if self._writer is None:
+        if self._transport is None:
             await self.connect()
-        assert self._writer is not None
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        # Queue the waiter and write in the same step (no await between) so order matches replies.
-        self._pending.append((fut, quiet))
-        self._writer.write(request + encode_noop() if quiet else request)
-        try:
-            res = await asyncio.wait_for(fut, self.timeout)
-        except asyncio.TimeoutError:
-            await self.close()  # the stream is now out of step; start afresh next call
-            raise TimeoutError(f"memcached at {self.address} did not answer within {self.timeout}s")
+        loop = self._loop
+        assert loop is not None
+        fut = loop.create_future()
+        # queue the waiter and the bytes in the same step (no await between): order matches replies
+        self._pending.append([fut, quiet, time.monotonic()])
+        self._out.append(request + b"mn\r\n" if quiet else request)
+        if not self._flush_scheduled:
+            # requests from other tasks in this loop iteration go out in the same write (pipelining)
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        res = await fut
         if isinstance(res, MetaError):
             raise res
         return res
 
     async def get(self, key: str | bytes, **kw: Any) -> MetaResult:
+        """``mg``: value, CAS and TTL by default. kw: vivify, recache, touch, value, quiet, binary..."""
         req, quiet = self._get(key, kw)
         return _as_get(await self._call(req, quiet))
 
     async def set(self, key: str | bytes, value: bytes | str, **kw: Any) -> MetaResult:
+        """``ms``: kw ttl, cas, invalidate, mode, client_flags, return_cas, quiet, binary."""
         res = await self._call(encode_set(key, value, **kw), bool(kw.get("quiet")))
         return res if res is not None else MetaResult(status="HD")
 
     async def delete(self, key: str | bytes, **kw: Any) -> MetaResult:
+        """``md``: kw invalidate (mark stale), ttl (with invalidate), cas, quiet, binary."""
         res = await self._call(encode_delete(key, **kw), bool(kw.get("quiet")))
         return res if res is not None else MetaResult(status="HD")
 
