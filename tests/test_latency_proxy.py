@@ -169,3 +169,28 @@ def test_bad_delays_are_refused(echo_server):
         LatencyProxy(target=echo_server, delay_ms=-1)
     with pytest.raises(BadParameter, match="target"):
         LatencyProxy(target=("127.0.0.1", 0))
+
+
+def test_proxy_of_a_killed_owner_exits_by_itself(echo_server, tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = ("import json, time; from labkit.services.latency_proxy import LatencyProxy\n"
+              f"px = LatencyProxy(target={tuple(echo_server)!r}, delay_ms=5).start()\n"
+              "print(json.dumps(px.pids()[0]['pid']), flush=True); time.sleep(600)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        pid = json.loads(owner.stdout.readline())
+        assert psutil.pid_exists(pid)
+    finally:
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

@@ -116,10 +116,23 @@ class _Route:
             sender.cancel()
 
 
-async def _serve(config: Path) -> None:
+def _owner_alive(owner: tuple[int, float] | None) -> bool:
+    if owner is None:
+        return True
+    import psutil
+
+    try:
+        return abs(psutil.Process(owner[0]).create_time() - owner[1]) < 0.05
+    except psutil.Error:
+        return False
+
+
+async def _serve(config: Path, owner: tuple[int, float] | None = None) -> None:
     routes: dict[tuple[str, int], _Route] = {}
     mtime = -1.0
     while True:
+        if not _owner_alive(owner):
+            return  # the Python process that started this proxy died: do not outlive it
         try:
             st = config.stat().st_mtime_ns
         except FileNotFoundError:
@@ -150,8 +163,13 @@ async def _serve(config: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="labkit TCP latency proxy")
     ap.add_argument("--config", required=True, type=Path, help="JSON file with the routes; polled for changes")
+    ap.add_argument("--owner", help="PID:create_time of a process; exit when it is gone")
     args = ap.parse_args(argv)
-    asyncio.run(_serve(args.config))
+    owner = None
+    if args.owner:
+        pid, created = args.owner.split(":")
+        owner = (int(pid), float(created))
+    asyncio.run(_serve(args.config, owner))
 
 
 # --- the Python handle ----------------------------------------------------------------------------
@@ -168,7 +186,7 @@ class LatencyProxy:
 
     def __init__(self, listen: tuple[str, int] = ("127.0.0.1", 0), target: tuple[str, int] = ("127.0.0.1", 0),
                  delay_ms: float | tuple[float, float] = 0.0, jitter_ms: float | tuple[float, float] = 0.0,
-                 *, workdir: Path | None = None) -> None:
+                 *, workdir: Path | None = None, tied_to_this_process: bool = True) -> None:
         from labkit.services._process import free_port
 
         if not target[1]:
@@ -179,9 +197,15 @@ class LatencyProxy:
         self.delay_ms = _pair(delay_ms, "delay_ms")
         self.jitter_ms = _pair(jitter_ms, "jitter_ms")
         self._own_dir = workdir is None
-        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="labkit-proxy-"))
+        if workdir is None:  # under labkit's instances: `labkit down` finds a stray proxy by this path
+            from labkit import paths
+
+            workdir = Path(tempfile.mkdtemp(prefix="proxy-", dir=paths.instances_dir()))
+        self.workdir = workdir
         self.config = self.workdir / f"proxy-{self.listen[1]}.json"
         self.proc: Any = None
+        # a notebook's proxy dies with its kernel; a stack's (labkit up) is reaped by the stack instead
+        self.tied = tied_to_this_process
 
     @property
     def address(self) -> tuple[str, int]:
@@ -192,7 +216,7 @@ class LatencyProxy:
                 "delay_ms": self.delay_ms, "jitter_ms": self.jitter_ms}
 
     def start(self) -> "LatencyProxy":
-        self.proc = start_proxy_process(self.config, [self._route()])
+        self.proc = start_proxy_process(self.config, [self._route()], owner_pid=os.getpid() if self.tied else None)
         return self
 
     def set_delay(self, delay_ms: float | tuple[float, float], jitter_ms: float | tuple[float, float] = 0.0) -> None:
@@ -221,9 +245,13 @@ class LatencyProxy:
         self.stop()
 
 
-def start_proxy_process(config: Path, routes: list[dict[str, Any]], timeout: float = 15.0) -> Any:
-    """Start a proxy process serving `routes`; wait until every listen address accepts connections."""
-    from labkit.services._process import ManagedProcess, tail, wait_for
+def start_proxy_process(config: Path, routes: list[dict[str, Any]], timeout: float = 15.0,
+                        owner_pid: int | None = None) -> Any:
+    """Start a proxy process serving `routes`; wait until every listen address accepts connections.
+
+    With `owner_pid` the proxy exits by itself once that process is gone (no orphan after a killed kernel).
+    """
+    from labkit.services._process import ManagedProcess, proc_ref, tail, wait_for
 
     config.parent.mkdir(parents=True, exist_ok=True)
     config.with_suffix(".ready").unlink(missing_ok=True)
@@ -233,8 +261,11 @@ def start_proxy_process(config: Path, routes: list[dict[str, Any]], timeout: flo
     # the child must import this very labkit, also when it is not installed (a source checkout)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
                                                       env.get("PYTHONPATH")]))
-    proc = ManagedProcess([sys.executable, "-m", "labkit.services.latency_proxy", "--config", str(config)],
-                          log, env=env)
+    argv = [sys.executable, "-m", "labkit.services.latency_proxy", "--config", str(config)]
+    if owner_pid is not None:
+        ref = proc_ref(owner_pid)
+        argv += ["--owner", f"{ref['pid']}:{ref['create_time']!r}"]
+    proc = ManagedProcess(argv, log, env=env)
     try:
         wait_for(f"latency proxy ({len(routes)} routes)",
                  # the process writes .ready after every listening socket is bound (a test connection
