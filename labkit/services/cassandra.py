@@ -7,7 +7,8 @@
 
 Node spec syntax (``nodes=``): comma-separated ``<dc>:<count>`` pairs, e.g. ``"dc1:1"`` (one node),
 ``"dc1:3"`` (one datacenter of three), ``"us:3,eu:2"`` (two datacenters). A dict ``{"us": 3, "eu": 2}``
-works too. Datacenter names are letters, digits, ``_`` or ``-``; nodes are named ``<dc><i>`` (us1, us2, eu1).
+works too. Datacenter names are letters, digits, ``_`` or ``-``; nodes are named ``<dc><i>`` (us1, us2, eu1;
+``dc1_1`` when the DC name ends in a digit).
 
 Layout of a local cluster (all on loopback; Linux routes the whole 127/8 there):
 
