@@ -1,7 +1,8 @@
 """The `labkit` command: doctor, up, down, status, logs, fetch, course.
 
     labkit doctor                        what this machine can run, and what to install for the rest
-    labkit up [postgres memcached cassandra ...] [--nodes us:3,eu:2] [--postgres-servers 3]
+    labkit up [postgres memcached cassandra ...] [--nodes us:3,eu:2] [--inter-dc-delay-ms 40]
+              [--postgres-servers 3] [--memory-mb 64]
     labkit status [--json]               running services and their endpoints
     labkit logs SERVICE [-n 50]
     labkit down [--keep-data]            stop everything labkit started (also orphans of killed kernels)
@@ -91,6 +92,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         opts: dict[str, Any] = {}
         if kind == "cassandra" and args.nodes:
             opts["nodes"] = args.nodes
+        if kind == "cassandra" and args.inter_dc_delay_ms:
+            opts["inter_dc_delay_ms"] = args.inter_dc_delay_ms
         if kind == "memcached" and args.memory_mb:
             opts["memory_mb"] = args.memory_mb
         count = args.postgres_servers if kind == "postgres" else 1
@@ -177,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("services", nargs="*", help="postgres memcached cassandra (default: postgres memcached)")
     s.add_argument("--provider", choices=["local", "docker", "external"], default=None)
     s.add_argument("--nodes", help="Cassandra datacenters and node counts, e.g. us:3,eu:2 (default dc1:1)")
+    s.add_argument("--inter-dc-delay-ms", type=float, default=0.0,
+                   help="one-way latency injected between Cassandra datacenters (userspace proxy)")
     s.add_argument("--postgres-servers", type=int, default=1, help="how many Postgres servers (sharding lab: 2-4)")
     s.add_argument("--memory-mb", type=int, default=None, help="memcached memory (-m)")
     s.set_defaults(func=cmd_up)
