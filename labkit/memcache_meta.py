@@ -46,7 +46,7 @@ class MetaError(LabkitError):
     """memcached answered ERROR / CLIENT_ERROR / SERVER_ERROR, or sent something unparseable."""
 
 
-@dataclass
+@dataclass(slots=True)
 class MetaResult:
     """One meta response.
 
@@ -219,6 +219,8 @@ def _as_get(res: MetaResult | None) -> MetaResult:
 
 
 def _result(status: str, tokens: list[bytes], value: bytes | None) -> MetaResult:
+    if not tokens:  # the common case under load: no flags asked, none returned
+        return MetaResult(status=status, value=value)
     flags: dict[str, Any] = {}
     for tok in tokens:
         name, rest = chr(tok[0]), tok[1:].decode(errors="replace")
@@ -239,29 +241,38 @@ class ResponseReader:
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        self._pos = 0  # parsed up to here; compacted lazily (deleting per reply would copy the rest)
         self._stats: dict[str, str] | None = None
 
     def feed(self, data: bytes) -> None:
+        if self._pos and self._pos >= len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+        elif self._pos > 65536:
+            del self._buf[:self._pos]
+            self._pos = 0
         self._buf += data
 
     def next(self) -> Any | None:
         """The next complete response, or None when more bytes are needed."""
+        buf = self._buf
         while True:
-            end = self._buf.find(b"\r\n")
+            pos = self._pos
+            end = buf.find(b"\r\n", pos)
             if end < 0:
                 return None
-            line = bytes(self._buf[:end])
+            line = bytes(buf[pos:end])
             parts = line.split()
             code = parts[0].decode(errors="replace") if parts else ""
             if code == "VA":
                 size = int(parts[1])
                 need = end + 2 + size + 2
-                if len(self._buf) < need:
+                if len(buf) < need:
                     return None
-                value = bytes(self._buf[end + 2:end + 2 + size])
-                del self._buf[:need]
+                value = bytes(buf[end + 2:end + 2 + size])
+                self._pos = need
                 return _result("VA", parts[2:], value)
-            del self._buf[:end + 2]
+            self._pos = end + 2
             if self._stats is not None:
                 if code == "STAT":
                     self._stats[parts[1].decode()] = b" ".join(parts[2:]).decode(errors="replace")
@@ -569,6 +580,11 @@ class AsyncMetaClient(_Commands):
         if isinstance(res, MetaError):
             raise res
         return res
+
+    async def request(self, request: bytes) -> Any:
+        """Send one pre-built request (from the ``encode_*`` functions) and return its reply.
+        The load drivers use this to skip keyword handling on their hot path."""
+        return await self._call(request)
 
     async def get(self, key: str | bytes, **kw: Any) -> MetaResult:
         """``mg``: value, CAS and TTL by default. kw: vivify, recache, touch, value, quiet, binary..."""

@@ -72,12 +72,13 @@ def test_open_loop_postgres_reaches_target_rate(pg_table) -> None:
 
 # -- memcached --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("client, asynchronous", [("meta", True), ("meta", False), ("pymemcache", False)])
-def test_memcached_get_set(mc, client: str, asynchronous: bool) -> None:
-    drv = drivers.memcached(mc, client=client)
+@pytest.mark.parametrize("client, asynchronous, share", [("meta", True, None), ("meta", True, 2),
+                                                          ("meta", False, None), ("pymemcache", False, None)])
+def test_memcached_get_set(mc, client: str, asynchronous: bool, share: int | None) -> None:
+    drv = drivers.memcached(mc, client=client, share=share)
     res = run(drv.get_set_op(asynchronous=asynchronous),
               Workload(keys=Zipf(500, 1.0), mix={"get": 0.9, "set": 0.1}, clients=4, duration=SECONDS,
-                       key_format=f"it-{client}-{asynchronous}:{{}}"),
+                       key_format=f"it-{client}-{asynchronous}-{share}:{{}}"),
               watch=MemcachedStats(mc))
     _assert_clean(res)
     gets = res.counters["hits"] + res.counters["misses"]
@@ -87,7 +88,7 @@ def test_memcached_get_set(mc, client: str, asynchronous: bool) -> None:
 
 
 def test_memcached_multiprocess(mc) -> None:
-    drv = drivers.memcached(mc)
+    drv = drivers.memcached(mc, share=1)  # each worker pipelines its clients over one connection
     res = run(drv.get_set_op(), Workload(clients=4, duration=SECONDS, mix={"get": 0.5, "set": 0.5}), processes=2)
     _assert_clean(res)
     assert res.params["processes"] == 2
@@ -101,10 +102,11 @@ def _kill_later(service, after: float) -> threading.Timer:
     return t
 
 
-def test_memcached_killed_mid_run_is_counted(stack) -> None:
+@pytest.mark.parametrize("share", [None, 2])
+def test_memcached_killed_mid_run_is_counted(stack, share) -> None:
     svc = stack.add("memcached", name="mc-victim")
     try:
-        drv = drivers.memcached(svc.endpoint)
+        drv = drivers.memcached(svc.endpoint, share=share)
         _kill_later(svc, 0.8)
         t0 = time.monotonic()
         res = run(drv.get_set_op(), Workload(clients=4, duration=2.0))
@@ -168,3 +170,22 @@ def test_cassandra_consistency_per_request() -> None:
         read = cd.query_op("SELECT v FROM loadtest.kv WHERE k = ?", consistency="QUORUM")
         res = run(read, Workload(keys=Uniform(200), clients=4, duration=SECONDS))
         _assert_clean(res)
+
+
+def test_postgres_pq_engine_returns_rows_and_reports_sql_errors(pg_table) -> None:
+    """The lean engine used for throughput runs: right rows, blocking and async, and SQL errors counted."""
+    drv = drivers.postgres(pg_table, engine="pq")
+    seen: list[tuple] = []
+
+    async def check(ctx, op):
+        rows = await ctx.conn.fetch("SELECT k, v FROM load_kv WHERE k = %s AND v LIKE %s", (op.rank + 1, "%"))
+        assert rows and int(rows[0][0]) == op.rank + 1
+        seen.append(rows[0])
+
+    res = run(check, Workload(keys=Uniform(1000), clients=2, ops=200), driver=drv)
+    assert res.error_count == 0 and res.ops == 200 and len(seen) == 200, res.summary()
+    sync = run(drv.query_op("SELECT v FROM load_kv WHERE k = %s", asynchronous=False),
+               Workload(clients=2, duration=0.5))
+    _assert_clean(sync, min_ops=10)
+    bad = run(drv.query_op("SELECT nope FROM load_kv WHERE k = %s"), Workload(clients=2, ops=20))
+    assert bad.ops == 0 and bad.errors == {"UndefinedColumn": 20}, bad.summary()

@@ -288,7 +288,8 @@ class MemcachedDriver(Driver):
         if share is not None and (not isinstance(share, int) or share < 1):
             raise BadParameter(f"share={share!r}: the number of shared connections must be an integer >= 1")
         self.client, self.timeout, self.share = client, timeout, share
-        self._shared: dict[int, list[Any]] = {}
+        self._shared: dict[tuple[int, int], list[Any]] = {}
+        self._users: dict[int, int] = {}
         self._rr = 0
 
     def connect(self) -> Any:
@@ -307,21 +308,32 @@ class MemcachedDriver(Driver):
         if self.share is None:
             return await AsyncMetaClient(self.address, timeout=self.timeout).connect()
         # one set of shared connections per event loop (and per process: forked workers rebuild it)
-        key = id(asyncio.get_running_loop()) ^ os.getpid()
+        key = (id(asyncio.get_running_loop()), os.getpid())
         conns = self._shared.setdefault(key, [])
         if len(conns) < self.share:
             conns.append(AsyncMetaClient(self.address, timeout=self.timeout))
         self._rr = (self._rr + 1) % len(conns)
         c = conns[self._rr]
+        self._users[id(c)] = self._users.get(id(c), 0) + 1
         await c.connect()
         return c
 
     async def aclose(self, conn: Any) -> None:
-        if self.share is not None:
-            # shared: reconnects by itself on next use; close it once nobody needs it
+        if self.share is None:
             await conn.close()
             return
-        await conn.close()
+        # shared: other clients may still have requests in flight on it; the last user closes it
+        # (a broken shared connection reconnects by itself on its next request)
+        left = self._users.get(id(conn), 1) - 1
+        self._users[id(conn)] = left
+        if left <= 0:
+            self._users.pop(id(conn), None)
+            for key, conns in list(self._shared.items()):
+                if conn in conns:
+                    conns.remove(conn)
+                    if not conns:
+                        del self._shared[key]
+            await conn.close()
 
     def is_disconnect(self, exc: BaseException) -> bool:
         from pymemcache.exceptions import MemcacheUnexpectedCloseError
@@ -336,15 +348,22 @@ class MemcachedDriver(Driver):
             if self.client != "meta":
                 raise BadParameter("asynchronous get_set_op needs client='meta'; pymemcache is blocking")
 
+            from labkit.memcache_meta import encode_set, validate_key
+            set_flags = f" T{int(ttl)}\r\n".encode()
+
             async def aop(ctx: Any, op: Op) -> None:
+                # hand-built requests: the same bytes get()/set() would send, minus their keyword handling
                 if op.kind in reads:
-                    r = await ctx.conn.get(op.key, cas=False, ttl=False)
+                    r = await ctx.conn.request(b"mg " + validate_key(op.key) + b" v\r\n")
                     if count_hits:
-                        ctx.count("hits" if r.hit else "misses")
+                        ctx.count("hits" if r.status == "VA" else "misses")
                 else:
-                    r = await ctx.conn.set(op.key, op.value or b"", ttl=ttl)
-                    if not r.ok:
+                    value = op.value or b""
+                    r = await ctx.conn.request(b"ms " + validate_key(op.key) + b" %d" % len(value) + set_flags
+                                               + value + b"\r\n")
+                    if r.status != "HD":
                         raise RuntimeError(f"memcached did not store {op.key}: {r.status}")
+            assert encode_set("k", b"v", ttl=ttl) == b"ms k 1" + set_flags + b"v\r\n"  # same wire format
             return self._bind(aop)
 
         if self.client == "pymemcache":

@@ -514,7 +514,7 @@ def _explain(res: RunResult, t_end_rel: float, interval: float) -> None:
     ok_rows = [r for r in res.rows if r.get("ops", 0) > 0]
     last_ok = max((r["t"] + r["seconds"] for r in ok_rows), default=0.0)
     if res.disconnects and res.first_error_at is not None and last_ok <= res.first_error_at + interval and \
-            res.last_error_at is not None and res.last_error_at > last_ok:
+            res.last_error_at is not None and res.last_error_at - last_ok >= interval:
         res.notes.append(f"No operation succeeded after t~{last_ok:.1f} s: the server stopped answering "
                          "(killed or down?).")
         res.stopped = "server failure"
@@ -611,7 +611,8 @@ def run(fn: Callable[..., Any], workload: Workload | None = None, *, driver: Any
     if workload is None:
         workload = Workload(**workload_options)
     elif workload_options:
-        workload = Workload(**{**workload.__dict__, **workload_options})
+        workload = Workload(**{**{k: v for k, v in workload.__dict__.items() if not k.startswith("_")},
+                               **workload_options})
     workload.validate()
     if not callable(fn):
         raise BadParameter(f"fn={fn!r} is not callable: pass a function fn(ctx, op) or fn(op)")

@@ -296,7 +296,7 @@ class Workload:
         out = []
         for i in range(parts):
             c = self.clients // parts + (1 if i < self.clients % parts else 0)
-            w = Workload(**{**self.__dict__, "clients": c})
+            w = Workload(**{**{k: v for k, v in self.__dict__.items() if not k.startswith("_")}, "clients": c})
             if self.rate is not None:
                 w.rate = self.rate * c / self.clients
             if self.ops is not None:
@@ -304,6 +304,12 @@ class Workload:
             w.seed = None if self.seed is None else self.seed * 1000 + i
             out.append(w)
         return out
+
+    def _key_cache(self) -> list[str | None] | None:
+        cache = self.__dict__.get("_keycache")
+        if cache is None and self.keys.n <= 1_000_000:
+            cache = self.__dict__["_keycache"] = [None] * self.keys.n
+        return cache
 
     def key_name(self, rank: int) -> str:
         return self.key_format.format(rank)
@@ -319,6 +325,9 @@ class Workload:
         lo, hi = self.value_size if isinstance(self.value_size, tuple) else (self.value_size,) * 2
         fmt = self.key_format.format
         names = self.keys.names if isinstance(self.keys, Trace) else None  # trace keys keep their names
+        # formatting a key costs as much as the rest of an op: remember them when the key space is small
+        # (one cache per workload, shared by its clients; ~8 bytes per key plus the keys used)
+        keycache = self._key_cache()
         trace_pos = client * 7919  # trace replay: clients start at different points of the trace
         seq = 0
         while True:
@@ -337,7 +346,13 @@ class Workload:
                     size = int(sizes[i]) if sizes is not None else lo
                     start = (seq * 31) % 95  # vary the bytes a little, cheaply
                     value = _VALUE_BYTES[start:start + size]
-                yield Op(kind, fmt(names[r] if names is not None else r), r, value, client + client_offset, seq)
+                if keycache is not None:
+                    key = keycache[r]
+                    if key is None:
+                        key = keycache[r] = fmt(names[r] if names is not None else r)
+                else:
+                    key = fmt(r)
+                yield Op(kind, key, r, value, client + client_offset, seq)
                 seq += 1
 
     def arrivals(self, rng: np.random.Generator, chunk: int = 4096) -> Iterator[float]:
