@@ -118,3 +118,45 @@ def test_plots_have_units(experiment) -> None:
     assert len(ax.lines) == 2
     with pytest.raises(BadParameter, match="columns are"):
         ui.plots.sweep([a, b], "clients", "nope")
+
+
+_NOTEBOOK_CELLS = [
+    ("import os\n"
+     "import labkit.ui as ui\n"
+     "from labkit.load import Workload, Zipf, drivers, run\n"
+     "mc = drivers.memcached(os.environ['LABKIT_TEST_MC'])"),
+    ("def experiment(clients: int = 3, s: float = 0.9, seconds: float = 1.0, progress=None, stop=None):\n"
+     "    wl = Workload(keys=Zipf(200, s), mix={'get': 0.9, 'set': 0.1}, clients=clients, duration=seconds)\n"
+     "    return run(mc.get_set_op(), wl, progress=progress, stop=stop)\n"
+     "shown = ui.panel(experiment, clients=(1, 16), s=(0.0, 1.5, 0.05))\n"
+     "res = ui.result_of(shown, timeout=60)\n"
+     "assert res.ops > 0 and res.error_count == 0, res.summary()\n"
+     "print(res.summary())"),
+    ("# NBVAL_CHECK_OUTPUT\n"
+     "print('panel returned', type(shown).__name__, '| clients', res.params['clients'])"),
+]
+
+
+@pytest.mark.parametrize("headless_flag, returned", [("1", "RunResult"), ("0", "Panel")])
+def test_panel_in_a_notebook_run_by_nbval(mc, tmp_path, headless_flag: str, returned: str) -> None:
+    """A real Jupyter kernel under nbval: headless returns the result; with a frontend assumed
+    (LABKIT_HEADLESS=0) the panel runs in the background and result_of() waits for it."""
+    import os
+    import subprocess
+    import sys
+
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(src, execution_count=i + 1) for i, src in enumerate(_NOTEBOOK_CELLS)]
+    nb.cells[-1].outputs = [nbformat.v4.new_output(
+        "stream", name="stdout", text=f"panel returned {returned} | clients 3\n")]
+    path = tmp_path / "panel_smoke.ipynb"
+    nbformat.write(nb, path)
+    env = {**os.environ, "LABKIT_HEADLESS": headless_flag, "LABKIT_TEST_MC": f"{mc.host}:{mc.port}",
+           "PYTHONPATH": os.pathsep.join([str(__import__("pathlib").Path(__file__).resolve().parents[1]),
+                                          os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "--nbval-lax", str(path), "-p", "no:cacheprovider",
+                           "--rootdir", str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "3 passed" in proc.stdout, proc.stdout[-2000:]  # the checked cell compared equal
