@@ -159,6 +159,12 @@ def check_memory(count: int, footprint_mb: int) -> None:
             "or stop other servers (`labkit down`).")
 
 
+def _log_tail(path: Path, lines: int = 25) -> str:
+    """The end of a node's log without Java stack frames, so the error itself stays in view."""
+    kept = [ln for ln in tail(path, 400).splitlines() if not ln.lstrip().startswith(("at ", "... "))]
+    return "\n".join(kept[-lines:])
+
+
 def _can_bind(address: str) -> bool:
     import socket
 
@@ -624,7 +630,7 @@ class LocalCassandra(LocalService):
             return bool(_query_one(n.address, self.native_port, "SELECT release_version FROM system.local"))
 
         wait_for(f"Cassandra node {n.name} ({n.address}:{self.native_port}) to answer CQL", ready, timeout,
-                 alive=n.alive, on_fail=lambda: f"--- last lines of {n.log_path} ---\n" + tail(n.log_path, 40),
+                 alive=n.alive, on_fail=lambda: f"--- last lines of {n.log_path} ---\n" + _log_tail(n.log_path),
                  interval=0.5)
 
     def _wait_converged(self, timeout: float) -> None:
