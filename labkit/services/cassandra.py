@@ -572,7 +572,8 @@ class LocalCassandra(LocalService):
         jamm = next((p for p in self.classpath if p.name.startswith("jamm-")), None)
         light = self.profile == "light"
         args = [
-            # jvm-server.options
+            # jvm-server.options, minus -XX:+AlwaysPreTouch (it would make the whole heap resident at once),
+            # -XX:+HeapDumpOnOutOfMemoryError (heap dumps fill a laptop's disk) and -XX:+UseNUMA (one socket)
             "-ea", "-da:net.openhft...", "-XX:+UseThreadPriorities", "-Xss256k", "-XX:+UseTLAB", "-XX:+ResizeTLAB",
             "-XX:+PerfDisableSharedMem", "-Djava.net.preferIPv4Stack=true", "-XX:+ExitOnOutOfMemoryError",
             f"-Xms{self.heap_mb}m", f"-Xmx{self.heap_mb}m",
