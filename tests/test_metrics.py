@@ -80,3 +80,37 @@ def test_wire_roundtrip_and_merge() -> None:
 
 def test_empty_histogram_is_nan_not_crash() -> None:
     assert np.isnan(hist_percentiles(new_histogram())["p50"])
+
+
+def test_closed_loop_obeys_littles_law_and_sweep_collects_rows() -> None:
+    """Runner timing checked against Little's law (clients = throughput x mean latency) on an op
+    whose latency is a sleep: a property of the measurement, not of the machine's speed."""
+    import asyncio
+
+    from labkit.load import run, sweep
+
+    async def op(o):
+        await asyncio.sleep(0.004)
+
+    df = sweep(lambda clients: run(op, clients=clients, duration=0.8), "clients", [1, 6], show_progress=False)
+    assert list(df["clients"]) == [1, 6] and len(df.attrs["results"]) == 2
+    for _, row in df.iterrows():
+        in_system = row["throughput"] * row["mean_ms"] / 1000
+        assert abs(in_system - row["clients"]) / row["clients"] < 0.15, (
+            f"Little's law: {row['throughput']:.0f}/s x {row['mean_ms']:.2f} ms = {in_system:.2f} "
+            f"!= {row['clients']} clients")
+    assert df["throughput"].iloc[1] > 3 * df["throughput"].iloc[0]
+
+
+def test_open_loop_counts_queueing_delay() -> None:
+    """Open loop at a rate above what one connection can serve: latency includes waiting, so it
+    grows far beyond the service time (coordinated omission avoided)."""
+    import time
+
+    from labkit.load import run
+
+    def op(o):
+        time.sleep(0.004)  # one connection serves at most ~250/s
+
+    res = run(op, clients=1, rate=400, duration=1.0)
+    assert res.percentiles()["p99"] > 10 * 4, res.summary()  # queue builds: p99 >> 4 ms service time

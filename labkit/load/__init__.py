@@ -5,8 +5,9 @@
     result.summary(); result.to_frame(); result.percentiles()
 """
 from labkit.load.metrics import RunResult
-from labkit.load.runner import Context, Progress, arun, run
+from labkit.load import drivers, server_stats
+from labkit.load.runner import Context, OperationBug, Progress, arun, run, sweep
 from labkit.load.workload import HotSpot, KeyDistribution, Op, OpMix, Trace, Uniform, Workload, Zipf
 
 __all__ = ["Workload", "Uniform", "Zipf", "HotSpot", "Trace", "OpMix", "Op", "KeyDistribution",
-           "run", "arun", "RunResult", "Context", "Progress"]
+           "run", "arun", "sweep", "RunResult", "Context", "Progress", "OperationBug", "drivers", "server_stats"]

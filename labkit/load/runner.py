@@ -32,7 +32,7 @@ from labkit.errors import BadParameter
 from labkit.load.metrics import Recorder, RunResult
 from labkit.load.workload import Op, Workload
 
-__all__ = ["run", "arun", "Context", "Progress"]
+__all__ = ["run", "arun", "sweep", "Context", "Progress", "OperationBug"]
 
 _BACKOFF_MIN, _BACKOFF_MAX = 0.02, 0.5
 # Bugs in the operation, not server behaviour: raise at once instead of counting 100k of them.
@@ -433,11 +433,13 @@ def _thread_engine(fn: Callable[..., Any], wl: Workload, driver: Any,
     else:
         pool = ThreadPoolExecutor(wl.clients, thread_name_prefix="labkit-open")
 
+        queued: list[Any] = []
+
         def scheduler() -> None:
             rng = np.random.default_rng(None if wl.seed is None else [wl.seed, 10_000 + client_offset])
             stream = wl.stream(0, client_offset=client_offset)
             t0_ns = int(t0 * 1e9)
-            pending: list[Any] = []
+            pending = queued
             for offset in wl.arrivals(rng):
                 due = t0 + offset
                 delay = due - perf()
@@ -445,7 +447,8 @@ def _thread_engine(fn: Callable[..., Any], wl: Workload, driver: Any,
                     time.sleep(delay)
                 if not take():
                     break
-                pending = [f for f in pending if not f.done()]
+                if len(pending) >= min(1024, wl.max_in_flight):
+                    pending[:] = [f for f in pending if not f.done()]
                 if len(pending) >= wl.max_in_flight:
                     with lock:
                         if not worker_recs:
@@ -472,6 +475,10 @@ def _thread_engine(fn: Callable[..., Any], wl: Workload, driver: Any,
             break
     if not wl.closed_loop:
         pool.shutdown(wait=False, cancel_futures=True)
+        dropped = sum(1 for f in queued if f.cancelled())
+        if dropped:
+            notes.append(f"{dropped} requests were still queued at the end and were not served "
+                         "(the rate is above what the server and connections sustain).")
         grace_end = perf() + (op_timeout if op_timeout is not None else 1.0)
         for t in list(getattr(pool, "_threads", ())):
             t.join(timeout=max(0.0, grace_end - perf()))
@@ -694,3 +701,37 @@ async def arun(fn: Callable[..., Any], workload: Workload | None = None, **kw: A
 
 def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def sweep(experiment: Callable[..., RunResult], param: str, values: Any, *, show_progress: bool = True,
+          **fixed: Any) -> Any:
+    """Run ``experiment(**{param: v}, **fixed)`` for each value; a DataFrame with one row per run.
+
+    Each row is ``RunResult.row()`` (params, throughput, percentiles in ms, errors, counters) with
+    the swept value in column ``param``; the RunResults are in ``df.attrs["results"]``.
+
+        df = sweep(lambda clients: run(op, clients=clients, duration=3), "clients", [1, 2, 4, 8, 16])
+        labkit.ui.plots.sweep(df, "clients", "throughput", model=usl_curve, ylabel="throughput (ops/s)")
+    """
+    import pandas as pd
+    values = list(values)
+    if not values:
+        raise BadParameter(f"sweep over {param!r} needs at least one value")
+    results, rows = [], []
+    bar = None
+    if show_progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(values, desc=f"sweep {param}", leave=False)
+    for v in values:
+        res = experiment(**{param: v}, **fixed)
+        if not isinstance(res, RunResult):
+            raise BadParameter(f"the experiment returned {type(res).__name__}, not a RunResult: return run(...)")
+        results.append(res)
+        rows.append({**res.row(), param: v})
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    df = pd.DataFrame(rows)
+    df.attrs["results"] = results
+    return df
