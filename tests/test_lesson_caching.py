@@ -132,6 +132,12 @@ def test_latency_cache_hit_faster_than_postgres(small_cache, pg, data):
         lat = caching.latency_compare(small_cache, store, data, reads=600)
     # a hit is one memcached round trip; a miss is a multi-table query: compare within the same run
     assert lat["cache hit"]["p50_ms"] < lat["postgres only"]["p50_ms"]
+    assert lat["cache hit"]["reads"] + lat["cache miss (get + query + set)"]["reads"] == 600
+    caching.check_latency(lat)
+    # the claim can fail: with the roles swapped (the "cache" path being Postgres) it is refuted
+    swapped = {"cache hit": lat["postgres only"], "postgres only": lat["cache hit"]}
+    with pytest.raises(CheckpointFailed, match=r"faster than a Postgres read \(median\): 0\.\d+ < expected 1.5"):
+        caching.check_latency(swapped)
 
 
 def test_stale_set_race_reproduced_and_fixed(mc, pg, data, capsys):

@@ -37,7 +37,7 @@ __all__ = [
     "CARD_BYTES", "post_key", "decode_card", "PostStore", "prepare", "che_hit_ratio", "lru_hit_ratio",
     "hit_ratio_run", "latency_compare", "stale_set_race", "RaceOutcome", "items_per_mb",
     "check_cache_aside", "defaults", "sized_cache", "skew_sweep", "size_sweep", "table", "plot_sweep",
-    "plot_latency", "race_table", "check_db_follows_hit_ratio", "check_small_cache_serves_most", "check_model_matches",
+    "plot_latency", "race_table", "check_latency", "check_db_follows_hit_ratio", "check_small_cache_serves_most", "check_model_matches",
     "check_race",
 ]
 
@@ -558,20 +558,20 @@ def race_table(*runs: list[RaceOutcome]) -> "pd.DataFrame":
     return df
 
 
-def check_db_follows_hit_ratio(df: "pd.DataFrame", rel_tol: float = 0.05) -> list[Any]:
+def check_db_follows_hit_ratio(df: "pd.DataFrame", rel_tol: float = 0.05) -> None:
     """Claim: Postgres queries = reads × (1 − hit ratio), at every point of a sweep."""
     from labkit.checkpoints import checkpoint
 
     worst = max(df.itertuples(), key=lambda r: abs(r.db_queries - r.reads * (1 - r.hit_ratio))
                 / max(1.0, r.reads * (1 - r.hit_ratio)))
-    return [checkpoint("DB queries fall as the hit ratio predicts: queries = reads x (1 - hit ratio)",
-                       worst.db_queries, within=(worst.reads * (1 - worst.hit_ratio), rel_tol),
-                       context=f"s={worst.skew}, {worst.cache_mb:.0f} MB cache, hit ratio {worst.hit_ratio:.3f}, "
-                               f"{worst.reads} reads")]
+    checkpoint("DB queries fall as the hit ratio predicts: queries = reads x (1 - hit ratio)",
+               worst.db_queries, within=(worst.reads * (1 - worst.hit_ratio), rel_tol),
+               context=f"s={worst.skew}, {worst.cache_mb:.0f} MB cache, hit ratio {worst.hit_ratio:.3f}, "
+                       f"{worst.reads} reads")
 
 
 def check_small_cache_serves_most(df: "pd.DataFrame", skew: float = 1.1, share: float = 0.10,
-                                  at_least: float = 0.5) -> list[Any]:
+                                  at_least: float = 0.5) -> None:
     """Claim: at high skew, a cache holding at most ``share`` of the posts serves most reads."""
     from labkit.checkpoints import checkpoint
 
@@ -579,36 +579,41 @@ def check_small_cache_serves_most(df: "pd.DataFrame", skew: float = 1.1, share: 
     if rows.empty:
         raise BadParameter(f"the sweep has no point at s={skew}: include it in skews")
     r = rows.iloc[0]
-    return [
-        checkpoint(f"the small cache holds at most {share:.0%} of the posts", r["cache_fraction"],
-                   at_most=share + 0.005, context=f"{r['cached_cards']} of {r['keys']} cards in {r['cache_mb']:.0f} MB"),
-        checkpoint(f"at s={skew} a cache of {share:.0%} of the posts serves most reads", r["hit_ratio"],
-                   at_least=at_least, context=f"zipf s={skew}, {r['cache_fraction']:.1%} of posts cached"),
-    ]
+    checkpoint(f"the small cache holds at most {share:.0%} of the posts", r["cache_fraction"],
+               at_most=share + 0.005, context=f"{r['cached_cards']} of {r['keys']} cards in {r['cache_mb']:.0f} MB")
+    checkpoint(f"at s={skew} a cache of {share:.0%} of the posts serves most reads", r["hit_ratio"],
+               at_least=at_least, context=f"zipf s={skew}, {r['cache_fraction']:.1%} of posts cached")
 
 
-def check_model_matches(df: "pd.DataFrame", tol: float = 0.08) -> list[Any]:
+def check_model_matches(df: "pd.DataFrame", tol: float = 0.08) -> None:
     """Claim: the measured hit ratio is within ``tol`` (absolute) of Che's model at every point."""
     from labkit.checkpoints import checkpoint
 
     df = df.reset_index(drop=True)  # sweeps concatenated with pd.concat repeat index labels
     gap = (df["hit_ratio"] - df["che_model"]).abs()
     r = df.loc[gap.idxmax()]
-    return [checkpoint(f"measured hit ratio within {tol} of the Che model at every point", float(gap.max()),
-                       at_most=tol, context=f"worst at s={r['skew']}, {r['cache_fraction']:.1%} cached: measured "
-                                            f"{r['hit_ratio']:.3f} vs model {r['che_model']:.3f}")]
+    checkpoint(f"measured hit ratio within {tol} of the Che model at every point", float(gap.max()),
+               at_most=tol, context=f"worst at s={r['skew']}, {r['cache_fraction']:.1%} cached: measured "
+                                    f"{r['hit_ratio']:.3f} vs model {r['che_model']:.3f}")
 
 
-def check_race(naive: list[RaceOutcome], fixed: list[RaceOutcome]) -> list[Any]:
+def check_race(naive: list[RaceOutcome], fixed: list[RaceOutcome]) -> None:
     """Claims: the stale-set race leaves stale data without the fix, and never with the lease fix."""
     from labkit.checkpoints import checkpoint
 
     n_stale = sum(o.stale for o in naive)
     f_stale = sum(o.stale for o in fixed)
-    return [
-        checkpoint("the stale-set race is reproduced with plain get/set", n_stale, at_least=len(naive),
-                   context=f"{n_stale} of {len(naive)} interleavings left a stale card"),
-        checkpoint("with a lease (mg N, ms C) the race leaves no stale data", f_stale, at_most=0,
-                   context=f"{f_stale} of {len(fixed)} interleavings left a stale card; set answers "
-                           f"{sorted({o.set_status for o in fixed})}"),
-    ]
+    checkpoint("the stale-set race is reproduced with plain get/set", n_stale, at_least=len(naive),
+               context=f"{n_stale} of {len(naive)} interleavings left a stale card")
+    checkpoint("with a lease (mg N, ms C) the race leaves no stale data", f_stale, at_most=0,
+               context=f"{f_stale} of {len(fixed)} interleavings left a stale card; set answers "
+                       f"{sorted({o.set_status for o in fixed})}")
+
+
+def check_latency(lat: dict[str, dict[str, float]], factor: float = 1.5) -> None:
+    """Claim: a cache hit's median latency is at least ``factor``x lower than a Postgres read's."""
+    from labkit.checkpoints import checkpoint
+
+    hit, db = lat["cache hit"]["p50_ms"], lat["postgres only"]["p50_ms"]
+    checkpoint(f"a cache hit is at least {factor:g}x faster than a Postgres read (median)", db / hit,
+               at_least=factor, context=f"p50 {hit:.3f} ms (hit) vs {db:.3f} ms (Postgres)")

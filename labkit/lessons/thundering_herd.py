@@ -191,6 +191,17 @@ class HerdResult:
     def p(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if len(self.latencies_ms) else float("nan")
 
+    def refresh_p(self, q: float, during: bool = True) -> float:
+        """Percentile (ms) of the reads that began while the value was being refreshed (``during``), i.e.
+        within 2x the recompute time after an invalidation, or of all the other reads (plain hits).
+        Both sets run side by side under the same machine load, so their ratio does not depend on it."""
+        t = self.start_times
+        inside = np.zeros(len(t), dtype=bool)
+        for t_inv in self.invalidation_times:
+            inside |= (t >= t_inv) & (t < t_inv + 2 * self.recompute_s)
+        sel = self.latencies_ms[inside if during else ~inside]
+        return float(np.percentile(sel, q)) if len(sel) else float("nan")
+
     def baseline_p(self, q: float) -> float:
         """Percentile (ms) of the reads before the first invalidation: plain cache hits, same run, same load."""
         if len(self.invalidation_times) == 0:
@@ -203,7 +214,7 @@ class HerdResult:
                 "db_queries": self.db_queries, "db_queries_per_invalidation": self.db_queries_per_invalidation,
                 "peak_db_queries_per_s": self.peak_db_queries_per_s(), "reads": self.reads,
                 "p50_ms": self.p(50), "p99_ms": self.p(99), "max_ms": float(self.latencies_ms.max()),
-                "hit_p99_ms": self.baseline_p(99),
+                "hit_p99_ms": self.refresh_p(99, during=False), "refresh_p99_ms": self.refresh_p(99),
                 "stale_reads": self.stale_reads}
 
 
@@ -386,11 +397,12 @@ def table(results: dict[str, HerdResult]) -> "pd.DataFrame":
 
     df = pd.DataFrame([r.row() for r in results.values()]).set_index("strategy")
     df = df[["readers", "invalidations", "db_queries", "db_queries_per_invalidation", "peak_db_queries_per_s",
-             "p50_ms", "p99_ms", "hit_p99_ms", "stale_reads", "reads"]]
+             "p50_ms", "p99_ms", "refresh_p99_ms", "hit_p99_ms", "stale_reads", "reads"]]
     df.columns = ["readers", "invalidations", "DB queries", "DB queries / invalidation", "peak DB queries/s",
-                  "p50 (ms)", "p99 (ms)", "p99 before 1st invalidation (ms)", "stale reads served", "reads"]
+                  "p50 (ms)", "p99 (ms)", "p99 during refresh (ms)", "p99 otherwise (ms)", "stale reads served",
+                  "reads"]
     return df.round({"DB queries / invalidation": 1, "peak DB queries/s": 0, "p50 (ms)": 2, "p99 (ms)": 1,
-                     "p99 before 1st invalidation (ms)": 1})
+                     "p99 during refresh (ms)": 1, "p99 otherwise (ms)": 1})
 
 
 def plot_results(results: dict[str, HerdResult]) -> Any:
@@ -447,34 +459,35 @@ def plot_timeline(results: dict[str, HerdResult], window: float = 0.1) -> Any:
 
 
 def check_leases_cut_queries(none: HerdResult, leased: HerdResult, factor: float = 10.0,
-                             min_readers: int = 50) -> list[Any]:
+                             min_readers: int = 50) -> None:
     """Claim: with >= 50 concurrent readers, leases cut DB queries per invalidation by >= ``factor``."""
     from labkit.checkpoints import checkpoint
 
     ratio = none.db_queries_per_invalidation / max(leased.db_queries_per_invalidation, 1e-9)
-    return [
-        checkpoint(f"the herd has at least {min_readers} concurrent readers", min(none.readers, leased.readers),
-                   at_least=min_readers),
-        checkpoint(f"leases cut DB queries per invalidation by at least {factor:g}x", ratio, at_least=factor,
-                   context=f"{leased.strategy}: {leased.db_queries_per_invalidation:.1f} vs {none.strategy}: "
-                           f"{none.db_queries_per_invalidation:.1f} queries per invalidation, "
-                           f"{leased.readers} readers"),
-    ]
+    checkpoint(f"the herd has at least {min_readers} concurrent readers", min(none.readers, leased.readers),
+               at_least=min_readers)
+    checkpoint(f"leases cut DB queries per invalidation by at least {factor:g}x", ratio, at_least=factor,
+               context=f"{leased.strategy}: {leased.db_queries_per_invalidation:.1f} vs {none.strategy}: "
+                       f"{none.db_queries_per_invalidation:.1f} queries per invalidation, {leased.readers} readers")
 
 
-def check_serve_stale_p99(stale: HerdResult, none: HerdResult, fraction: float = 0.5,
-                          factor: float = 5.0) -> list[Any]:
-    """Claims: under serve-stale, p99 stays well under the recompute cost and far below no protection's."""
+def check_serve_stale_p99(stale: HerdResult, none: HerdResult, fraction: float = 0.5, factor: float = 3.0,
+                          near: float = 3.0) -> None:
+    """Claims: under serve-stale, reads during a refresh are as fast as plain hits (within ``near``x, same
+    run), p99 stays under ``fraction`` of the recompute time and ``factor``x below no protection's."""
     from labkit.checkpoints import checkpoint
 
     bound = fraction * stale.recompute_s * 1000
-    return [
-        checkpoint(f"serve-stale keeps p99 under {fraction:g}x the recompute time", stale.p(99), at_most=bound,
-                   context=f"{stale.strategy} p99 {stale.p(99):.1f} ms, recompute {stale.recompute_s * 1000:.0f} ms, "
-                           f"{stale.readers} readers"),
-        checkpoint(f"serve-stale p99 is at least {factor:g}x lower than without protection",
-                   none.p(99) / max(stale.p(99), 1e-9), at_least=factor,
-                   context=f"{none.strategy} p99 {none.p(99):.1f} ms vs {stale.strategy} p99 {stale.p(99):.1f} ms"),
-        checkpoint("serve-stale also needs about one DB query per invalidation", stale.db_queries_per_invalidation,
-                   at_most=2.0, context=f"{stale.db_queries} queries over {stale.invalidations} invalidations"),
-    ]
+    during, otherwise = stale.refresh_p(99), stale.refresh_p(99, during=False)
+    checkpoint(f"serve-stale: p99 while the value refreshes stays within {near:g}x of a plain hit's",
+               during / max(otherwise, 1e-9), at_most=near,
+               context=f"{stale.strategy}: p99 {during:.1f} ms during refreshes vs {otherwise:.1f} ms otherwise, "
+                       f"recompute {stale.recompute_s * 1000:.0f} ms, {stale.readers} readers")
+    checkpoint(f"serve-stale keeps p99 under {fraction:g}x the recompute time", stale.p(99), at_most=bound,
+               context=f"{stale.strategy} p99 {stale.p(99):.1f} ms, recompute {stale.recompute_s * 1000:.0f} ms, "
+                       f"{stale.readers} readers")
+    checkpoint(f"serve-stale p99 is at least {factor:g}x lower than without protection",
+               none.p(99) / max(stale.p(99), 1e-9), at_least=factor,
+               context=f"{none.strategy} p99 {none.p(99):.1f} ms vs {stale.strategy} p99 {stale.p(99):.1f} ms")
+    checkpoint("serve-stale also needs about one DB query per invalidation", stale.db_queries_per_invalidation,
+               at_most=2.0, context=f"{stale.db_queries} queries over {stale.invalidations} invalidations")
