@@ -202,9 +202,10 @@ class Panel:
         self.stop_button.on_click(lambda _: self._stop.set())
         self.status = w.HTML()
         self.image = w.Image(format="png", layout=w.Layout(max_width="760px"))
-        self.output = w.Output()
+        self.progress_box = w.Box()
         self.widget = w.VBox([w.HTML(f"<b>{self.title}</b>"), w.VBox(list(self.controls.values())),
-                              w.HBox([self.run_button, self.stop_button]), self.status, self.image, self.output])
+                              w.HBox([self.run_button, self.stop_button]), self.progress_box, self.status,
+                              self.image])
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
@@ -238,8 +239,7 @@ class Panel:
         def progress(p: Any) -> None:
             nonlocal bar
             if bar is None:
-                with self.output:
-                    bar = tqdm(total=100, desc=self.title, unit="%", leave=False)
+                bar = self._new_bar(tqdm)
             bar.n = int(p.fraction * 100)
             bar.set_postfix(ops=p.ops, errors=p.errors, refresh=False)
             bar.refresh()
@@ -249,7 +249,6 @@ class Panel:
                 self.image.value = _png(p.rows, self.title)
 
         self.status.value = "running " + ", ".join(f"{k}={v}" for k, v in values.items())
-        self.output.clear_output()
         try:
             self.result = _call(self.fn, values, self.extras, progress, self._stop)
             self.results.append((values, self.result))
@@ -266,6 +265,19 @@ class Panel:
                 bar.close()
             self.run_button.disabled, self.stop_button.disabled = False, True
             self._done.set()
+
+    def _new_bar(self, tqdm: Any) -> Any:
+        """A tqdm.auto bar placed inside the panel. In Jupyter tqdm.auto is the widget flavour:
+        build it undisplayed and mount its widget here, because display() from this background
+        thread would land in whichever cell the kernel is running now."""
+        try:
+            bar = tqdm(total=100, desc=self.title, unit="%", leave=True, display=False)
+        except (TypeError, KeyError):  # console flavour (no frontend): keep its text out of stdout
+            bar = tqdm(total=100, desc=self.title, unit="%", leave=False, file=io.StringIO())
+        container = getattr(bar, "container", None)
+        if container is not None:
+            self.progress_box.children = (container,)
+        return bar
 
     def wait(self, timeout: float | None = None) -> Any:
         """Block until the current run ends; return its result (or raise its error)."""
