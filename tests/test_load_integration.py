@@ -87,6 +87,15 @@ def test_memcached_get_set(mc, client: str, asynchronous: bool, share: int | Non
     assert res.server["memcached"]["cmd_get"] >= gets
 
 
+def test_wrong_driver_for_the_op_is_a_clear_error(mc) -> None:
+    from labkit.errors import BadParameter
+
+    async def op(ctx, op):
+        ctx.conn.get(op.key)
+    with pytest.raises(BadParameter, match="plain function"):
+        run(op, Workload(clients=2, duration=1), driver=drivers.memcached(mc, client="pymemcache"))
+
+
 def test_memcached_multiprocess(mc) -> None:
     drv = drivers.memcached(mc, share=1)  # each worker pipelines its clients over one connection
     res = run(drv.get_set_op(), Workload(clients=4, duration=SECONDS, mix={"get": 0.5, "set": 0.5}), processes=2)

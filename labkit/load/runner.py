@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable
 
 import numpy as np
 
-from labkit.errors import BadParameter
+from labkit.errors import BadParameter, LabkitError
 from labkit.load.metrics import Recorder, RunResult
 from labkit.load.workload import Op, Workload
 
@@ -146,6 +146,8 @@ async def _aconnect(driver: Any, ctx: Context, shared: _Shared, rec: Recorder) -
             break
         try:
             ctx.conn = await driver.aconnect()
+        except LabkitError:
+            raise  # a set-up mistake (wrong driver for this op), not a server failure
         except Exception as exc:  # a refused/failed connect is an error the run reports, not a crash
             now = time.perf_counter()
             rec.error(exc, now, disconnect=True)
@@ -320,6 +322,8 @@ def _sync_connect(driver: Any, ctx: Context, shared: _Shared, rec: Recorder) -> 
             break
         try:
             ctx.conn = driver.connect()
+        except LabkitError:
+            raise  # a set-up mistake (wrong driver for this op), not a server failure
         except Exception as exc:
             now = time.perf_counter()
             rec.error(exc, now, disconnect=True)
