@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -54,20 +53,6 @@ def _version_of(argv: list[str]) -> str:
         return f"? ({e})"
 
 
-def java_version() -> tuple[str | None, int | None]:
-    """(path, major version) of the java labkit would use, honouring LABKIT_JAVA_BIN and JAVA_HOME."""
-    java = os.environ.get("LABKIT_JAVA_BIN") or (str(Path(os.environ["JAVA_HOME"]) / "bin" / "java")
-                                                 if os.environ.get("JAVA_HOME") else shutil.which("java"))
-    if not java or not os.path.exists(java):
-        return None, None
-    text = _version_of([java, "-version"])
-    m = re.search(r'version "(\d+)(?:\.(\d+))?', text)
-    if not m:
-        return java, None
-    major = int(m.group(1))
-    return java, (int(m.group(2)) if major == 1 and m.group(2) else major)
-
-
 def diagnose(include_java: bool = True) -> dict[str, Any]:
     plat = detect_platform()
     hints = INSTALL[plat]
@@ -97,12 +82,13 @@ def diagnose(include_java: bool = True) -> dict[str, Any]:
         add("memcached", dok, "not installed" + (" (Docker will run it)" if dok else ""), hints["memcached"],
             needed=not dok)
     if include_java:
-        java, major = java_version()
-        if java is None:
-            add("java 17 (Cassandra)", False, "no java found", hints["java"], needed=False)
-        else:
-            add("java 17 (Cassandra)", bool(major and major >= 17), f"java {major} at {java}",
-                f"Cassandra 5 needs Java 17+: {hints['java']}", needed=False)
+        from labkit.services.cassandra import find_java
+
+        try:
+            java = find_java()
+            add("java 17 (Cassandra)", True, f"java 17 at {java}")
+        except BinaryNotFound as e:
+            add("java 17 (Cassandra)", False, str(e).split(": ", 1)[0][:160], hints["java"], needed=False)
         jars = list((paths.cache_dir() / "cassandra").glob("*/lib/cassandra-all-*.jar"))
         add("cassandra jars", bool(jars), str(jars[0].parent) if jars else "not fetched yet",
             "labkit fetch cassandra   (or let the first Cassandra lesson fetch them; needs Maven Central)",

@@ -149,6 +149,15 @@ def test_too_many_nodes_for_memory_is_refused_with_numbers(cassandra_jars):
     assert c.pids() == [] and avail_mb > 0
 
 
+def test_no_maven_and_no_repository_names_the_fix(tmp_path, monkeypatch):
+    monkeypatch.delenv("LABKIT_MAVEN_REPO", raising=False)
+    with pytest.raises(BinaryNotFound, match="install Maven .* or set LABKIT_MAVEN_REPO"):
+        jars.maven_repository()
+    monkeypatch.setenv("LABKIT_MAVEN_REPO", "ftp://nowhere")
+    with pytest.raises(LabkitError, match="not an http"):
+        jars.maven_repository()
+
+
 def test_pinned_jar_list_matches_the_pinned_version():
     pins = jars._read_pins(jars.PINNED_VERSION)
     names = [rel.rsplit("/", 1)[-1] for rel, _ in pins]
@@ -163,6 +172,12 @@ def test_pinned_download_verifies_sha1(tmp_path, monkeypatch):
         pytest.skip("LABKIT_OFFLINE is set: this test downloads one small jar from Maven Central")
     small = next((rel, sha) for rel, sha in jars._read_pins(jars.PINNED_VERSION) if rel.endswith("javax.inject-1.jar"))
     monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
+    if not os.environ.get("LABKIT_MAVEN_REPO"):
+        mvn = jars.shutil.which("mvn")
+        repo = jars.maven_default_repository(mvn) if mvn else None
+        if not repo:
+            pytest.skip("neither LABKIT_MAVEN_REPO nor Maven to name a repository to download from")
+        monkeypatch.setenv("LABKIT_MAVEN_REPO", repo)
     monkeypatch.setattr(jars, "_read_pins", lambda v: [small])
     jars._fetch_pinned(jars.PINNED_VERSION, tmp_path / "ok" / "lib", lambda m: None)
     assert (tmp_path / "ok" / "lib" / "javax.inject-1.jar").is_file()

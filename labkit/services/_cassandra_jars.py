@@ -2,11 +2,12 @@
 
 The jars land in ``paths.cache_dir()/cassandra/<version>/lib`` and survive ``labkit down``.
 
-* With Maven on PATH, a generated pom resolves the latest 5.0.x release of
-  ``org.apache.cassandra:cassandra-all`` with ``mvn dependency:copy-dependencies`` (runtime scope).
+* With Maven on PATH, a generated pom resolves the newest 5.0.x release of
+  ``org.apache.cassandra:cassandra-all`` (a version range) with ``mvn dependency:copy-dependencies``
+  (runtime scope), from the repositories Maven is configured with (Maven Central unless a mirror is set).
 * Without Maven, the pinned list ``cassandra-<version>-jars.txt`` next to this module (one
-  ``<path under Maven Central> <sha1>`` per line, generated from what Maven resolved) is downloaded
-  straight from repo1.maven.org and every jar's SHA-1 is checked.
+  ``<path in a Maven repository> <sha1>`` per line, generated from what Maven resolved) is downloaded from the
+  repository named by ``LABKIT_MAVEN_REPO`` and every jar's SHA-1 is checked.
 
 ``LABKIT_OFFLINE=1`` forbids any download (CI images and tests use it to prove the offline error).
 Regenerate the pinned list after a version bump with ``python -m labkit.services._cassandra_jars --pin``.
@@ -29,8 +30,9 @@ from labkit.errors import BinaryNotFound, LabkitError, ServiceFailed
 
 PINNED_VERSION = "5.0.9"
 SERIES = "5.0."
-CENTRAL = "https://repo1.maven.org/maven2/"
-_METADATA = CENTRAL + "org/apache/cassandra/cassandra-all/maven-metadata.xml"
+VERSION_RANGE = "[5.0.0,5.1.0)"
+MAVEN_HINT = ("install Maven (apt-get install maven, brew install maven, conda install -c conda-forge maven), "
+              "or set LABKIT_MAVEN_REPO to the URL of a Maven repository (Maven Central or a mirror)")
 _MARKER = ".complete"  # written last, so a half-finished download never counts as cached
 
 
@@ -56,16 +58,25 @@ def _read_pins(version: str) -> list[tuple[str, str]]:
     return pins
 
 
-def latest_version(timeout: float = 10.0) -> str:
-    """The newest cassandra-all 5.0.x on Maven Central (the pinned version if Central cannot be read)."""
-    try:
-        with urllib.request.urlopen(_METADATA, timeout=timeout) as r:
-            text = r.read().decode()
-    except (urllib.error.URLError, OSError):
-        return PINNED_VERSION
-    found = [v for v in re.findall(r"<version>([^<]+)</version>", text)
-             if v.startswith(SERIES) and re.fullmatch(r"\d+\.\d+\.\d+", v)]
-    return max(found, key=lambda v: tuple(int(x) for x in v.split("."))) if found else PINNED_VERSION
+def maven_repository() -> str:
+    """The base URL the no-Maven path downloads from: LABKIT_MAVEN_REPO (the project names no host itself)."""
+    url = os.environ.get("LABKIT_MAVEN_REPO", "").strip()
+    if not url:
+        raise BinaryNotFound(f"Maven is not installed and LABKIT_MAVEN_REPO is not set: {MAVEN_HINT}.")
+    if not re.match(r"https?://", url):
+        raise LabkitError(f"LABKIT_MAVEN_REPO={url!r} is not an http(s) URL of a Maven repository")
+    return url if url.endswith("/") else url + "/"
+
+
+def maven_default_repository(mvn: str) -> str | None:
+    """The repository URL Maven itself resolves from (its super POM's central), asked of Maven."""
+    with tempfile.TemporaryDirectory(prefix="labkit-mvn-") as tmp:
+        Path(tmp, "pom.xml").write_text(_pom("1"))
+        r = subprocess.run([mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(Path(tmp, "pom.xml")),
+                            "help:evaluate", "-Dexpression=project.repositories[0].url", "-DforceStdout"],
+                           capture_output=True, text=True, timeout=600)
+    found = re.findall(r"https?://[^\s\x1b]+", r.stdout) if r.returncode == 0 else []
+    return found[-1] if found else None
 
 
 def cached_version() -> str | None:
@@ -79,8 +90,8 @@ def cached_version() -> str | None:
     return max(done, key=lambda v: tuple(int(x) for x in re.findall(r"\d+", v)))
 
 
-def cassandra_classpath() -> list[Path]:
-    """The jars to put on the java classpath; raises with the fix when they have not been fetched."""
+def cassandra_classpath(fetch: bool = True) -> list[Path]:
+    """The jars to put on the java classpath, fetched on first use (unless LABKIT_OFFLINE forbids it)."""
     version = cached_version()
     if version is None:
         if offline():
@@ -88,9 +99,13 @@ def cassandra_classpath() -> list[Path]:
                 f"Cassandra jars are not in {paths.cache_dir() / 'cassandra'} and LABKIT_OFFLINE is set, so "
                 "labkit may not download them. Run `labkit fetch cassandra` on a machine with network access "
                 "(or unset LABKIT_OFFLINE), or point LABKIT_CACHE at a cache that has them.")
-        raise LabkitError(
-            f"Cassandra jars are not in {paths.cache_dir() / 'cassandra'}: run `labkit fetch cassandra` "
-            "(about 70 MB from Maven Central), or use the docker provider.")
+        if fetch:
+            fetch_cassandra(progress=True)
+            version = cached_version()
+        if version is None:
+            raise LabkitError(
+                f"Cassandra jars are not in {paths.cache_dir() / 'cassandra'}: run `labkit fetch cassandra` "
+                "(about 70 MB from Maven Central), or use the docker provider.")
     return sorted(lib_dir(version).glob("*.jar"))
 
 
@@ -107,15 +122,15 @@ def fetch_cassandra(progress: bool = True, version: str | None = None) -> Path:
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
     mvn = shutil.which("mvn")
     if mvn:
-        version = version or latest_version()
-        target = lib_dir(version)
-        say(f"labkit: resolving org.apache.cassandra:cassandra-all:{version} with Maven into {target}")
-        _fetch_with_maven(mvn, version, target)
+        say(f"labkit: resolving org.apache.cassandra:cassandra-all:{version or VERSION_RANGE} with Maven "
+            f"into {paths.cache_dir() / 'cassandra'}")
+        target = _fetch_with_maven(mvn, version or VERSION_RANGE)
+        version = target.parent.name
     else:
         version = version or PINNED_VERSION
         if not pinned_list(version).is_file():
             raise BinaryNotFound(f"no pinned jar list for Cassandra {version} and Maven is not installed: "
-                                 f"install Maven (apt-get install maven) or fetch {PINNED_VERSION}")
+                                 f"{MAVEN_HINT}; or fetch {PINNED_VERSION}")
         target = lib_dir(version)
         say(f"labkit: Maven not found; downloading the pinned Cassandra {version} jars into {target}")
         _fetch_pinned(version, target, say)
@@ -138,8 +153,9 @@ def _pom(version: str) -> str:
 """
 
 
-def _fetch_with_maven(mvn: str, version: str, target: Path) -> None:
-    staging = target.with_name("lib.partial")
+def _fetch_with_maven(mvn: str, version: str) -> Path:
+    """Resolve `version` (a version or a range) into the cache; return the lib dir of the resolved version."""
+    staging = paths.cache_dir() / "cassandra" / "lib.partial"
     shutil.rmtree(staging, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix="labkit-mvn-") as tmp:
         Path(tmp, "pom.xml").write_text(_pom(version))
@@ -149,9 +165,13 @@ def _fetch_with_maven(mvn: str, version: str, target: Path) -> None:
     if r.returncode != 0 or not any(staging.glob("cassandra-all-*.jar")):
         out = (r.stdout + r.stderr).strip().splitlines()[-20:]
         raise ServiceFailed("Maven could not resolve cassandra-all " + version + ":\n" + "\n".join(out) +
-                            "\nCheck network access to repo1.maven.org (or a proxy in ~/.m2/settings.xml).")
+                            "\nCheck network access to Maven Central (or a mirror or proxy in ~/.m2/settings.xml).")
+    resolved = next(staging.glob("cassandra-all-*.jar")).name[len("cassandra-all-"):-len(".jar")]
+    target = lib_dir(resolved)
     shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
     staging.rename(target)
+    return target
 
 
 def _sha1(path: Path) -> str:
@@ -164,6 +184,7 @@ def _sha1(path: Path) -> str:
 
 def _fetch_pinned(version: str, target: Path, say) -> None:  # type: ignore[no-untyped-def]
     pins = _read_pins(version)
+    repo = maven_repository()
     staging = target.with_name("lib.partial")
     staging.mkdir(parents=True, exist_ok=True)
     for i, (rel, sha1) in enumerate(pins, 1):
@@ -172,11 +193,11 @@ def _fetch_pinned(version: str, target: Path, say) -> None:  # type: ignore[no-u
             continue
         say(f"  [{i}/{len(pins)}] {dest.name}")
         try:
-            with urllib.request.urlopen(CENTRAL + rel, timeout=60) as r, open(dest, "wb") as f:
+            with urllib.request.urlopen(repo + rel, timeout=60) as r, open(dest, "wb") as f:
                 shutil.copyfileobj(r, f)
         except (urllib.error.URLError, OSError) as e:
-            raise ServiceFailed(f"cannot download {CENTRAL + rel}: {e}. Check network access to "
-                                "repo1.maven.org, or run `labkit fetch cassandra` where it is reachable.") from e
+            raise ServiceFailed(f"cannot download {repo + rel}: {e}. Check network access to that repository "
+                                "(LABKIT_MAVEN_REPO), or run `labkit fetch cassandra` where it is reachable.") from e
         got = _sha1(dest)
         if got != sha1:
             dest.unlink()
@@ -192,7 +213,7 @@ def write_pins(version: str) -> Path:
     m2 = Path(os.environ.get("M2_REPO", Path.home() / ".m2" / "repository"))
     lines = [f"# org.apache.cassandra:cassandra-all:{version} runtime classpath as resolved by mvn "
              "dependency:copy-dependencies.",
-             "# <path under https://repo1.maven.org/maven2/> <sha1>. Regenerate with: "
+             "# <path in a Maven repository (Maven Central's layout)> <sha1>. Regenerate with: "
              "python -m labkit.services._cassandra_jars --pin"]
     for jar in sorted(target.glob("*.jar")):
         hits = list(m2.rglob(jar.name))
