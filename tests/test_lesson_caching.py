@@ -199,3 +199,17 @@ def test_exercise_not_attempted_says_so(mc, pg, data, capsys):
 def test_race_table_is_tidy(mc, pg, data):
     df = caching.race_table(caching.stale_set_race(mc.address, pg.dsn, data, fixed=True, trials=1))
     assert list(df["reader's late set"]) == ["NF"] and df["cached version"].isna().all()
+
+
+def test_ttl_hit_ratio_follows_expiry_model_and_can_fail(stack, pg, data, capsys):
+    with caching.sized_cache(stack, 30) as addr, caching.PostStore(pg.dsn) as store:
+        rows = [caching.ttl_run(addr, store, data, ttl=t, rate=300, seconds=2.0) for t in (1, 3)]
+        # a read path that forgets the TTL: cards never expire, far more hits than expiry allows
+        never = caching.ttl_run(addr, store, data, ttl=1, rate=300, seconds=2.0,
+                                read=lambda mc_, st_, pid, ttl: caching._read_through(mc_, st_, pid, 0))
+    df = pd.DataFrame(rows)
+    assert df["evictions"].sum() == 0 and df["hit_ratio"].iloc[1] > df["hit_ratio"].iloc[0]
+    caching.check_ttl_model(df)
+    assert capsys.readouterr().out == "PASS  hit ratio vs TTL within 0.08 of the expiry model\n"
+    with pytest.raises(CheckpointFailed, match=r"expiry model: 0\.\d+ > expected at most 0.08 at worst at TTL 1 s"):
+        caching.check_ttl_model(pd.DataFrame([never]))

@@ -35,9 +35,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CARD_BYTES", "post_key", "decode_card", "PostStore", "prepare", "che_hit_ratio", "lru_hit_ratio",
-    "hit_ratio_run", "latency_compare", "stale_set_race", "RaceOutcome", "items_per_mb",
+    "hit_ratio_run", "ttl_hit_ratio", "ttl_run", "ttl_sweep", "check_ttl_model", "latency_compare", "stale_set_race", "RaceOutcome", "items_per_mb",
     "check_cache_aside", "defaults", "sized_cache", "skew_sweep", "size_sweep", "table", "plot_sweep",
-    "plot_latency", "race_table", "check_latency", "check_db_follows_hit_ratio", "check_small_cache_serves_most", "check_model_matches",
+    "plot_latency", "plot_ttl", "latency_table", "race_table", "check_latency", "check_db_follows_hit_ratio", "check_small_cache_serves_most", "check_model_matches",
     "check_race",
 ]
 
@@ -272,6 +272,66 @@ def latency_compare(mc_address: Any, store: PostStore, data: instagram.Instagram
             "cache miss (get + query + set)": stats(through[~hit])}
 
 
+def ttl_hit_ratio(probabilities: np.ndarray, rate: float, ttl: int) -> float:
+    """Model of a cache that only expires (no eviction) under independent requests at ``rate`` reads/s.
+
+    A card is set on a miss and lives L seconds; the reads of it within L are hits, so one cycle has
+    one miss and on average lambda_i*E[L] hits: hit ratio_i = lambda_i E[L] / (1 + lambda_i E[L]), with
+    lambda_i = rate * p_i. memcached's clock ticks once a second and an item dies at a tick, so a TTL of T
+    gives L = T - phi, phi being how far past a tick the card was set. The set follows a miss that came
+    an Exp(lambda_i) wait after the previous expiry (at a tick), so phi = frac(Exp(lambda_i)), whose mean
+    is 1/lambda - 1/(e^lambda - 1): a hot card lives almost the full T, a cold one T - 1/2 on average.
+    """
+    p = np.asarray(probabilities, dtype=float)
+    lam = rate * p
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        phase = np.where(lam < 1e-3, 0.5 - lam / 12, 1 / lam - 1 / np.expm1(np.minimum(lam, 700)))
+    life = ttl - phase
+    return float(np.sum(p * lam * life / (1 + lam * life)))
+
+
+def ttl_run(mc_address: Any, store: PostStore, data: instagram.InstagramData, *, ttl: int, rate: float,
+            seconds: float, warmup_s: float | None = None, skew: float = 1.0, seed: int = 5,
+            read: Callable[[MetaClient, PostStore, int, int], bytes] | None = None) -> dict[str, Any]:
+    """Reads paced at ``rate``/s through cache-aside with cards set for ``ttl`` seconds.
+
+    Use a memcached big enough to hold every post, so that expiry, not eviction, decides the misses.
+    The model uses the read rate actually achieved. ``read`` replaces the cache-aside read (tests).
+    """
+    read = read or _read_through
+    if ttl < 1 or rate <= 0 or seconds <= 0:
+        raise BadParameter(f"need ttl >= 1 s, rate > 0 and seconds > 0 (got ttl={ttl}, rate={rate}, seconds={seconds})")
+    warmup_s = ttl + 1.0 if warmup_s is None else warmup_s
+    n_keys = len(data.posts)
+    total = int(rate * (warmup_s + seconds) * 1.2) + 10
+    ids = data.popularity_rank[instagram.zipf_trace(n_keys, skew, total, seed=seed)].tolist()
+    with MetaClient(mc_address) as mc:
+        mc.flush_all()
+        time.sleep(1.05)  # see hit_ratio_run
+        t0 = time.perf_counter()
+        i, before, q0, t_measure = 0, None, 0, 0.0
+        while True:
+            now = time.perf_counter()
+            if before is None and now - t0 >= warmup_s:
+                before, q0, t_measure, i_measure = _mc_counters(mc), store.queries, now, i
+            if now - t0 >= warmup_s + seconds or i >= len(ids):
+                break
+            due = t0 + i / rate
+            if due > now:
+                time.sleep(due - now)
+            read(mc, store, ids[i], ttl)
+            i += 1
+        elapsed = time.perf_counter() - t_measure
+        after = _mc_counters(mc)
+    hits = after["get_hits"] - before["get_hits"]
+    misses = after["get_misses"] - before["get_misses"]
+    achieved = (i - i_measure) / elapsed
+    return {"ttl_s": ttl, "skew": skew, "target_rate": rate, "reads_per_s": achieved, "reads": hits + misses,
+            "hit_ratio": hits / max(1, hits + misses), "db_queries": store.queries - q0,
+            "evictions": after["evictions"] - before["evictions"],
+            "ttl_model": ttl_hit_ratio(instagram.zipf_probabilities(n_keys, skew), achieved, ttl)}
+
+
 # --------------------------------------------------------------------------------------- stale-set race
 
 @dataclass
@@ -433,6 +493,7 @@ def defaults() -> dict[str, Any]:
         "skews": [0.6, 0.8, 1.0, 1.1, 1.2], "small_mb": small_mb,
         "sizes_mb": sorted({small_mb, *(int(x * small_mb) for x in (1.5, 2, 3, 5))}),
         "size_skew": 1.0, "latency_reads": int(profile.pick(5_000, 1_500)), "race_trials": 5,
+        "ttls": [1, 2, 4], "ttl_rate": 500.0, "ttl_seconds": float(profile.pick(8, 3)),
     }
 
 
@@ -617,3 +678,54 @@ def check_latency(lat: dict[str, dict[str, float]], factor: float = 1.5) -> None
     hit, db = lat["cache hit"]["p50_ms"], lat["postgres only"]["p50_ms"]
     checkpoint(f"a cache hit is at least {factor:g}x faster than a Postgres read (median)", db / hit,
                at_least=factor, context=f"p50 {hit:.3f} ms (hit) vs {db:.3f} ms (Postgres)")
+
+
+def ttl_sweep(st: Any, data: instagram.InstagramData, ttls: list[int] | None = None, rate: float | None = None,
+              seconds: float | None = None, skew: float = 1.0) -> "pd.DataFrame":
+    """Hit ratio vs TTL at a fixed read rate, on a memcached that holds every post (no evictions)."""
+    import pandas as pd
+
+    d = defaults()
+    big_mb = int(len(data.posts) / items_per_mb()) + 4
+    with sized_cache(st, big_mb) as addr, PostStore(st.endpoint("postgres").dsn) as store:
+        rows = [ttl_run(addr, store, data, ttl=t, rate=rate or d["ttl_rate"], seconds=seconds or d["ttl_seconds"],
+                        skew=skew) for t in (ttls or d["ttls"])]
+    return pd.DataFrame(rows)
+
+
+def plot_ttl(df: "pd.DataFrame") -> Any:
+    """Measured hit ratio vs TTL over the expiry model."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ax.plot(df["ttl_s"], df["ttl_model"], "-", color="C0", label="expiry model at the measured read rate")
+    ax.plot(df["ttl_s"], df["hit_ratio"], "o", color="C1", label="measured on memcached")
+    ax.set_xlabel("TTL of a cached card (s)")
+    ax.set_ylabel("hit ratio")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{df['reads_per_s'].mean():.0f} reads/s, Zipf s={df['skew'].iloc[0]:g}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def check_ttl_model(df: "pd.DataFrame", tol: float = 0.08) -> None:
+    """Claim: with expiry alone, the hit ratio follows lambda*T/(1+lambda*T) within ``tol`` at every TTL."""
+    from labkit.checkpoints import checkpoint
+
+    df = df.reset_index(drop=True)
+    gap = (df["hit_ratio"] - df["ttl_model"]).abs()
+    r = df.loc[gap.idxmax()]
+    checkpoint(f"hit ratio vs TTL within {tol} of the expiry model", float(gap.max()), at_most=tol,
+               context=f"worst at TTL {r['ttl_s']:g} s, {r['reads_per_s']:.0f} reads/s: measured {r['hit_ratio']:.3f} "
+                       f"vs model {r['ttl_model']:.3f}")
+
+
+def latency_table(lat: dict[str, dict[str, float]]) -> "pd.DataFrame":
+    """:func:`latency_compare`'s result as a rounded table."""
+    import pandas as pd
+
+    df = pd.DataFrame(lat).T
+    df["reads"] = df["reads"].astype(int)
+    return df.round(3).rename(columns={"p50_ms": "p50 (ms)", "p99_ms": "p99 (ms)", "mean_ms": "mean (ms)"})
