@@ -19,6 +19,19 @@ from labkit.errors import StateError
 from labkit.services import stack as stacks
 
 
+@pytest.fixture(autouse=True, scope="module")
+def own_home(tmp_path_factory):
+    """`labkit down` stops everything under LABKIT_HOME: these tests get a home of their own so they never stop
+    the servers other tests of this run share."""
+    home = tmp_path_factory.mktemp("cli-home")
+    home.chmod(0o755)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LABKIT_HOME", str(home))
+    yield home
+    stacks.down()
+    mp.undo()
+
+
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     res = subprocess.run([sys.executable, "-m", "labkit.cli", *args], capture_output=True, text=True, timeout=120)
     if check and res.returncode != 0:
