@@ -24,7 +24,7 @@ import socket
 import time
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Deque, Mapping
+from typing import Any, Deque
 
 from labkit.errors import BadParameter, LabkitError
 

@@ -1,7 +1,6 @@
 """The widget panel (headless and its background-run path) and the standard plots."""
 from __future__ import annotations
 
-import threading
 import time
 
 import matplotlib

@@ -6,6 +6,7 @@ from typing import Any
 
 from labkit.errors import ProviderUnavailable
 from labkit.services._process import LOOPBACK
+from labkit.services.base import Endpoint, Health, Service
 
 
 @functools.lru_cache(maxsize=1)
@@ -78,33 +79,64 @@ def unpause(container: Any) -> None:
     container.get_wrapped_container().unpause()
 
 
-class ContainerRecordMixin:
-    """Records the container's name, so another process (`labkit down`, a watchdog) can remove it."""
+class DockerService(Service):
+    """Base of the docker services: one testcontainers container, recorded by name so another process
+    (`labkit down`, a watchdog) can remove it. Subclasses start it and say how to ask the server."""
 
-    container: Any
-    _adopted_names: list[str]
+    provider = "docker"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.container: Any = None
+        self._adopted_names: list[str] = []
+
+    def query_health(self) -> Health:
+        raise NotImplementedError
+
+    def query_version(self) -> str:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        stop(self.container)
+        self.container = None
+        for name in self._adopted_names:
+            try:
+                import docker
+
+                docker.from_env(timeout=5).containers.get(name).remove(force=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        self._adopted_names = []
+
+    def health(self) -> Health:
+        if self._endpoint is None or (self.container is None and not self._adopted_names):
+            return Health(False, "not started")
+        return self.query_health()
+
+    def version(self) -> str:
+        return self.query_version()
+
+    def logs(self, lines: int = 50) -> str:
+        return container_logs(self.container, lines)
+
+    def kill(self) -> None:
+        signal(self.container, "SIGKILL")
+
+    def pause(self) -> None:
+        pause(self.container)
+
+    def resume(self) -> None:
+        unpause(self.container)
 
     def to_record(self) -> dict[str, Any]:
-        rec = super().to_record()  # type: ignore[misc]
-        names = list(getattr(self, "_adopted_names", []))
+        rec = super().to_record()
+        names = list(self._adopted_names)
         if self.container is not None:
             names.append(self.container.get_wrapped_container().name)
         rec["containers"] = names
         return rec
 
     def _adopt(self, record: dict[str, Any]) -> None:
-        from labkit.services.base import Endpoint
-
         if record.get("endpoint"):
-            self._endpoint = Endpoint.from_dict(record["endpoint"])  # type: ignore[attr-defined]
+            self._endpoint = Endpoint.from_dict(record["endpoint"])
         self._adopted_names = list(record.get("containers", []))
-
-    def _remove_adopted(self) -> None:
-        import docker
-
-        for name in getattr(self, "_adopted_names", []):
-            try:
-                docker.from_env(timeout=5).containers.get(name).remove(force=True)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
-        self._adopted_names = []

@@ -15,7 +15,7 @@ from labkit.errors import BadParameter
 from labkit.services import _docker
 from labkit.services._process import (LOOPBACK, LocalService, ManagedProcess, find_binary, reuse_or_pick_port, tail,
                                       unprivileged_user, wait_for)
-from labkit.services.base import Endpoint, Health, Service
+from labkit.services.base import Endpoint, Health
 
 MC_HINT = ("Install memcached: `apt-get install memcached` (Debian/Ubuntu/Colab), `brew install memcached` (macOS), "
            "or `conda install -c conda-forge memcached` (conda, Binder).")
@@ -116,17 +116,15 @@ class LocalMemcached(LocalService):
         return query_version(self.endpoint)
 
 
-class DockerMemcached(_docker.ContainerRecordMixin, Service):
+class DockerMemcached(_docker.DockerService):
     """testcontainers' MemcachedContainer, published on 127.0.0.1 only."""
 
     kind = "memcached"
-    provider = "docker"
 
     def __init__(self, name: str = "memcached", *, memory_mb: int = 64, max_item_mb: int = 2,
                  image: str = "memcached:1.6-alpine", **_: Any) -> None:
         super().__init__(name)
         self.memory_mb, self.max_item_mb, self.image = memory_mb, max_item_mb, image
-        self.container: Any = None
 
     def start(self) -> Endpoint:
         _docker.require_docker()  # testcontainers talks to the daemon as soon as a container is built
@@ -141,28 +139,11 @@ class DockerMemcached(_docker.ContainerRecordMixin, Service):
                  30, on_fail=lambda: _docker.container_logs(self.container))
         return self._endpoint
 
-    def stop(self) -> None:
-        _docker.stop(self.container)
-        self.container = None
-        self._remove_adopted()
+    def query_health(self) -> Health:
+        return query_health(self.endpoint)
 
-    def health(self) -> Health:
-        return query_health(self.endpoint) if self.container else Health(False, "not started")
-
-    def version(self) -> str:
+    def query_version(self) -> str:
         return query_version(self.endpoint)
-
-    def logs(self, lines: int = 50) -> str:
-        return _docker.container_logs(self.container, lines)
-
-    def kill(self) -> None:
-        _docker.signal(self.container, "SIGKILL")
-
-    def pause(self) -> None:
-        _docker.pause(self.container)
-
-    def resume(self) -> None:
-        _docker.unpause(self.container)
 
 
 LOCAL = LocalMemcached

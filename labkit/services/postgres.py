@@ -21,7 +21,7 @@ from labkit.errors import BadParameter, ServiceFailed
 from labkit.services import _docker
 from labkit.services._process import (LOOPBACK, LocalService, ManagedProcess, find_binary, give_to, new_password,
                                       reuse_or_pick_port, same_process, tail, unprivileged_user, wait_for)
-from labkit.services.base import Endpoint, Health, Service
+from labkit.services.base import Endpoint, Health
 
 PG_GLOBS = ("/usr/lib/postgresql/*/bin/{name}", "/usr/local/opt/postgresql*/bin/{name}",
             "/opt/homebrew/opt/postgresql*/bin/{name}", "/Applications/Postgres.app/Contents/Versions/*/bin/{name}")
@@ -194,17 +194,15 @@ def _exists(p: Any) -> bool:
         return False
 
 
-class DockerPostgres(_docker.ContainerRecordMixin, Service):
+class DockerPostgres(_docker.DockerService):
     """testcontainers' PostgresContainer, published on 127.0.0.1 only, with a generated password."""
 
     kind = "postgres"
-    provider = "docker"
 
     def __init__(self, name: str = "postgres", *, image: str = "postgres:16-alpine", **_: Any) -> None:
         super().__init__(name)
         self.image = image
         self.password = new_password()
-        self.container: Any = None
 
     def start(self) -> Endpoint:
         _docker.require_docker()  # testcontainers talks to the daemon as soon as a container is built
@@ -220,28 +218,11 @@ class DockerPostgres(_docker.ContainerRecordMixin, Service):
                  60, on_fail=lambda: _docker.container_logs(self.container))
         return self._endpoint
 
-    def stop(self) -> None:
-        _docker.stop(self.container)
-        self.container = None
-        self._remove_adopted()
+    def query_health(self) -> Health:
+        return query_health(self.endpoint)
 
-    def health(self) -> Health:
-        return query_health(self.endpoint) if self.container else Health(False, "not started")
-
-    def version(self) -> str:
+    def query_version(self) -> str:
         return query_version(self.endpoint)
-
-    def logs(self, lines: int = 50) -> str:
-        return _docker.container_logs(self.container, lines)
-
-    def kill(self) -> None:
-        _docker.signal(self.container, "SIGKILL")
-
-    def pause(self) -> None:
-        _docker.pause(self.container)
-
-    def resume(self) -> None:
-        _docker.unpause(self.container)
 
 
 LOCAL = LocalPostgres
