@@ -112,3 +112,9 @@ def test_exercise_not_attempted_says_so(mc, pg, hot, capsys):
 
     assert herd.check_lease_get(lease_get, mc.address, pg.dsn, hot) is None
     assert "Not attempted yet" in capsys.readouterr().out
+
+
+def test_protocol_demo_shows_win_wait_and_stale(mc):
+    df = herd.protocol_demo(mc.address)
+    assert list(df["flags"]) == ["W", "Z", "", "", "", "W X", "Z X", "", ""]
+    assert list(df["value"])[-4:] == ["v1", "v1", "", "v2"]

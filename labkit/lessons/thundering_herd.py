@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["STRATEGIES", "HerdResult", "run_herd", "compare", "Recompute",
            "no_protection", "lock_with_add", "lease", "serve_stale", "lease_ignoring_z", "from_lease_get",
-           "check_lease_get", "defaults", "hot_post", "table", "plot_results", "plot_timeline", "check_leases_cut_queries",
+           "check_lease_get", "protocol_demo", "defaults", "hot_post", "table", "plot_results", "plot_timeline", "check_leases_cut_queries",
            "check_serve_stale_p99"]
 
 LEASE_TTL = 10       # s: how long a lease / a stale item lives if the winner never sets
@@ -316,6 +316,34 @@ def compare(mc_address: Any, dsn: str, post_id: int, strategies: list[str] | Non
             **kw: Any) -> dict[str, HerdResult]:
     """Run :func:`run_herd` for each strategy with the same parameters."""
     return {s: run_herd(mc_address, dsn, post_id, s, **kw) for s in (strategies or list(STRATEGIES))}
+
+
+def protocol_demo(mc_address: Any, key: str = "demo:celebrity") -> "pd.DataFrame":
+    """Two clients, A and B, speak the lease and serve-stale protocol on the real memcached; one row per
+    command with memcached's answer (status, value, and the W/Z/X flags)."""
+    import pandas as pd
+
+    rows: list[dict[str, Any]] = []
+
+    def note(client: str, command: str, r: Any) -> Any:
+        flags = " ".join(f for f, on in (("W", r.win), ("Z", r.lease_taken), ("X", r.stale)) if on)
+        value = "" if not r.value else r.value.decode(errors="replace")
+        rows.append({"client": client, "command": command, "status": r.status, "value": value, "flags": flags})
+        return r
+
+    with MetaClient(mc_address) as a, MetaClient(mc_address) as b:
+        a.delete(key)
+        ra = note("A", f"mg {key} v c N30", a.get(key, vivify=30))
+        note("B", f"mg {key} v c N30", b.get(key, vivify=30))
+        note("A", f"ms {key} C<cas of A's lease>  'v1'", a.set(key, b"v1", cas=ra.cas))
+        note("B", f"mg {key} v c N30", b.get(key, vivify=30))
+        note("writer", f"md {key} I T30", a.delete(key, invalidate=True, ttl=30))
+        ra = note("A", f"mg {key} v c N30", a.get(key, vivify=30))
+        note("B", f"mg {key} v c N30", b.get(key, vivify=30))
+        note("A", f"ms {key} C<cas>  'v2'", a.set(key, b"v2", cas=ra.cas))
+        note("B", f"mg {key} v c N30", b.get(key, vivify=30))
+        a.delete(key)
+    return pd.DataFrame(rows)
 
 
 # -------------------------------------------------------------------------------------------- exercise
