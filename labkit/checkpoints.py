@@ -19,7 +19,7 @@ from typing import Any
 
 from labkit.errors import BadParameter, CheckpointFailed
 
-__all__ = ["CheckpointRecord", "checkpoint", "records", "clear", "summary"]
+__all__ = ["CheckpointRecord", "checkpoint", "clear", "records", "summary"]
 
 LOG_ENV = "LABKIT_CHECKPOINT_LOG"
 
@@ -67,8 +67,9 @@ def _check_bound(measured: float, at_least: float | None, at_most: float | None,
         tol = abs(target) * rel_tol
         ok = abs(measured - target) <= tol
         bound = f"{_fmt(target)} ± {rel_tol:.0%}"
-        return ok, bound, f"{_fmt(measured)} is not within {rel_tol:.0%} of expected {_fmt(target)} " \
-                          f"(allowed {_fmt(target - tol)}..{_fmt(target + tol)})"
+        why = (f"{_fmt(measured)} is not within {rel_tol:.0%} of expected {_fmt(target)} "
+               f"(allowed {_fmt(target - tol)}..{_fmt(target + tol)})")
+        return ok, bound, why
     parts, ok, why = [], True, []
     if at_least is not None:
         parts.append(f">= {_fmt(at_least)}")
@@ -139,7 +140,7 @@ def clear() -> None:
         _records.clear()
 
 
-def summary() -> "Any":
+def summary() -> Any:
     """The records as a pandas DataFrame (claim, measured, bound, passed, context)."""
     import pandas as pd
 

@@ -2,16 +2,13 @@
 the stale-set race, and the exercise's self-check against the reference and against wrong solutions."""
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from labkit.checkpoints import checkpoint
 from labkit.datasets import instagram
 from labkit.errors import BadParameter, CheckpointFailed
 from labkit.lessons import caching
 from labkit.lessons._solutions import caching as solution
-
 
 # ----------------------------------------------------------------------------------- models and data
 

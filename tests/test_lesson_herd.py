@@ -9,7 +9,7 @@ from labkit.lessons import caching
 from labkit.lessons import thundering_herd as herd
 from labkit.lessons._solutions import thundering_herd as solution
 
-RUN = dict(readers=50, invalidations=3, interval=0.6, cost=0.2, think=0.05)
+RUN = {"readers": 50, "invalidations": 3, "interval": 0.6, "cost": 0.2, "think": 0.05}
 
 
 @pytest.fixture(scope="module")

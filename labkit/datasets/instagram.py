@@ -14,7 +14,7 @@ import numpy as np
 
 from labkit.errors import BadParameter
 
-__all__ = ["InstagramData", "generate", "zipf_probabilities", "zipf_trace", "load_postgres", "SIZES"]
+__all__ = ["SIZES", "InstagramData", "generate", "load_postgres", "zipf_probabilities", "zipf_trace"]
 
 # users, posts, likes per profile
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -23,9 +23,7 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "light": (2_000, 5_000, 30_000),
 }
 
-_WORDS = ("sunset beach coffee brunch latte puppy kitten hike city lights skyline tacos sushi "
-          "friends family road trip mountains lake morning vibes throwback weekend selfie art "
-          "museum concert festival garden rain snow bike run yoga pizza ramen dessert").split()
+_WORDS = ["sunset", "beach", "coffee", "brunch", "latte", "puppy", "kitten", "hike", "city", "lights", "skyline", "tacos", "sushi", "friends", "family", "road", "trip", "mountains", "lake", "morning", "vibes", "throwback", "weekend", "selfie", "art", "museum", "concert", "festival", "garden", "rain", "snow", "bike", "run", "yoga", "pizza", "ramen", "dessert"]
 
 
 def zipf_probabilities(n: int, s: float) -> np.ndarray:

@@ -20,8 +20,9 @@ import contextlib
 import json
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import psycopg
@@ -34,11 +35,38 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
-    "CARD_BYTES", "post_key", "decode_card", "PostStore", "prepare", "che_hit_ratio", "lru_hit_ratio",
-    "hit_ratio_run", "ttl_hit_ratio", "ttl_run", "ttl_sweep", "check_ttl_model", "latency_compare", "stale_set_race", "RaceOutcome", "items_per_mb",
-    "check_cache_aside", "defaults", "sized_cache", "skew_sweep", "size_sweep", "table", "plot_sweep",
-    "plot_latency", "plot_ttl", "latency_table", "race_table", "check_latency", "check_db_follows_hit_ratio", "check_small_cache_serves_most", "check_model_matches",
+    "CARD_BYTES",
+    "PostStore",
+    "RaceOutcome",
+    "che_hit_ratio",
+    "check_cache_aside",
+    "check_db_follows_hit_ratio",
+    "check_latency",
+    "check_model_matches",
     "check_race",
+    "check_small_cache_serves_most",
+    "check_ttl_model",
+    "decode_card",
+    "defaults",
+    "hit_ratio_run",
+    "items_per_mb",
+    "latency_compare",
+    "latency_table",
+    "lru_hit_ratio",
+    "plot_latency",
+    "plot_sweep",
+    "plot_ttl",
+    "post_key",
+    "prepare",
+    "race_table",
+    "size_sweep",
+    "sized_cache",
+    "skew_sweep",
+    "stale_set_race",
+    "table",
+    "ttl_hit_ratio",
+    "ttl_run",
+    "ttl_sweep",
 ]
 
 # A rendered post card (caption, author, counts, latest likers, markup) is a few KB. The size matters
@@ -105,7 +133,7 @@ class PostStore:
     def close(self) -> None:
         self.conn.close()
 
-    def __enter__(self) -> "PostStore":
+    def __enter__(self) -> PostStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -512,7 +540,7 @@ def sized_cache(st: Any, memory_mb: int) -> Iterator[tuple[str, int]]:
 
 def skew_sweep(st: Any, data: instagram.InstagramData, skews: list[float] | None = None,
                memory_mb: int | None = None, reads: int | None = None,
-               warmup: int | None = None) -> "pd.DataFrame":
+               warmup: int | None = None) -> pd.DataFrame:
     """Hit ratio and DB load vs Zipf skew, on one memcached of ``memory_mb`` MB."""
     import pandas as pd
 
@@ -527,7 +555,7 @@ def skew_sweep(st: Any, data: instagram.InstagramData, skews: list[float] | None
 
 def size_sweep(st: Any, data: instagram.InstagramData, sizes_mb: list[int] | None = None,
                skew: float | None = None, reads: int | None = None,
-               warmup: int | None = None) -> "pd.DataFrame":
+               warmup: int | None = None) -> pd.DataFrame:
     """Hit ratio and DB load vs memcached memory size, at one Zipf skew."""
     import pandas as pd
 
@@ -548,14 +576,14 @@ TABLE_COLUMNS = {"skew": "Zipf s", "cache_mb": "cache MB", "cached_cards": "card
                  "db_queries": "DB queries", "db_queries_per_s": "DB queries/s"}
 
 
-def table(df: "pd.DataFrame") -> "pd.DataFrame":
+def table(df: pd.DataFrame) -> pd.DataFrame:
     """The sweep's measured figures, rounded, with readable column names."""
     out = df[list(TABLE_COLUMNS)].rename(columns=TABLE_COLUMNS)
     return out.round({"share of posts cached": 3, "hit ratio (memcached)": 3, "Che model": 3,
                       "LRU simulation": 3, "DB queries/s": 0, "cache MB": 1})
 
 
-def plot_sweep(df: "pd.DataFrame", x: str, data: instagram.InstagramData | None = None) -> Any:
+def plot_sweep(df: pd.DataFrame, x: str, data: instagram.InstagramData | None = None) -> Any:
     """Measured hit ratio (points) over the Che model (line) and DB queries per 1000 reads, vs ``x``.
 
     ``x`` is "skew" or "cache_fraction". With ``x="skew"`` and ``data`` the model is drawn as a smooth
@@ -607,7 +635,7 @@ def plot_latency(lat: dict[str, dict[str, float]]) -> Any:
     return fig
 
 
-def race_table(*runs: list[RaceOutcome]) -> "pd.DataFrame":
+def race_table(*runs: list[RaceOutcome]) -> pd.DataFrame:
     """The interleavings of :func:`stale_set_race`, one row each."""
     import pandas as pd
 
@@ -619,7 +647,7 @@ def race_table(*runs: list[RaceOutcome]) -> "pd.DataFrame":
     return df
 
 
-def check_db_follows_hit_ratio(df: "pd.DataFrame", rel_tol: float = 0.05) -> None:
+def check_db_follows_hit_ratio(df: pd.DataFrame, rel_tol: float = 0.05) -> None:
     """Claim: Postgres queries = reads × (1 − hit ratio), at every point of a sweep."""
     from labkit.checkpoints import checkpoint
 
@@ -631,7 +659,7 @@ def check_db_follows_hit_ratio(df: "pd.DataFrame", rel_tol: float = 0.05) -> Non
                        f"{worst.reads} reads")
 
 
-def check_small_cache_serves_most(df: "pd.DataFrame", skew: float = 1.1, share: float = 0.10,
+def check_small_cache_serves_most(df: pd.DataFrame, skew: float = 1.1, share: float = 0.10,
                                   at_least: float = 0.5) -> None:
     """Claim: at high skew, a cache holding at most ``share`` of the posts serves most reads."""
     from labkit.checkpoints import checkpoint
@@ -646,7 +674,7 @@ def check_small_cache_serves_most(df: "pd.DataFrame", skew: float = 1.1, share: 
                at_least=at_least, context=f"zipf s={skew}, {r['cache_fraction']:.1%} of posts cached")
 
 
-def check_model_matches(df: "pd.DataFrame", tol: float = 0.08) -> None:
+def check_model_matches(df: pd.DataFrame, tol: float = 0.08) -> None:
     """Claim: the measured hit ratio is within ``tol`` (absolute) of Che's model at every point."""
     from labkit.checkpoints import checkpoint
 
@@ -681,7 +709,7 @@ def check_latency(lat: dict[str, dict[str, float]], factor: float = 1.5) -> None
 
 
 def ttl_sweep(st: Any, data: instagram.InstagramData, ttls: list[int] | None = None, rate: float | None = None,
-              seconds: float | None = None, skew: float = 1.0) -> "pd.DataFrame":
+              seconds: float | None = None, skew: float = 1.0) -> pd.DataFrame:
     """Hit ratio vs TTL at a fixed read rate, on a memcached that holds every post (no evictions)."""
     import pandas as pd
 
@@ -693,7 +721,7 @@ def ttl_sweep(st: Any, data: instagram.InstagramData, ttls: list[int] | None = N
     return pd.DataFrame(rows)
 
 
-def plot_ttl(df: "pd.DataFrame") -> Any:
+def plot_ttl(df: pd.DataFrame) -> Any:
     """Measured hit ratio vs TTL over the expiry model."""
     import matplotlib.pyplot as plt
 
@@ -710,7 +738,7 @@ def plot_ttl(df: "pd.DataFrame") -> Any:
     return fig
 
 
-def check_ttl_model(df: "pd.DataFrame", tol: float = 0.08) -> None:
+def check_ttl_model(df: pd.DataFrame, tol: float = 0.08) -> None:
     """Claim: with expiry alone, the hit ratio follows lambda*T/(1+lambda*T) within ``tol`` at every TTL."""
     from labkit.checkpoints import checkpoint
 
@@ -722,7 +750,7 @@ def check_ttl_model(df: "pd.DataFrame", tol: float = 0.08) -> None:
                        f"vs model {r['ttl_model']:.3f}")
 
 
-def latency_table(lat: dict[str, dict[str, float]]) -> "pd.DataFrame":
+def latency_table(lat: dict[str, dict[str, float]]) -> pd.DataFrame:
     """:func:`latency_compare`'s result as a rounded table."""
     import pandas as pd
 

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import psycopg
 
 from labkit.errors import BadParameter, CheckpointFailed
 from labkit.lessons.caching import PostStore, decode_card, post_key
@@ -34,10 +34,28 @@ from labkit.memcache_meta import MetaClient
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["STRATEGIES", "HerdResult", "run_herd", "compare", "Recompute",
-           "no_protection", "lock_with_add", "lease", "serve_stale", "lease_ignoring_z", "from_lease_get",
-           "check_lease_get", "protocol_demo", "defaults", "hot_post", "table", "plot_results", "plot_timeline", "check_leases_cut_queries",
-           "check_serve_stale_p99"]
+__all__ = [
+    "STRATEGIES",
+    "HerdResult",
+    "Recompute",
+    "check_lease_get",
+    "check_leases_cut_queries",
+    "check_serve_stale_p99",
+    "compare",
+    "defaults",
+    "from_lease_get",
+    "hot_post",
+    "lease",
+    "lease_ignoring_z",
+    "lock_with_add",
+    "no_protection",
+    "plot_results",
+    "plot_timeline",
+    "protocol_demo",
+    "run_herd",
+    "serve_stale",
+    "table",
+]
 
 LEASE_TTL = 10       # s: how long a lease / a stale item lives if the winner never sets
 LOCK_TTL = 10        # s: the lock key's TTL, so a crashed lock holder doesn't block forever
@@ -318,7 +336,7 @@ def compare(mc_address: Any, dsn: str, post_id: int, strategies: list[str] | Non
     return {s: run_herd(mc_address, dsn, post_id, s, **kw) for s in (strategies or list(STRATEGIES))}
 
 
-def protocol_demo(mc_address: Any, key: str = "demo:celebrity") -> "pd.DataFrame":
+def protocol_demo(mc_address: Any, key: str = "demo:celebrity") -> pd.DataFrame:
     """Two clients, A and B, speak the lease and serve-stale protocol on the real memcached; one row per
     command with memcached's answer (status, value, and the W/Z/X flags)."""
     import pandas as pd
@@ -419,7 +437,7 @@ def hot_post(data: Any) -> int:
     return int(data.popularity_rank[0])
 
 
-def table(results: dict[str, HerdResult]) -> "pd.DataFrame":
+def table(results: dict[str, HerdResult]) -> pd.DataFrame:
     """One row per strategy, rounded, with readable column names."""
     import pandas as pd
 
