@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from labkit.errors import BadParameter
+from labkit.load.workload import Zipf
 
 __all__ = ["SIZES", "InstagramData", "generate", "load_postgres", "zipf_probabilities", "zipf_trace"]
 
@@ -27,22 +28,15 @@ _WORDS = ["sunset", "beach", "coffee", "brunch", "latte", "puppy", "kitten", "hi
 
 
 def zipf_probabilities(n: int, s: float) -> np.ndarray:
-    """P(rank i) ∝ 1 / i**s for ranks 1..n (s=0 is uniform). Sums to 1."""
-    if n < 1:
-        raise BadParameter(f"zipf over n={n} keys: n must be >= 1")
-    if s < 0:
-        raise BadParameter(f"zipf skew s={s} must be >= 0 (0 = uniform, ~1 = web-like popularity)")
-    w = np.arange(1, n + 1, dtype=float) ** (-float(s))
-    return w / w.sum()
+    """P(rank i) ∝ 1 / i**s for ranks 1..n (s=0 is uniform). Sums to 1. Same law as labkit.load.Zipf."""
+    return Zipf(n, s).pmf()
 
 
 def zipf_trace(n: int, s: float, length: int, seed: int = 0) -> np.ndarray:
     """``length`` ranks (0-based, 0 = most popular) drawn i.i.d. from Zipf(s) over ``n`` keys."""
     if length < 0:
         raise BadParameter(f"trace length {length} must be >= 0")
-    cdf = np.cumsum(zipf_probabilities(n, s))
-    u = np.random.default_rng(seed).random(length)
-    return np.minimum(np.searchsorted(cdf, u, side="right"), n - 1)
+    return Zipf(n, s).sample(np.random.default_rng(seed), length)
 
 
 @dataclass
