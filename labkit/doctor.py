@@ -93,7 +93,7 @@ def diagnose(include_java: bool = True) -> dict[str, Any]:
         add("cassandra jars", bool(jars), str(jars[0].parent) if jars else "not fetched yet",
             "labkit fetch cassandra   (or let the first Cassandra lesson fetch them; needs Maven Central)",
             needed=False)
-    for peer, bins in (("pgbench (benchmarks)", ["pgbench"]), ("memaslap (benchmarks)", ["memaslap", "memcslap"])):
+    for peer, bins in (("pgbench (benchmarks)", ["pgbench"]), ("memaslap (benchmarks)", ["memaslap", "memcaslap"])):
         found = next((shutil.which(b) for b in bins if shutil.which(b)), None)
         if not found and peer.startswith("pgbench"):
             found = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/pgbench"))), None)
