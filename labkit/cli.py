@@ -156,7 +156,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from labkit.doctor import diagnose, render
 
-    report = diagnose(include_java=True)
+    report = diagnose(include_java=True, platform_name=args.platform)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("doctor", help="what this machine can run, and how to install the rest")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--platform", choices=["debian", "colab", "macos", "conda", "binder"], default=None,
+                   help="show the install commands for this platform instead of the detected one")
     s.set_defaults(func=cmd_doctor)
     s = sub.add_parser("up", help="start the shared stack in the background")
     s.add_argument("services", nargs="*", help="postgres memcached cassandra (default: postgres memcached)")

@@ -53,8 +53,13 @@ def _version_of(argv: list[str]) -> str:
         return f"? ({e})"
 
 
-def diagnose(include_java: bool = True) -> dict[str, Any]:
-    plat = detect_platform()
+def diagnose(include_java: bool = True, platform_name: str | None = None) -> dict[str, Any]:
+    """Check this machine; install hints are for `platform_name` (default: the detected platform)."""
+    plat = platform_name or detect_platform()
+    if plat not in INSTALL:
+        from labkit.errors import BadParameter
+
+        raise BadParameter(f"unknown platform {plat!r}: use one of {', '.join(INSTALL)}")
     hints = INSTALL[plat]
     checks: list[dict[str, Any]] = []
 

@@ -179,3 +179,14 @@ def test_logs_of_a_running_service(clean_shared):
     cli("up", "postgres")
     out = cli("logs", "postgres", "-n", "20").stdout
     assert "ready to accept connections" in out
+
+
+def test_doctor_names_the_install_command_per_platform():
+    env = {**os.environ, "LABKIT_MEMCACHED_BIN": "/nonexistent/memcached"}
+    for platform, command in (("debian", "apt-get install -y memcached"), ("macos", "brew install memcached"),
+                              ("conda", "conda install -c conda-forge memcached"),
+                              ("colab", "!apt-get -qq install -y memcached"), ("binder", "environment.yml")):
+        res = subprocess.run([sys.executable, "-m", "labkit.cli", "doctor", "--platform", platform],
+                             capture_output=True, text=True, env=env, timeout=120)
+        assert res.returncode == 1, res.stdout  # memcached is missing, so the machine is not ready
+        assert command in res.stdout and "Not ready" in res.stdout, res.stdout
