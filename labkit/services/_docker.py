@@ -93,6 +93,18 @@ class DockerService(Service):
     def query_health(self) -> Health:
         raise NotImplementedError
 
+    def _launch(self, container: Any, port: int, what: str, timeout: float, **endpoint: Any) -> Endpoint:
+        """Start `container` with `port` published on 127.0.0.1, record its endpoint, wait until it answers."""
+        from labkit.services._process import wait_for
+
+        self.container = start_on_loopback(container, port)
+        host, host_port = loopback_address(self.container, port)
+        self._endpoint = Endpoint(kind=self.kind, name=self.name, provider=self.provider, host=host,
+                                  port=host_port, **endpoint)
+        wait_for(f"{self.kind} container '{self.name}' to answer {what}", lambda: self.query_health().ok, timeout,
+                 on_fail=lambda: container_logs(self.container))
+        return self._endpoint
+
     def query_version(self) -> str:
         raise NotImplementedError
 

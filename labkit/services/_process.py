@@ -21,7 +21,7 @@ import psutil
 
 from labkit import paths
 from labkit.errors import BinaryNotFound, PortInUse, ServiceFailed
-from labkit.services.base import Service
+from labkit.services.base import Health, Service
 
 T = TypeVar("T")
 
@@ -322,6 +322,23 @@ class LocalService(Service):
 
     def running(self) -> bool:
         return bool(self._live())
+
+    def query_health(self) -> Health:
+        """Ask the running server a real question (subclasses: a query, a `version` command)."""
+        raise NotImplementedError
+
+    def query_version(self) -> str:
+        raise NotImplementedError
+
+    def health(self) -> Health:
+        if self._endpoint is None:
+            return Health(False, "not started")
+        if not self.running():
+            return Health(False, "process is not running (killed or stopped)")
+        return self.query_health()
+
+    def version(self) -> str:
+        return self.query_version()
 
     def kill(self) -> None:
         """SIGKILL the server (a crash, as the lessons' fault experiments need)."""

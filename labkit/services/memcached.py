@@ -105,14 +105,10 @@ class LocalMemcached(LocalService):
             raise
         return self._endpoint
 
-    def health(self) -> Health:
-        if self._endpoint is None:
-            return Health(False, "not started")
-        if not self.running():
-            return Health(False, "process is not running (killed or stopped)")
-        return query_health(self._endpoint)
+    def query_health(self) -> Health:
+        return query_health(self.endpoint)
 
-    def version(self) -> str:
+    def query_version(self) -> str:
         return query_version(self.endpoint)
 
 
@@ -131,13 +127,7 @@ class DockerMemcached(_docker.DockerService):
         from testcontainers.memcached import MemcachedContainer
 
         c = MemcachedContainer(self.image).with_command(f"memcached -m {self.memory_mb} -I {self.max_item_mb}m")
-        self.container = _docker.start_on_loopback(c, 11211)
-        host, port = _docker.loopback_address(self.container, 11211)
-        self._endpoint = Endpoint(kind=self.kind, name=self.name, provider=self.provider, host=host, port=port,
-                                  extra={"memory_mb": self.memory_mb})
-        wait_for(f"memcached container '{self.name}' to answer `version`", lambda: query_health(self._endpoint).ok,
-                 30, on_fail=lambda: _docker.container_logs(self.container))
-        return self._endpoint
+        return self._launch(c, 11211, "`version`", 30, extra={"memory_mb": self.memory_mb})
 
     def query_health(self) -> Health:
         return query_health(self.endpoint)

@@ -176,14 +176,10 @@ class LocalPostgres(LocalService):
             except subprocess.TimeoutExpired:
                 pass
 
-    def health(self) -> Health:
-        if self._endpoint is None:
-            return Health(False, "not started")
-        if not self.running():
-            return Health(False, "process is not running (killed or stopped)")
-        return query_health(self._endpoint)
+    def query_health(self) -> Health:
+        return query_health(self.endpoint)
 
-    def version(self) -> str:
+    def query_version(self) -> str:
         return query_version(self.endpoint)
 
 
@@ -209,14 +205,7 @@ class DockerPostgres(_docker.DockerService):
         from testcontainers.postgres import PostgresContainer
 
         c = PostgresContainer(self.image, username=USER, password=self.password, dbname=DATABASE, driver=None)
-        self.container = _docker.start_on_loopback(c, 5432)
-        host, port = _docker.loopback_address(self.container, 5432)
-        self._endpoint = Endpoint(kind=self.kind, name=self.name, provider=self.provider, host=host, port=port,
-                                  user=USER, password=self.password, database=DATABASE,
-                                  extra={"container": self.container.get_wrapped_container().name})
-        wait_for(f"Postgres container '{self.name}' to answer a query", lambda: query_health(self._endpoint).ok,
-                 60, on_fail=lambda: _docker.container_logs(self.container))
-        return self._endpoint
+        return self._launch(c, 5432, "a query", 60, user=USER, password=self.password, database=DATABASE)
 
     def query_health(self) -> Health:
         return query_health(self.endpoint)
