@@ -144,7 +144,7 @@ def test_jars_missing_and_offline(tmp_path, monkeypatch):
 def test_too_many_nodes_for_memory_is_refused_with_numbers(cassandra_jars):
     avail_mb = psutil.virtual_memory().available // 2**20
     c = LocalCassandra("huge", nodes="us:9,eu:9", heap_mb=32768)
-    with pytest.raises(InsufficientResources, match=rf"18 Cassandra node\(s\) need about \d+ MB .* only \d+ MB"):
+    with pytest.raises(InsufficientResources, match=r"18 Cassandra node\(s\) need about \d+ MB .* only \d+ MB"):
         c.start()
     assert c.pids() == [] and avail_mb > 0
 

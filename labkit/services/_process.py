@@ -341,13 +341,23 @@ class LocalService(Service):
         return self.query_version()
 
     def kill(self) -> None:
-        """SIGKILL the server (a crash, as the lessons' fault experiments need)."""
-        for p in self._live():
+        """SIGKILL the server and its children (Postgres backends too), as a crash or the OOM killer would."""
+        victims = [q for p in self._live() for q in _group(p)]
+        for p in victims:
             try:
                 p.kill()
             except psutil.Error:
                 pass
-        psutil.wait_procs(self._live(), timeout=5)
+        # children are reparented when their parent dies and may linger as zombies: gone means not running
+        refs = []
+        for p in victims:
+            try:
+                refs.append({"pid": p.pid, "create_time": p.create_time()})
+            except psutil.Error:
+                pass
+        deadline = time.monotonic() + 5
+        while any(same_process(r) for r in refs) and time.monotonic() < deadline:
+            time.sleep(0.02)
         for mp in self.procs:
             try:
                 mp.popen.wait(timeout=1)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from labkit import profile
 from labkit.errors import BadParameter, ServiceFailed
 from labkit.services import _docker
 from labkit.services._process import (LOOPBACK, LocalService, ManagedProcess, find_binary, give_to, new_password,
-                                      reuse_or_pick_port, same_process, tail, unprivileged_user, wait_for)
+                                      reuse_or_pick_port, tail, unprivileged_user, wait_for)
 from labkit.services.base import Endpoint, Health
 
 PG_GLOBS = ("/usr/lib/postgresql/*/bin/{name}", "/usr/local/opt/postgresql*/bin/{name}",
@@ -153,41 +152,11 @@ class LocalPostgres(LocalService):
     def _stop_signal(self) -> int:
         return signal.SIGINT  # Postgres "fast" shutdown: roll back sessions, checkpoint, exit.
 
-    def kill(self) -> None:
-        """SIGKILL the postmaster and its backends, as a crash or the OOM killer would."""
-        procs = []
-        for p in self._live():
-            try:
-                procs += [p, *p.children(recursive=True)]
-            except Exception:  # noqa: BLE001
-                procs.append(p)
-        for p in procs:
-            try:
-                p.kill()
-            except Exception:  # noqa: BLE001
-                pass
-        deadline = time.monotonic() + 5
-        while any(same_process({"pid": p.pid, "create_time": p.create_time()}) for p in procs
-                  if _exists(p)) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        for mp in self.procs:
-            try:
-                mp.popen.wait(timeout=1)
-            except subprocess.TimeoutExpired:
-                pass
-
     def query_health(self) -> Health:
         return query_health(self.endpoint)
 
     def query_version(self) -> str:
         return query_version(self.endpoint)
-
-
-def _exists(p: Any) -> bool:
-    try:
-        return p.is_running()
-    except Exception:  # noqa: BLE001
-        return False
 
 
 class DockerPostgres(_docker.DockerService):

@@ -361,11 +361,8 @@ def restore(srec: dict[str, Any]) -> Service:
     cls = service_class(srec["kind"], srec["provider"])
     opts = dict(srec.get("options", {}))
     if srec["provider"] == "local":
-        svc = cls(srec["name"], instance_dir=Path(srec["dir"]), **opts)
-    elif srec["provider"] == "external":
-        svc = cls(srec["name"], **opts)
-    else:
-        svc = cls(srec["name"], **opts)
+        opts["instance_dir"] = Path(srec["dir"])
+    svc = cls(srec["name"], **opts)
     if hasattr(svc, "_adopt"):
         svc._adopt(srec)
     elif srec.get("endpoint"):
