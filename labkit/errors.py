@@ -44,3 +44,7 @@ class InsufficientResources(LabkitError):
 
 class CheckpointFailed(LabkitError, AssertionError):
     """A lesson's measured claim did not hold; the message says what was measured and the bound."""
+
+
+class ResourceLimitUnavailable(LabkitError):
+    """This machine does not let labkit cap CPU or memory (no writable cgroups): the lesson measures without."""
