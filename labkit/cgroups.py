@@ -27,11 +27,12 @@ from types import TracebackType
 
 import psutil
 
+from labkit import config
 from labkit.errors import BadParameter, ResourceLimitUnavailable
 
 __all__ = ["CpuLimit", "MemoryLimit", "available", "remove_stale"]
 
-ROOT = Path(os.environ.get("LABKIT_CGROUP_ROOT", "/sys/fs/cgroup"))
+ROOT = config.current().cgroup_root
 PARENT = "labkit"
 _PERIOD_US = 100_000
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")

@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from labkit import config
 from labkit.errors import BadParameter, CheckpointFailed
 
 __all__ = ["CheckpointRecord", "checkpoint", "clear", "records", "summary"]
@@ -120,9 +121,10 @@ def checkpoint(claim: str, measured: float, *, at_least: float | None = None,
 def _remember(rec: CheckpointRecord) -> None:
     with _lock:
         _records.append(rec)
-    path = os.environ.get(LOG_ENV)
+    cfg = config.current()
+    path = cfg.checkpoint_log
     if path:
-        line = dict(rec.to_dict(), notebook=os.environ.get("LABKIT_NOTEBOOK", ""), pid=os.getpid())
+        line = dict(rec.to_dict(), notebook=cfg.notebook, pid=os.getpid())
         # One write of one line: appends from several processes do not interleave.
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(line) + "\n")

@@ -13,6 +13,7 @@ import os
 import time
 from pathlib import Path
 
+from labkit import config
 from labkit.errors import LabkitError
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -46,18 +47,19 @@ def run_course(names: list[str], out_dir: str = "course-output", timeout: int = 
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "checkpoints.jsonl").resolve()
     log.unlink(missing_ok=True)
-    os.environ["LABKIT_CHECKPOINT_LOG"] = str(log)
-    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    # settings reach each kernel through its own environment; this process's stays untouched
+    base_env = {**os.environ, "MPLBACKEND": os.environ.get("MPLBACKEND", "module://matplotlib_inline.backend_inline"),
+                **config.current().replace(checkpoint_log=log).to_env()}
     rows = []
     for nb_path in notebooks:
         print(f"== {nb_path.name} ...", flush=True)
         nb = nbformat.read(nb_path, as_version=4)
         start = time.monotonic()
-        os.environ["LABKIT_NOTEBOOK"] = nb_path.stem
+        env = {**base_env, **config.current().replace(checkpoint_log=log, notebook=nb_path.stem).to_env()}
         error = ""
         try:
             NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                           resources={"metadata": {"path": str(nb_path.parent)}}).execute()
+                           resources={"metadata": {"path": str(nb_path.parent)}}).execute(env=env)
         except CellExecutionError as e:
             error = str(e).strip().splitlines()[-1][:300] if str(e).strip() else "a cell failed"
         except Exception as e:  # noqa: BLE001 - a kernel that died is reported, the course goes on

@@ -15,9 +15,11 @@ def home() -> Path:
     As root (Colab, CI) the default is /var/lib/labkit, so that Postgres, which must run as an
     unprivileged user, can reach its data directory (it could not traverse /root).
     """
-    env = os.environ.get("LABKIT_HOME")
+    from labkit import config
+
+    env = config.current().home
     if env:
-        p = Path(env).expanduser()
+        p = env
     elif is_root():
         p = Path("/var/lib/labkit")
     else:
@@ -41,7 +43,9 @@ def instances_dir() -> Path:
 
 def cache_dir() -> Path:
     """Downloads that survive `labkit down` (Cassandra jars). `LABKIT_CACHE` overrides it."""
-    env = os.environ.get("LABKIT_CACHE")
-    p = Path(env).expanduser() if env else home() / "cache"
+    from labkit import config
+
+    env = config.current().cache
+    p = env if env else home() / "cache"
     p.mkdir(parents=True, exist_ok=True)
     return p

@@ -7,18 +7,15 @@ Set LABKIT_PROFILE to choose; Binder's start script sets "light".
 """
 from __future__ import annotations
 
-import os
+from labkit import config
+from labkit.config import PROFILES
 
-from labkit.errors import BadParameter
-
-PROFILES = ("full", "ci", "light")
+__all__ = ["PROFILES", "current", "pick"]
 
 
 def current() -> str:
-    value = os.environ.get("LABKIT_PROFILE", "").strip().lower() or ("ci" if os.environ.get("CI") else "full")
-    if value not in PROFILES:
-        raise BadParameter(f"LABKIT_PROFILE={value!r} is not a profile: use one of {', '.join(PROFILES)}")
-    return value
+    """The profile in force (LABKIT_PROFILE, validated by labkit.config)."""
+    return config.current().profile
 
 
 def pick(full: float, ci: float, light: float | None = None) -> float:

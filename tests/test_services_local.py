@@ -11,7 +11,7 @@ import pytest
 from pymemcache.client.base import Client
 
 import labkit
-from labkit.errors import BinaryNotFound, PortInUse, UnknownService
+from labkit.errors import BadParameter, BinaryNotFound, PortInUse, UnknownService
 from labkit.services import memcached as mcmod
 from labkit.services.memcached import LocalMemcached
 from labkit.services.postgres import LocalPostgres
@@ -144,7 +144,7 @@ def test_unknown_service_names_the_choices():
 
 def test_unknown_provider_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("LABKIT_PROVIDER", "kubernetes")
-    with pytest.raises(UnknownService, match="use one of local, docker, external"):
+    with pytest.raises(BadParameter, match="LABKIT_PROVIDER='kubernetes' is not valid: use one of local, docker, external"):
         labkit.stack("memcached")
 
 

@@ -33,7 +33,9 @@ def check_kind(kind: str) -> str:
 
 def choose_provider(provider: str | None = None) -> str:
     """The provider to use: the argument, else LABKIT_PROVIDER, else docker if a daemon answers, else local."""
-    choice = (provider or os.environ.get("LABKIT_PROVIDER") or "").strip().lower()
+    from labkit import config
+
+    choice = (provider or config.current().provider).strip().lower()
     if not choice or choice == "auto":
         return "docker" if docker_available()[0] else "local"
     if choice not in PROVIDERS:

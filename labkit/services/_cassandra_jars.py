@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from labkit import paths
+from labkit import config, paths
 from labkit.errors import BinaryNotFound, LabkitError, ServiceFailed
 
 PINNED_VERSION = "5.0.9"
@@ -37,7 +37,7 @@ _MARKER = ".complete"  # written last, so a half-finished download never counts 
 
 
 def offline() -> bool:
-    return os.environ.get("LABKIT_OFFLINE", "").strip().lower() in ("1", "true", "yes")
+    return config.current().offline
 
 
 def pinned_list(version: str = PINNED_VERSION) -> Path:
@@ -60,7 +60,7 @@ def _read_pins(version: str) -> list[tuple[str, str]]:
 
 def maven_repository() -> str:
     """The base URL the no-Maven path downloads from: LABKIT_MAVEN_REPO (the project names no host itself)."""
-    url = os.environ.get("LABKIT_MAVEN_REPO", "").strip()
+    url = (config.current().maven_repo or "").strip()
     if not url:
         raise BinaryNotFound(f"Maven is not installed and LABKIT_MAVEN_REPO is not set: {MAVEN_HINT}.")
     if not re.match(r"https?://", url):

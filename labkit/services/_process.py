@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import psutil
 
-from labkit import paths
+from labkit import config, paths
 from labkit.errors import BinaryNotFound, PortInUse, ServiceFailed
 from labkit.services.base import Health, Service
 
@@ -95,8 +95,9 @@ def new_password() -> str:
 def find_binary(name: str, extra_globs: Sequence[str] = (), hint: str = "") -> Path:
     """Find a server binary on PATH, in a conda env's bin, or in the usual OS locations."""
     env_var = f"LABKIT_{name.upper()}_BIN"
-    if os.environ.get(env_var):
-        p = Path(os.environ[env_var])
+    configured = getattr(config.current(), f"{name}_bin", None)
+    if configured:
+        p = Path(configured)
         if p.is_file() and os.access(p, os.X_OK):
             return p
         raise BinaryNotFound(f"{env_var}={p} is not an executable file: fix the path or unset it")
@@ -125,7 +126,7 @@ def unprivileged_user() -> pwd.struct_passwd | None:
     """
     if not paths.is_root():
         return None
-    for name in filter(None, [os.environ.get("LABKIT_RUN_AS"), "postgres", "labkit"]):
+    for name in filter(None, [config.current().run_as, "postgres", "labkit"]):
         try:
             return pwd.getpwnam(name)
         except KeyError:

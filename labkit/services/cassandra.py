@@ -49,6 +49,7 @@ from typing import Any
 
 import psutil
 
+from labkit import config
 from labkit.errors import (BadParameter, BinaryNotFound, InsufficientResources, NotRunning, ProviderUnavailable,
                            ServiceFailed)
 from labkit.services import _docker
@@ -120,7 +121,7 @@ def java_major(java: Path) -> int | None:
 
 def find_java() -> Path:
     """A Java 17 runtime: LABKIT_JAVA_BIN, else JAVA_HOME, PATH and the usual JVM directories."""
-    env = os.environ.get("LABKIT_JAVA_BIN")
+    env = config.current().java_bin
     candidates: list[Path] = []
     if env:
         candidates = [Path(env)]
@@ -607,7 +608,7 @@ class LocalCassandra(LocalService):
             args += ["-XX:TieredStopAtLevel=1",  # C1 only: faster start and a smaller code cache on 2 cores
                      "-XX:ReservedCodeCacheSize=64m", "-XX:MaxDirectMemorySize=192m", "-XX:CICompilerCount=2"]
         # extra flags for experiments, e.g. LABKIT_CASSANDRA_JVM_OPTS="-XX:NativeMemoryTracking=summary"
-        args += os.environ.get("LABKIT_CASSANDRA_JVM_OPTS", "").split()
+        args += list(config.current().cassandra_jvm_opts)
         return args
 
     def _launch(self, n: CassandraNode) -> None:
