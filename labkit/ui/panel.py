@@ -1,19 +1,29 @@
 """A widget panel built from an experiment function's parameters.
 
-    def experiment(clients: int = 8, s: float = 0.99, mode: str = "lease", progress=None, stop=None):
-        return run(op, Workload(keys=Zipf(1000, s), clients=clients, duration=5), progress=progress, stop=stop)
+    def experiment(clients: int = 8, s: float = 0.99, seconds: float = 5.0, progress=None, stop=None):
+        wl = Workload(keys=Zipf(1000, s), clients=clients, duration=seconds)
+        return run(op, wl, progress=progress, stop=stop)
 
-    res = labkit.ui.panel(experiment, clients=(1, 64), s=(0.0, 1.5, 0.01), mode=["none", "lease", "stale"])
+    exp = labkit.ui.panel(experiment, clients=(1, 64), s=(0.0, 1.5, 0.01),
+                          view=lambda res: [lesson.table(res), lesson.plot(res)])
 
 In JupyterLab this shows sliders/dropdowns (defaults from the signature), Run/Stop buttons, a
-tqdm.auto progress bar and a live plot; the run happens on a background thread so the kernel
-stays free, and it starts once with the defaults. Headless (nbval, papermill, plain python, or
-LABKIT_HEADLESS=1, or LABKIT_PROFILE=ci) the same call runs once with the defaults and returns
-the function's result. Interactive, it returns the :class:`Panel`; ``result_of(x)`` gives the
-result in both cases (waiting for the run in progress), so the next cell works either way.
+progress bar, a live plot while a run reports intervals, and the lesson's ``view`` of the latest
+result (its table and plots), redrawn in place after every Run. The run happens on a background
+thread so the kernel stays free, and it starts once with the defaults. Headless (nbval,
+papermill, plain python, LABKIT_HEADLESS=1, or LABKIT_PROFILE=ci) the same call runs once with
+the defaults, shows the view under the cell (in a kernel) and returns the function's result.
+Interactive, it returns the :class:`Panel`; ``result_of(x)`` gives the latest result in both cases
+(waiting for the run in progress), and ``claim_result(x)`` the result at the defaults (the lesson's
+claim settings) for checkpoint cells.
 
 If the function accepts ``progress`` and/or ``stop`` parameters, the panel passes a progress
-callback (labkit.load.Progress) and a threading.Event set by the Stop button.
+callback and a threading.Event set by the Stop button. ``progress`` takes a labkit.load Progress
+(what ``labkit.load.run`` hands it) or a fraction in [0, 1] with an optional text:
+``progress(i / n, f"s={s}")``.
+
+A run against servers that the notebook's cleanup cell stopped, or that died, does not start (or
+fails) with a message saying what to do, instead of a bare ConnectionRefusedError.
 """
 from __future__ import annotations
 
@@ -26,8 +36,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from labkit.errors import BadParameter
+from labkit.ui import _hints
+from labkit.ui import view as _view
 
-__all__ = ["panel", "Panel", "Param", "headless", "result_of"]
+__all__ = ["panel", "Panel", "Param", "claim_result", "headless", "result_of"]
 
 _RESERVED = ("progress", "stop")
 
@@ -159,16 +171,28 @@ def _call(fn: Callable[..., Any], values: dict[str, Any], extras: set[str], prog
     return fn(**kw)
 
 
+def _fmt(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+
+
 class Panel:
-    """The interactive panel (widgets + background runs). ``result`` is the latest result."""
+    """The interactive panel (widgets + background runs). ``result`` is the latest result.
+
+    Layout, top to bottom: title, controls, Run/Stop, a progress bar with elapsed time, a status
+    line (the settings of the result shown, or what went wrong and what to do), the live plot while
+    a run reports intervals, and the lesson's view (its table and plots) of the latest result,
+    replaced in place after every run.
+    """
 
     def __init__(self, fn: Callable[..., Any], params: list[Param], extras: set[str], title: str | None,
-                 live: bool) -> None:
-        self.fn, self.params, self.extras, self.live = fn, params, extras, live
+                 live: bool, view: Callable[[Any], Any] | None = None) -> None:
+        self.fn, self.params, self.extras, self.live, self.view = fn, params, extras, live, view
         self.title = title or fn.__name__.replace("_", " ")
         self.result: Any = None
+        self.values_of_result: dict[str, Any] | None = None
         self.results: list[tuple[dict[str, Any], Any]] = []
         self.error: BaseException | None = None
+        self.last_seconds: float | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._done = threading.Event()
@@ -195,21 +219,35 @@ class Panel:
                                   style=style, continuous_update=False)
             else:
                 c = w.Text(value=repr(p.default), description=desc, disabled=True, style=style)
+            c.add_class("labkit-control")
             self.controls[p.name] = c
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
         self.stop_button = w.Button(description="Stop", icon="stop", disabled=True)
         self.run_button.on_click(lambda _: self.start())
         self.stop_button.on_click(lambda _: self._stop.set())
+        self.bar = w.FloatProgress(value=0.0, min=0.0, max=1.0, layout=w.Layout(width="260px"))
+        self.bar_label = w.HTML()
+        self.progress_box = w.HBox([self.bar, self.bar_label], layout=w.Layout(display="none"))
+        self.progress_box.add_class("labkit-progress")
         self.status = w.HTML()
-        self.image = w.Image(format="png", layout=w.Layout(max_width="760px"))
-        self.progress_box = w.Box()
-        self.widget = w.VBox([w.HTML(f"<b>{self.title}</b>"), w.VBox(list(self.controls.values())),
+        self.status.add_class("labkit-status")
+        # hidden until it holds a PNG: an empty Image widget shows as a broken-image icon
+        self.image = w.Image(format="png", layout=w.Layout(max_width="760px", display="none"))
+        self.image.add_class("labkit-live")
+        self.output = w.Output()
+        self.output.add_class("labkit-view")
+        self.widget = w.VBox([w.HTML(f"<b>{_escape(self.title)}</b>"), w.VBox(list(self.controls.values())),
                               w.HBox([self.run_button, self.stop_button]), self.progress_box, self.status,
-                              self.image])
+                              self.image, self.output])
+        self.widget.add_class("labkit-panel")
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
         display(self.widget)
+
+    def defaults(self) -> dict[str, Any]:
+        """The function's defaults: the settings the lesson states its claims at."""
+        return {p.name: p.default for p in self.params}
 
     def values(self) -> dict[str, Any]:
         out = {}
@@ -224,60 +262,102 @@ class Panel:
         if not self._done.is_set():
             self.status.value = "<i>a run is in progress: stop it first</i>"
             return
+        closed = _hints.closed_stack_message(self.fn)
+        if closed:  # say what to do instead of letting the run fail on refused connections
+            self.error = _hints.StackClosed(closed)
+            self.status.value = _hints.error_html(self.error, closed)
+            return
         values = {**self.values(), **overrides}
         self._stop.clear()
         self._done.clear()
+        self.error = None
         self.run_button.disabled, self.stop_button.disabled = True, False
         self._thread = threading.Thread(target=self._run, args=(values,), daemon=True, name="labkit-panel")
         self._thread.start()
 
+    def _progress(self, t0: float) -> Callable[..., None]:
+        """The callback handed to the experiment: a labkit.load Progress, or a fraction (+ text).
+
+        It only records: the live plot is drawn by the panel's ticker thread, so a slow PNG never
+        stalls the load generator that calls this.
+        """
+        def progress(p: Any, text: str | None = None) -> None:
+            fraction = getattr(p, "fraction", p)
+            try:
+                self.bar.value = min(1.0, max(0.0, float(fraction)))
+            except (TypeError, ValueError):
+                return
+            self._reported = True
+            bits = [f"{self.bar.value:.0%}", f"{time.monotonic() - t0:.0f} s"]
+            if hasattr(p, "ops"):
+                bits.append(f"{p.ops} ops, {p.errors} errors")
+            if text:
+                bits.append(_escape(str(text)))
+            self.bar_label.value = " · ".join(bits)
+            rows = getattr(p, "rows", None)
+            if self.live and rows:
+                self._live_rows = list(rows)
+        return progress
+
+    def _show_live(self, rows: list[dict[str, Any]]) -> None:
+        self.image.value = _png(rows, self.title)
+        self.image.layout.display = None
+
+    def _tick(self, t0: float) -> None:
+        """Elapsed time while the experiment reports nothing (an estimate from the last run's
+        length), and the live plot of the intervals reported so far, at most once a second."""
+        drawn = None
+        while not self._done.wait(0.5):
+            rows = self._live_rows
+            if rows is not None and rows is not drawn and len(rows) > 1:
+                drawn = rows
+                try:
+                    self._show_live(rows)
+                except Exception:  # noqa: BLE001 - a live plot that fails must not end the run
+                    pass
+            if self._reported:
+                continue
+            elapsed = time.monotonic() - t0
+            if self.last_seconds:
+                self.bar.value = min(0.95, elapsed / self.last_seconds)
+                self.bar_label.value = f"{elapsed:.0f} s (the last run took {self.last_seconds:.0f} s)"
+            else:
+                self.bar_label.value = f"{elapsed:.0f} s"
+
     def _run(self, values: dict[str, Any]) -> None:
-        from tqdm.auto import tqdm
-        bar = None
-        last_plot = [0.0]
-
-        def progress(p: Any) -> None:
-            nonlocal bar
-            if bar is None:
-                bar = self._new_bar(tqdm)
-            bar.n = int(p.fraction * 100)
-            bar.set_postfix(ops=p.ops, errors=p.errors, refresh=False)
-            bar.refresh()
-            now = time.monotonic()
-            if self.live and p.rows and now - last_plot[0] > 0.5:  # a PNG at most twice a second
-                last_plot[0] = now
-                self.image.value = _png(p.rows, self.title)
-
-        self.status.value = "running " + ", ".join(f"{k}={v}" for k, v in values.items())
+        t0 = time.monotonic()
+        self._reported = False
+        self._live_rows: list[dict[str, Any]] | None = None
+        self.bar.value, self.bar.bar_style = 0.0, "info"
+        self.bar_label.value = "starting"
+        self.progress_box.layout.display = None
+        self.status.value = f"running with {_escape(_fmt(values))} …"
+        threading.Thread(target=self._tick, args=(t0,), daemon=True, name="labkit-panel-tick").start()
         try:
-            self.result = _call(self.fn, values, self.extras, progress, self._stop)
-            self.results.append((values, self.result))
-            self.error = None
-            summary = self.result.summary() if hasattr(self.result, "summary") else repr(self.result)[:300]
-            self.status.value = f"<code>{_escape(summary)}</code>"
-            if self.live and hasattr(self.result, "rows"):
-                self.image.value = _png(self.result.rows, self.title)
+            result = _call(self.fn, values, self.extras, self._progress(t0), self._stop)
+            items = _view.apply(self.view, result) if self.view is not None else None
+            self.result, self.values_of_result = result, values
+            self.results.append((values, result))
+            self.last_seconds = time.monotonic() - t0
+            self.bar.value, self.bar.bar_style = 1.0, "success"
+            self.bar_label.value = f"done in {self.last_seconds:.1f} s"
+            self.status.value = f"showing the run with {_escape(_fmt(values))}"
+            if items is not None:
+                self.output.outputs = tuple(_view.as_outputs(items))
+                self.image.layout.display = "none"  # the view replaces the live plot
+            else:
+                summary = result.summary() if hasattr(result, "summary") else repr(result)[:300]
+                self.status.value += f"<br><code>{_escape(summary)}</code>"
+                if self.live and getattr(result, "rows", None):
+                    self._show_live(result.rows)
         except BaseException as exc:  # shown in the panel; the kernel keeps going
             self.error = exc
-            self.status.value = f"<span style='color:#b00'>{_escape(type(exc).__name__)}: {_escape(str(exc))}</span>"
+            self.bar.bar_style = "danger"
+            self.bar_label.value = f"failed after {time.monotonic() - t0:.1f} s"
+            self.status.value = _hints.error_html(exc, _hints.explain(exc, self.fn))
         finally:
-            if bar is not None:
-                bar.close()
             self.run_button.disabled, self.stop_button.disabled = False, True
             self._done.set()
-
-    def _new_bar(self, tqdm: Any) -> Any:
-        """A tqdm.auto bar placed inside the panel. In Jupyter tqdm.auto is the widget flavour:
-        build it undisplayed and mount its widget here, because display() from this background
-        thread would land in whichever cell the kernel is running now."""
-        try:
-            bar = tqdm(total=100, desc=self.title, unit="%", leave=True, display=False)
-        except (TypeError, KeyError):  # console flavour (no frontend): keep its text out of stdout
-            bar = tqdm(total=100, desc=self.title, unit="%", leave=False, file=io.StringIO())
-        container = getattr(bar, "container", None)
-        if container is not None:
-            self.progress_box.children = (container,)
-        return bar
 
     def wait(self, timeout: float | None = None) -> Any:
         """Block until the current run ends; return its result (or raise its error)."""
@@ -286,6 +366,30 @@ class Panel:
         if self.error is not None:
             raise self.error
         return self.result
+
+    def claim_result(self, timeout: float | None = None) -> Any:
+        """The result of a run at the defaults (the lesson's claim settings), measuring one if none.
+
+        When the latest run used other values, say so: the checkpoints then check the run at the
+        defaults, not the one on screen.
+        """
+        self._done.wait(timeout)
+        defaults = self.defaults()
+        for values, result in reversed(self.results):
+            if values == defaults:
+                if self.values_of_result != defaults:
+                    print(f"Note: your last Run used {_fmt(_changed(self.values_of_result or {}, defaults))}; "
+                          f"the claims are stated at {_fmt(_changed(defaults, self.values_of_result or {}))}, "
+                          "so the checks below use the run at those settings.")
+                return result
+        print(f"Measuring at the lesson's settings ({_fmt(defaults)}) for the checks below …")
+        result = _call(self.fn, defaults, self.extras, None, threading.Event())
+        self.results.append((defaults, result))
+        return result
+
+
+def _changed(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in a.items() if b.get(k) != v} or a
 
 
 def _escape(text: str) -> str:
@@ -300,22 +404,45 @@ def _png(rows: list[dict[str, Any]], title: str) -> bytes:
     return buf.getvalue()
 
 
+def _in_kernel() -> bool:
+    """A shell that shows displays (a Jupyter kernel, the IPython terminal), not the bare
+    singleton that IPython's display helpers create in a plain Python process."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    ip = get_ipython()
+    return ip is not None and type(ip).__name__ != "InteractiveShell"
+
+
 def panel(fn: Callable[..., Any] | None = None, /, *, title: str | None = None, live: bool = True,
-          autorun: bool = True, **specs: Any) -> Any:
+          autorun: bool = True, view: Callable[[Any], Any] | None = None, **specs: Any) -> Any:
     """Build a panel for ``fn`` (or use as ``@panel(clients=(1, 64))``).
+
+    ``view(result)`` returns the lesson's view of a result: a DataFrame, a matplotlib Figure/Axes, a
+    Markdown string, or a list of those. The panel redraws it in place after every run; headless, it
+    is shown once under the cell.
 
     Headless: runs ``fn`` once with its defaults and returns the result.
     Interactive: shows the panel, starts a run with the defaults (``autorun``), returns the Panel.
     """
     if fn is None:
-        return lambda f: panel(f, title=title, live=live, autorun=autorun, **specs)
+        return lambda f: panel(f, title=title, live=live, autorun=autorun, view=view, **specs)
     if not callable(fn):
         raise BadParameter(f"panel() needs the experiment function first, got {fn!r}")
+    if view is not None and not callable(view):
+        raise BadParameter(f"view={view!r}: give a function of the result that returns tables/figures, "
+                           "e.g. view=lambda df: [lesson.table(df), lesson.plot(df)]")
     params, extras = _params(fn, specs)
     if headless():
         values = {p.name: p.check(p.default) for p in params}
-        return _call(fn, values, extras, None, threading.Event())
-    p = Panel(fn, params, extras, title, live)
+        result = _call(fn, values, extras, None, threading.Event())
+        if view is not None and _in_kernel():
+            for item in _view.apply(view, result):
+                from IPython.display import display
+                display(item)
+        return result
+    p = Panel(fn, params, extras, title, live, view)
     from IPython.display import display
     display(p.widget)
     if autorun:
@@ -326,3 +453,13 @@ def panel(fn: Callable[..., Any] | None = None, /, *, title: str | None = None, 
 def result_of(x: Any, timeout: float | None = None) -> Any:
     """The result whatever panel() returned: a Panel's (waiting for its run) or the value itself."""
     return x.wait(timeout) if isinstance(x, Panel) else x
+
+
+def claim_result(x: Any, timeout: float | None = None) -> Any:
+    """The result at the lesson's claim settings (the function's defaults), for checkpoint cells.
+
+    Headless this is the value itself (panel() ran the defaults). Interactive, it is the panel's run
+    at the defaults — measured now if the learner never ran them — with a note when the latest run
+    on screen used other values, so a checkpoint never fails obscurely on the learner's settings.
+    """
+    return x.claim_result(timeout) if isinstance(x, Panel) else x
