@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: lab test course bench setup system-deps python-deps cassandra-jars doctor down clean
+.PHONY: lab test lint course bench setup system-deps python-deps cassandra-jars doctor down clean
 
 lab: setup
 	-$(BIN)/labkit doctor
@@ -14,6 +14,12 @@ lab: setup
 
 test: setup cassandra-jars
 	$(BIN)/python -m pytest --nbval-lax --timeout=900 -p no:cacheprovider tests notebooks $(PYTEST_ARGS)
+
+# The codebase checks itself: lint, format and types (configured in pyproject.toml).
+lint: python-deps
+	$(BIN)/ruff check labkit tests benchmarks conftest.py
+	$(BIN)/ruff format --check labkit tests benchmarks conftest.py
+	$(BIN)/mypy
 
 # Headless course: every notebook executed, rendered to HTML in course-output/, checkpoints summarised.
 course: setup cassandra-jars
