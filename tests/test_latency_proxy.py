@@ -31,8 +31,11 @@ def echo_server():
 
     def serve(conn: socket.socket) -> None:
         with conn:
-            while data := conn.recv(1 << 16):
-                conn.sendall(data)
+            try:
+                while data := conn.recv(1 << 16):
+                    conn.sendall(data)
+            except OSError:  # a partition test resets the connection
+                pass
 
     def accept() -> None:
         while not stop.is_set():
@@ -194,3 +197,67 @@ def test_proxy_of_a_killed_owner_exits_by_itself(echo_server, tmp_path):
             and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_byte_counters_per_direction(echo_server):
+    with LatencyProxy(target=echo_server, delay_ms=0) as px:
+        assert px.stats()["up"] == 0 and px.stats()["down"] == 0
+        with socket.create_connection(px.address, timeout=10) as s:
+            s.sendall(b"x" * 5000)
+            got = b""
+            while len(got) < 5000:
+                got += s.recv(65536)
+        st = px.stats()
+    assert st["up"] == 5000 and st["down"] == 5000 and st["connections"] == 1, st
+
+
+def test_one_sided_traffic_is_counted_on_its_side_only(echo_server):
+    """A server that only receives: up counts every byte, down none."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    received = []
+
+    def sink() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            while data := conn.recv(65536):
+                received.append(len(data))
+
+    t = threading.Thread(target=sink, daemon=True)
+    t.start()
+    with LatencyProxy(target=srv.getsockname(), delay_ms=0) as px:
+        with socket.create_connection(px.address, timeout=10) as s:
+            s.sendall(b"y" * 30000)
+        t.join(10)
+        st = px.stats()
+    srv.close()
+    assert sum(received) == 30000 and st["up"] == 30000 and st["down"] == 0, st
+
+
+def test_partition_stops_forwarding_and_heal_restores_it(echo_server):
+    with LatencyProxy(target=echo_server, delay_ms=5) as px:
+        s = socket.create_connection(px.address, timeout=5)
+        s.sendall(b"ping")
+        assert s.recv(16) == b"ping"
+        px.partition()
+        # the open connection is cut (reset or EOF) ...
+        with pytest.raises(OSError):
+            s.sendall(b"again")
+            if s.recv(16) == b"":
+                raise ConnectionResetError("closed by the partition")
+        s.close()
+        before = px.stats()
+        # ... and a new one is closed at once without reaching the server
+        with socket.create_connection(px.address, timeout=5) as s2:
+            try:
+                s2.sendall(b"hello?")
+                assert s2.recv(16) == b""
+            except OSError:
+                pass
+        after = px.stats()
+        assert after["refused"] >= 1 and after["up"] == before["up"] and after["down"] == before["down"]
+        assert after["blocked"] == 1
+        px.heal()
+        assert rtt_ms(px.address, n=3) >= 10 - 0.5  # forwarding again, with the delay
+        assert px.stats()["blocked"] == 0

@@ -289,6 +289,7 @@ class LocalCassandra(LocalService):
         self.storage_port = 0
         self.proxy: ManagedProcess | None = None
         self.proxy_ref: dict[str, float] | None = None
+        self.partitioned = False  # partition(): the latency proxy forwards nothing between datacenters
 
     # -- records ------------------------------------------------------------------------------------------------
     def options(self) -> dict[str, Any]:
@@ -386,6 +387,47 @@ class LocalCassandra(LocalService):
             self._save_layout()
             time.sleep(0.15)  # the proxy polls its config every 50 ms
 
+    def partition(self) -> None:
+        """Cut every inter-DC link (the latency proxy resets and refuses them); same-DC traffic goes on."""
+        self._set_partitioned(True)
+
+    def heal(self) -> None:
+        """End partition(): inter-DC connections are accepted again; Cassandra reconnects by itself."""
+        self._set_partitioned(False)
+
+    def _set_partitioned(self, on: bool) -> None:
+        from labkit.services.latency_proxy import wait_applied, write_config
+
+        if not (self.nodes and self.multi_dc):
+            raise BadParameter(f"cassandra '{self.name}' has no running inter-DC link to cut: start it with two "
+                               'datacenters, e.g. nodes="us:1,eu:1"')
+        self.partitioned = on
+        write_config(self._proxy_config, self._proxy_routes())
+        wait_applied(self._proxy_config)
+
+    def link_bytes(self) -> dict[str, int]:
+        """Bytes that crossed the inter-DC link so far, by destination datacenter (``"to_eu"``) and ``"total"``.
+
+        Every inter-DC message crosses exactly one proxy route, the one in front of the receiving node
+        ("up" bytes); "down" bytes go back to the sender's DC on the same connection (handshakes).
+        """
+        from labkit.services.latency_proxy import read_stats
+
+        if not (self.nodes and self.multi_dc):
+            raise BadParameter(f"cassandra '{self.name}' has one datacenter: no inter-DC link to count")
+        stats = read_stats(self._proxy_config)
+        out = {f"to_{dc}": 0 for dc in self.datacenters}
+        total = 0
+        for n in self.nodes:
+            st = stats.get(f"{n.proxy_address}:{self.storage_port}", {"up": 0, "down": 0})
+            out[f"to_{n.dc}"] += st["up"]
+            total += st["up"] + st["down"]
+            if len(self.datacenters) == 2:  # replies on that connection go back to the one other DC
+                other = next(dc for dc in self.datacenters if dc != n.dc)
+                out[f"to_{other}"] += st["down"]
+        out["total"] = total
+        return out
+
     # -- start ----------------------------------------------------------------------------------------------------
     @property
     def _proxy_config(self) -> Path:
@@ -393,7 +435,8 @@ class LocalCassandra(LocalService):
 
     def _proxy_routes(self) -> list[dict[str, Any]]:
         return [{"listen": [n.proxy_address, self.storage_port], "target": [n.address, self.storage_port],
-                 "delay_ms": self.inter_dc_delay_ms, "jitter_ms": self.jitter_ms} for n in self.nodes]
+                 "delay_ms": self.inter_dc_delay_ms, "jitter_ms": self.jitter_ms,
+                 "blocked": getattr(self, "partitioned", False)} for n in self.nodes]
 
     def _plan(self) -> None:
         """Pick a free 127.0.k.0/24 and ports, and name the nodes."""

@@ -10,6 +10,12 @@ process can serve several routes. The process polls its JSON config file (``{"ro
 [host, port], "target": [host, port], "delay_ms": [up, down], "jitter_ms": [up, down]}]}``) every 50 ms, so
 changing the file changes the delays at run time; `LatencyProxy.set_delay` rewrites it atomically.
 
+A route with ``"blocked": true`` is a network partition: the proxy resets every connection on it and
+closes new ones at once, so nothing crosses until the route is unblocked (``partition()`` / ``heal()``).
+The process counts the bytes it forwards per route and direction and writes them to ``<config>.stats``
+(JSON, rewritten within one poll of a change), so a lesson can measure the traffic crossing a link
+(``LatencyProxy.stats()``).
+
 "up" is client->server, "down" server->client. Each chunk read from one side is stamped with the time it
 may be sent (arrival + delay + jitter) and put on a queue; a writer task sends it when due. Many chunks are
 in flight at once, so delay does not cap throughput; the release time never goes backwards, so the byte
@@ -23,6 +29,7 @@ import json
 import os
 import random
 import socket
+import struct
 import sys
 import tempfile
 import time
@@ -48,12 +55,26 @@ class _Route:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.listen = (spec["listen"][0], int(spec["listen"][1]))
         self.target = (spec["target"][0], int(spec["target"][1]))
+        self.bytes = [0, 0]  # forwarded up (client->server) and down
+        self.connections = 0
+        self.refused = 0  # connections closed at once because the route was blocked
+        self.blocked = False
+        self.open: set[asyncio.StreamWriter] = set()
         self.update(spec)
         self.server: asyncio.base_events.Server | None = None
 
     def update(self, spec: dict[str, Any]) -> None:
         self.delay = [x / 1000 for x in _pair(spec.get("delay_ms", 0.0), "delay_ms")]
         self.jitter = [x / 1000 for x in _pair(spec.get("jitter_ms", 0.0), "jitter_ms")]
+        self.blocked = bool(spec.get("blocked", False))
+        if self.blocked:  # a partition: tear down what is open; nothing queued is delivered
+            for w in list(self.open):
+                _reset(w)
+            self.open.clear()
+
+    def stats(self) -> dict[str, int]:
+        return {"up": self.bytes[0], "down": self.bytes[1], "connections": self.connections,
+                "refused": self.refused, "blocked": int(self.blocked)}
 
     def due(self, direction: int) -> float:
         j = self.jitter[direction]
@@ -61,6 +82,10 @@ class _Route:
 
     async def handle(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
         peer = cwriter.get_extra_info("peername")
+        if self.blocked:
+            self.refused += 1
+            _reset(cwriter)
+            return
         try:
             sreader, swriter = await asyncio.open_connection(*self.target)
         except OSError as e:
@@ -75,10 +100,15 @@ class _Route:
             if sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         both = (cwriter, swriter)
-        await asyncio.gather(self._pipe(creader, swriter, 0, both), self._pipe(sreader, cwriter, 1, both),
-                             return_exceptions=True)
-        for w in both:
-            w.close()
+        self.connections += 1
+        self.open.update(both)
+        try:
+            await asyncio.gather(self._pipe(creader, swriter, 0, both), self._pipe(sreader, cwriter, 1, both),
+                                 return_exceptions=True)
+        finally:
+            for w in both:
+                self.open.discard(w)
+                w.close()
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: int,
                     both: tuple[asyncio.StreamWriter, asyncio.StreamWriter]) -> None:
@@ -90,6 +120,8 @@ class _Route:
                 wait = when - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
+                if self.blocked or writer.is_closing():
+                    return  # partitioned while in flight: the bytes are lost, like dropped packets
                 if not data:  # EOF travels with the same delay as the data before it
                     if direction == 1:
                         writer.close()  # the server hung up: close the client side
@@ -97,6 +129,7 @@ class _Route:
                         writer.write_eof()  # half-close: the server may still answer
                     return
                 writer.write(data)
+                self.bytes[direction] += len(data)
                 await writer.drain()
 
         sender = asyncio.ensure_future(send())
@@ -116,6 +149,24 @@ class _Route:
             sender.cancel()
 
 
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Close a connection with a TCP reset (SO_LINGER 0), as a cut link looks to both ends."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    writer.close()
+
+
+def _write_stats(path: Path, routes: dict[tuple[str, int], _Route]) -> None:
+    data = {f"{h}:{p}": r.stats() for (h, p), r in routes.items()}
+    tmp = path.with_suffix(".stats.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
 def _owner_alive(owner: tuple[int, float] | None) -> bool:
     if owner is None:
         return True
@@ -130,6 +181,8 @@ def _owner_alive(owner: tuple[int, float] | None) -> bool:
 async def _serve(config: Path, owner: tuple[int, float] | None = None) -> None:
     routes: dict[tuple[str, int], _Route] = {}
     mtime = -1.0
+    last_stats: dict[str, Any] | None = None
+    stats_path = config.with_suffix(".stats")
     while True:
         if not _owner_alive(owner):
             return  # the Python process that started this proxy died: do not outlive it
@@ -156,7 +209,12 @@ async def _serve(config: Path, owner: tuple[int, float] | None = None) -> None:
                         routes[key] = route
                 ready = config.with_suffix(".ready")
                 if not ready.exists():
+                    _write_stats(stats_path, routes)
                     ready.write_text(str(os.getpid()))
+        now_stats = {k: r.stats() for k, r in routes.items()}
+        if now_stats != last_stats:
+            _write_stats(stats_path, routes)
+            last_stats = now_stats
         await asyncio.sleep(_POLL_S)
 
 
@@ -203,6 +261,7 @@ class LatencyProxy:
             workdir = Path(tempfile.mkdtemp(prefix="proxy-", dir=paths.instances_dir()))
         self.workdir = workdir
         self.config = self.workdir / f"proxy-{self.listen[1]}.json"
+        self.blocked = False
         self.proc: Any = None
         # a notebook's proxy dies with its kernel; a stack's (labkit up) is reaped by the stack instead
         self.tied = tied_to_this_process
@@ -213,7 +272,7 @@ class LatencyProxy:
 
     def _route(self) -> dict[str, Any]:
         return {"listen": list(self.listen), "target": list(self.target),
-                "delay_ms": self.delay_ms, "jitter_ms": self.jitter_ms}
+                "delay_ms": self.delay_ms, "jitter_ms": self.jitter_ms, "blocked": self.blocked}
 
     def start(self) -> "LatencyProxy":
         self.proc = start_proxy_process(self.config, [self._route()], owner_pid=os.getpid() if self.tied else None)
@@ -225,6 +284,22 @@ class LatencyProxy:
         self.jitter_ms = _pair(jitter_ms, "jitter_ms")
         write_config(self.config, [self._route()])
         time.sleep(2 * _POLL_S)  # the process picks it up within one poll
+
+    def partition(self) -> None:
+        """Cut the link: open connections are reset, new ones closed at once, until heal()."""
+        self.blocked = True
+        write_config(self.config, [self._route()])
+        wait_applied(self.config)
+
+    def heal(self) -> None:
+        """Forward again after partition(); clients reconnect by themselves."""
+        self.blocked = False
+        write_config(self.config, [self._route()])
+        wait_applied(self.config)
+
+    def stats(self) -> dict[str, int]:
+        """Bytes forwarded so far: ``up`` (client->server), ``down``, plus connection counts."""
+        return read_stats(self.config)[f"{self.listen[0]}:{self.listen[1]}"]
 
     def pids(self) -> list[dict[str, float]]:
         return [self.proc.ref] if self.proc is not None else []
@@ -243,6 +318,36 @@ class LatencyProxy:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def wait_applied(config: Path, timeout: float = 5.0) -> None:
+    """Wait until the proxy process has read the config just written (it rewrites its stats then)."""
+    target = [(r["listen"][0], int(r["listen"][1]), bool(r.get("blocked", False)))
+              for r in json.loads(config.read_text())["routes"]]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            st = read_stats(config)
+        except ServiceFailed:
+            st = {}
+        if all(bool(st.get(f"{h}:{p}", {}).get("blocked")) == b for h, p, b in target):
+            return
+        time.sleep(_POLL_S / 2)
+    raise ServiceFailed(f"the latency proxy did not apply {config} within {timeout:.0f} s: is it running?")
+
+
+def read_stats(config: Path) -> dict[str, dict[str, int]]:
+    """Per-route counters the proxy process wrote (``"host:port" -> {"up", "down", ...}``), about 50 ms fresh."""
+    path = config.with_suffix(".stats")
+    time.sleep(2 * _POLL_S)  # let the process publish what it forwarded until now
+    for _ in range(20):
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ServiceFailed(f"no proxy statistics at {path}: the latency proxy is not running") from None
+        except ValueError:
+            time.sleep(0.01)  # replaced under us: read again
+    raise ServiceFailed(f"unreadable proxy statistics at {path}")
 
 
 def start_proxy_process(config: Path, routes: list[dict[str, Any]], timeout: float = 15.0,
