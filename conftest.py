@@ -1,5 +1,8 @@
-"""Test-run set-up for tests/ and notebooks/ (nbval). The whole run uses its own LABKIT_HOME, so it never touches a learner's `labkit up` stack,
-and ends by stopping everything labkit started, asserting by PID that nothing is left."""
+"""Test-run set-up for tests/ and notebooks/ (nbval).
+
+The whole run uses its own LABKIT_HOME, so it never touches a learner's `labkit up` stack, and
+ends by stopping everything labkit started, asserting by PID that nothing is left."""
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ Each run starts fresh clusters (new data directories: a cold start of the JVMs a
 keyspaces) in the light profile, waits until every node serves CQL (and, for clusters, sees all its peers),
 writes a few rows, then measures each JVM's resident memory (psutil RSS) and stops everything.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -18,8 +19,11 @@ import psutil
 from labkit.services._cassandra_jars import fetch_cassandra
 from labkit.services.cassandra import LocalCassandra
 
-SHAPES = [("single node cold start", "dc1:1"), ("3-node cluster ready", "dc1:3"),
-          ("2-DC cluster (us:2,eu:1) ready", "us:2,eu:1")]
+SHAPES = [
+    ("single node cold start", "dc1:1"),
+    ("3-node cluster ready", "dc1:3"),
+    ("2-DC cluster (us:2,eu:1) ready", "us:2,eu:1"),
+]
 
 
 def _touch(c: LocalCassandra) -> None:
@@ -31,8 +35,9 @@ def _touch(c: LocalCassandra) -> None:
     try:
         s = cl.connect()
         rf = ", ".join(f"'{dc}': {len(a)}" for dc, a in ep.extra["datacenters"].items())
-        s.execute(f"CREATE KEYSPACE IF NOT EXISTS bench WITH replication = "
-                  f"{{'class': 'NetworkTopologyStrategy', {rf}}}")
+        s.execute(
+            f"CREATE KEYSPACE IF NOT EXISTS bench WITH replication = {{'class': 'NetworkTopologyStrategy', {rf}}}"
+        )
         s.execute("CREATE TABLE IF NOT EXISTS bench.t (id int PRIMARY KEY, v text)")
         ins = s.prepare("INSERT INTO bench.t (id, v) VALUES (?, ?)")
         for i in range(2000):
@@ -62,11 +67,27 @@ def measure_cassandra(runs: int = 1) -> list[dict[str, Any]]:
                 c.stop()
                 c.remove_data()
         rss_all += rss
-        rows.append({"service": "cassandra", "what": what, "median_s": statistics.median(times),
-                     "min_s": min(times), "max_s": max(times), "rss_mb": statistics.median(rss)})
-    rows.append({"service": "cassandra", "what": "resident memory per node (light profile, after 2000 writes)",
-                 "median_s": None, "min_s": None, "max_s": None, "rss_mb": statistics.median(rss_all),
-                 "max_rss_mb": max(rss_all)})
+        rows.append(
+            {
+                "service": "cassandra",
+                "what": what,
+                "median_s": statistics.median(times),
+                "min_s": min(times),
+                "max_s": max(times),
+                "rss_mb": statistics.median(rss),
+            }
+        )
+    rows.append(
+        {
+            "service": "cassandra",
+            "what": "resident memory per node (light profile, after 2000 writes)",
+            "median_s": None,
+            "min_s": None,
+            "max_s": None,
+            "rss_mb": statistics.median(rss_all),
+            "max_rss_mb": max(rss_all),
+        }
+    )
     return rows
 
 

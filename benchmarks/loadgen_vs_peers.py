@@ -13,6 +13,7 @@ table gives medians with min-max spread and the ratio labkit/peer.
 Latency: labkit's from its HDR histograms; pgbench's from its per-transaction log (sampled);
 memaslap only reports a log2 histogram, so its p50/p99 are bucket upper bounds (shown with <=).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,15 +67,33 @@ def find_pgbench() -> str:
 
 # -- Postgres ---------------------------------------------------------------------------------
 
+
 def pgbench_init(pgbench: str, dsn: str, scale: int) -> None:
     subprocess.run([pgbench, "-i", "-q", "-s", str(scale), dsn], check=True, capture_output=True, text=True)
 
 
 def run_pgbench(pgbench: str, dsn: str, clients: int, threads: int, seconds: float) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="labkit-pgbench-") as tmp:
-        out = subprocess.run([pgbench, "-S", "-n", "-c", str(clients), "-j", str(threads), "-T", str(int(seconds)),
-                              "-l", "--sampling-rate=0.2", dsn], check=True, capture_output=True, text=True,
-                             cwd=tmp).stdout
+        out = subprocess.run(
+            [
+                pgbench,
+                "-S",
+                "-n",
+                "-c",
+                str(clients),
+                "-j",
+                str(threads),
+                "-T",
+                str(int(seconds)),
+                "-l",
+                "--sampling-rate=0.2",
+                dsn,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=tmp,
+        ).stdout
         tps = float(re.search(r"tps = ([\d.]+)", out).group(1))  # type: ignore[union-attr]
         lat_us = []
         for f in Path(tmp).glob("pgbench_log.*"):
@@ -83,8 +102,12 @@ def run_pgbench(pgbench: str, dsn: str, clients: int, threads: int, seconds: flo
                 if len(parts) >= 3:
                     lat_us.append(int(parts[2]))
     lat = np.asarray(lat_us) / 1000.0
-    return {"ops": tps, "p50": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
-            "p99": float(np.percentile(lat, 99)) if len(lat) else float("nan"), "approx": False}
+    return {
+        "ops": tps,
+        "p50": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
+        "p99": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
+        "approx": False,
+    }
 
 
 def run_labkit_pg(st: Any, clients: int, seconds: float, scale: int, processes: int) -> dict[str, float]:
@@ -105,19 +128,38 @@ KEY_FORMAT = "labkit-bench-key-{:0>47}"  # 64 bytes, like memaslap's keys
 def fill_memcached(address: tuple[str, int], n_keys: int) -> None:
     """Store every key once so gets hit, as memaslap's do (its keys were set before they are read)."""
     from pymemcache.client.base import Client
+
     c = Client(address)
     value = b"v" * 100
     keys = [KEY_FORMAT.format(i) for i in range(n_keys)]
     for i in range(0, n_keys, 1000):
-        c.set_many({k: value for k in keys[i:i + 1000]}, noreply=False)
+        c.set_many({k: value for k in keys[i : i + 1000]}, noreply=False)
     c.close()
 
 
-def run_memaslap(memaslap: str, address: tuple[str, int], clients: int, threads: int, seconds: float,
-                 cfg: str) -> dict[str, float]:
-    out = subprocess.run([memaslap, "-s", f"{address[0]}:{address[1]}", "-T", str(threads), "-c", str(clients),
-                          "-t", f"{int(seconds)}s", "-S", f"{int(seconds)}s", "-F", cfg],
-                         check=True, capture_output=True, text=True).stdout
+def run_memaslap(
+    memaslap: str, address: tuple[str, int], clients: int, threads: int, seconds: float, cfg: str
+) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            memaslap,
+            "-s",
+            f"{address[0]}:{address[1]}",
+            "-T",
+            str(threads),
+            "-c",
+            str(clients),
+            "-t",
+            f"{int(seconds)}s",
+            "-S",
+            f"{int(seconds)}s",
+            "-F",
+            cfg,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     tps = float(re.search(r"Run time: [\d.]+s Ops: \d+ TPS: (\d+)", out).group(1))  # type: ignore[union-attr]
     p50 = p99 = float("nan")
     block = out.split("Total Statistics (")[-1] if "Total Statistics (" in out else ""
@@ -140,11 +182,19 @@ def run_memaslap(memaslap: str, address: tuple[str, int], clients: int, threads:
     return {"ops": tps, "p50": p50, "p99": p99, "approx": True}
 
 
-def run_labkit_mc(st: Any, clients: int, seconds: float, n_keys: int, processes: int,
-                  share: int | None) -> dict[str, float]:
+def run_labkit_mc(
+    st: Any, clients: int, seconds: float, n_keys: int, processes: int, share: int | None
+) -> dict[str, float]:
     drv = drivers.memcached(st, share=share)
-    wl = Workload(keys=Uniform(n_keys), mix={"get": 0.9, "set": 0.1}, clients=clients, duration=seconds,
-                  value_size=100, key_format=KEY_FORMAT, seed=None)
+    wl = Workload(
+        keys=Uniform(n_keys),
+        mix={"get": 0.9, "set": 0.1},
+        clients=clients,
+        duration=seconds,
+        value_size=100,
+        key_format=KEY_FORMAT,
+        seed=None,
+    )
     res = run(drv.get_set_op(count_hits=False), wl, processes=processes, use_uvloop=True)
     if res.error_count:
         raise RuntimeError(f"labkit memcached run had errors: {res.summary()}")
@@ -153,6 +203,7 @@ def run_labkit_mc(st: Any, clients: int, seconds: float, n_keys: int, processes:
 
 
 # -- table ------------------------------------------------------------------------------------
+
 
 def _med(xs: list[float]) -> float:
     xs = [x for x in xs if not np.isnan(x)]
@@ -164,7 +215,10 @@ def _spread(xs: list[float]) -> str:
 
 
 def table(rows: list[tuple[str, str, list[dict[str, float]]]], ratios: dict[str, list[float]]) -> str:
-    head = f"{'workload':<26}{'tool':<22}{'ops/s median':>13}{'(min-max)':>19}{'p50 ms':>9}{'p99 ms':>9}{'labkit/peer':>17}"
+    head = (
+        f"{'workload':<26}{'tool':<22}{'ops/s median':>13}{'(min-max)':>19}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'labkit/peer':>17}"
+    )
     lines = [head, "-" * len(head)]
     for workload, tool, runs in rows:
         ops = [r["ops"] for r in runs]
@@ -173,9 +227,11 @@ def table(rows: list[tuple[str, str, list[dict[str, float]]]], ratios: dict[str,
         if tool.startswith("labkit"):
             rs = ratios[workload]
             ratio = f"{statistics.median(rs):.2f} ({min(rs):.2f}-{max(rs):.2f})"
-        lines.append(f"{workload:<26}{tool:<22}{_med(ops):>13,.0f}{_spread(ops):>19}"
-                     f"{approx + format(_med([r['p50'] for r in runs]), '.3f'):>9}"
-                     f"{approx + format(_med([r['p99'] for r in runs]), '.3f'):>9}{ratio:>17}")
+        lines.append(
+            f"{workload:<26}{tool:<22}{_med(ops):>13,.0f}{_spread(ops):>19}"
+            f"{approx + format(_med([r['p50'] for r in runs]), '.3f'):>9}"
+            f"{approx + format(_med([r['p99'] for r in runs]), '.3f'):>9}{ratio:>17}"
+        )
     return "\n".join(lines)
 
 
@@ -189,17 +245,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keys", type=int, default=10_000, help="memcached key space for labkit (default 10000)")
     ap.add_argument("--pg-processes", type=int, default=1, help="labkit worker processes for Postgres (default 1)")
     ap.add_argument("--mc-processes", type=int, default=2, help="labkit worker processes for memcached (default 2)")
-    ap.add_argument("--mc-share", type=int, default=1,
-                    help="labkit: the clients of each process share this many pipelined memcached connections "
-                         "(0 = one each; default 1); requests in flight stay = --clients")
+    ap.add_argument(
+        "--mc-share",
+        type=int,
+        default=1,
+        help="labkit: the clients of each process share this many pipelined memcached connections "
+        "(0 = one each; default 1); requests in flight stay = --clients",
+    )
     ap.add_argument("--only", choices=("postgres", "memcached"), help="run one half only")
     args = ap.parse_args(argv)
     if args.seconds < 1 or args.clients < 1 or args.repeat < 1:
         ap.error("--seconds must be >= 1, --clients and --repeat >= 1")
 
     kinds = ("postgres", "memcached") if args.only is None else (args.only,)
-    print(f"labkit {labkit.__version__}: {args.clients} clients, {args.seconds:g} s x {args.repeat} repetitions, "
-          f"{os.cpu_count()} CPUs shared by clients and servers", flush=True)
+    print(
+        f"labkit {labkit.__version__}: {args.clients} clients, {args.seconds:g} s x {args.repeat} repetitions, "
+        f"{os.cpu_count()} CPUs shared by clients and servers",
+        flush=True,
+    )
     rows: list[tuple[str, str, list[dict[str, float]]]] = []
     ratios: dict[str, list[float]] = {}
     with labkit.stack(*kinds) as st:
@@ -216,8 +279,10 @@ def main(argv: list[str] | None = None) -> int:
                         peer.append(run_pgbench(pgbench, dsn, args.clients, args.threads, args.seconds))
                     else:
                         mine.append(run_labkit_pg(st, args.clients, args.seconds, args.scale, args.pg_processes))
-                print(f"  postgres rep {i + 1}: pgbench {peer[-1]['ops']:,.0f}/s, labkit {mine[-1]['ops']:,.0f}/s",
-                      flush=True)
+                print(
+                    f"  postgres rep {i + 1}: pgbench {peer[-1]['ops']:,.0f}/s, labkit {mine[-1]['ops']:,.0f}/s",
+                    flush=True,
+                )
             wl = "pg select by primary key"
             rows += [(wl, f"pgbench -S -j{args.threads}", peer), (wl, f"labkit pq x{args.pg_processes}p", mine)]
             ratios[wl] = [m["ops"] / p["ops"] for m, p in zip(mine, peer)]
@@ -235,16 +300,23 @@ def main(argv: list[str] | None = None) -> int:
                         if who == 0:
                             peer.append(run_memaslap(memaslap, address, args.clients, args.threads, args.seconds, cfg))
                         else:
-                            mine.append(run_labkit_mc(st, args.clients, args.seconds, args.keys, args.mc_processes,
-                                                      args.mc_share or None))
-                    print(f"  memcached rep {i + 1}: memaslap {peer[-1]['ops']:,.0f}/s, labkit "
-                          f"{mine[-1]['ops']:,.0f}/s", flush=True)
+                            mine.append(
+                                run_labkit_mc(
+                                    st, args.clients, args.seconds, args.keys, args.mc_processes, args.mc_share or None
+                                )
+                            )
+                    print(
+                        f"  memcached rep {i + 1}: memaslap {peer[-1]['ops']:,.0f}/s, labkit {mine[-1]['ops']:,.0f}/s",
+                        flush=True,
+                    )
             finally:
                 os.unlink(cfg)
             wl = "mc 90% get / 10% set"
             share = f" share{args.mc_share}" if args.mc_share else ""
-            rows += [(wl, f"{Path(memaslap).name} -T{args.threads}", peer),
-                     (wl, f"labkit meta x{args.mc_processes}p{share}", mine)]
+            rows += [
+                (wl, f"{Path(memaslap).name} -T{args.threads}", peer),
+                (wl, f"labkit meta x{args.mc_processes}p{share}", mine),
+            ]
             ratios[wl] = [m["ops"] / p["ops"] for m, p in zip(mine, peer)]
     print()
     print(table(rows, ratios))

@@ -17,6 +17,7 @@ Groups live under ``labkit/`` in each controller's hierarchy and are removed on 
 processes move back to the root group). :func:`remove_stale` deletes empty groups a killed process
 left behind; ``labkit down`` calls it.
 """
+
 from __future__ import annotations
 
 import os
@@ -72,8 +73,10 @@ def available(controller: str = "cpu") -> tuple[bool, str]:
         probe.mkdir(exist_ok=True)
         probe.rmdir()
     except OSError as exc:
-        return False, (f"cgroups at {top} are not writable here ({exc.strerror}); this needs root on Linux "
-                       "(Binder and most containers do not allow it)")
+        return False, (
+            f"cgroups at {top} are not writable here ({exc.strerror}); this needs root on Linux "
+            "(Binder and most containers do not allow it)"
+        )
     return True, ""
 
 
@@ -144,11 +147,12 @@ class _Limit:
                 time.sleep(0.05)  # a process forked while we moved: move again
         self.closed = True
 
-    def __enter__(self) -> "_Limit":
+    def __enter__(self) -> _Limit:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -177,9 +181,9 @@ class CpuLimit(_Limit):
         stat = self.path / "cpu.stat"
         for line in stat.read_text().splitlines():
             key, _, value = line.partition(" ")
-            if key == "throttled_time":      # v1: nanoseconds
+            if key == "throttled_time":  # v1: nanoseconds
                 return int(value) / 1e9
-            if key == "throttled_usec":      # v2: microseconds
+            if key == "throttled_usec":  # v2: microseconds
                 return int(value) / 1e6
         return 0.0
 

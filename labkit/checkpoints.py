@@ -7,6 +7,7 @@ record, into a process-wide list (:func:`records`) and, when the env variable
 summarise every notebook. On failure :class:`labkit.errors.CheckpointFailed` says what was measured,
 the bound and the context, like a good test failure.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,8 +56,9 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
-def _check_bound(measured: float, at_least: float | None, at_most: float | None,
-                 within: tuple[float, float] | None) -> tuple[bool, str, str]:
+def _check_bound(
+    measured: float, at_least: float | None, at_most: float | None, within: tuple[float, float] | None
+) -> tuple[bool, str, str]:
     """Return (passed, bound description, failure description)."""
     if within is not None:
         try:
@@ -68,8 +70,10 @@ def _check_bound(measured: float, at_least: float | None, at_most: float | None,
         tol = abs(target) * rel_tol
         ok = abs(measured - target) <= tol
         bound = f"{_fmt(target)} ± {rel_tol:.0%}"
-        why = (f"{_fmt(measured)} is not within {rel_tol:.0%} of expected {_fmt(target)} "
-               f"(allowed {_fmt(target - tol)}..{_fmt(target + tol)})")
+        why = (
+            f"{_fmt(measured)} is not within {rel_tol:.0%} of expected {_fmt(target)} "
+            f"(allowed {_fmt(target - tol)}..{_fmt(target + tol)})"
+        )
         return ok, bound, why
     parts, ok, why = [], True, []
     if at_least is not None:
@@ -85,9 +89,16 @@ def _check_bound(measured: float, at_least: float | None, at_most: float | None,
     return ok, " and ".join(parts), "; ".join(why)
 
 
-def checkpoint(claim: str, measured: float, *, at_least: float | None = None,
-               at_most: float | None = None, within: tuple[float, float] | None = None,
-               context: str = "", quiet: bool = False) -> CheckpointRecord:
+def checkpoint(
+    claim: str,
+    measured: float,
+    *,
+    at_least: float | None = None,
+    at_most: float | None = None,
+    within: tuple[float, float] | None = None,
+    context: str = "",
+    quiet: bool = False,
+) -> CheckpointRecord:
     """Assert ``measured`` against its bound; print ``PASS  <claim>`` or raise CheckpointFailed.
 
     Give ``at_least`` and/or ``at_most``, or ``within=(target, rel_tol)`` (relative tolerance,

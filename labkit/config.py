@@ -10,6 +10,7 @@ The table in the README is generated from :data:`VARIABLES` (``python -m labkit.
 test fails when the two disagree. To hand settings to a child process (a notebook kernel in
 ``labkit course``) use :meth:`Config.to_env` on the child's environment, never ``os.environ``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,47 +35,109 @@ class Variable:
 
     name: str
     field: str
-    kind: str          # path | choice | bool | text | words
-    default: str       # as shown in the README
+    kind: str  # path | choice | bool | text | words
+    default: str  # as shown in the README
     doc: str
     choices: tuple[str, ...] = ()
 
 
 VARIABLES: tuple[Variable, ...] = (
-    Variable("LABKIT_PROFILE", "profile", "choice", "`ci` when `CI` is set, else `full`",
-             "run sizes: `full` (laptop), `ci` (short runs, every claim still measured), `light` (Binder, ~2 GB)",
-             PROFILES),
-    Variable("LABKIT_PROVIDER", "provider", "choice", "`auto`",
-             "where servers come from: `docker` if a daemon answers, else `local`; or `external`", PROVIDERS),
-    Variable("LABKIT_HOME", "home", "path", "`~/.local/state/labkit` (root: `/var/lib/labkit`)",
-             "stack records, server data directories and logs"),
-    Variable("LABKIT_CACHE", "cache", "path", "`$LABKIT_HOME/cache`", "downloads kept across `labkit down` "
-             "(Cassandra jars)"),
-    Variable("LABKIT_HEADLESS", "headless", "bool", "automatic",
-             "`1`: panels run once with their defaults (no widgets); `0`: always show widgets"),
-    Variable("LABKIT_CHECKPOINT_LOG", "checkpoint_log", "path", "unset",
-             "append every checkpoint (claim, measured value, bound) to this JSON-lines file"),
-    Variable("LABKIT_NOTEBOOK", "notebook", "text", "unset", "the notebook name written with each checkpoint "
-             "(set by `labkit course`)"),
-    Variable("LABKIT_RUN_AS", "run_as", "text", "`postgres`, else a `labkit` user it creates",
-             "the unprivileged user Postgres runs as when labkit runs as root"),
-    Variable("LABKIT_POSTGRES_BIN", "postgres_bin", "path", "found on PATH and in the usual places",
-             "the `postgres` binary to run"),
+    Variable(
+        "LABKIT_PROFILE",
+        "profile",
+        "choice",
+        "`ci` when `CI` is set, else `full`",
+        "run sizes: `full` (laptop), `ci` (short runs, every claim still measured), `light` (Binder, ~2 GB)",
+        PROFILES,
+    ),
+    Variable(
+        "LABKIT_PROVIDER",
+        "provider",
+        "choice",
+        "`auto`",
+        "where servers come from: `docker` if a daemon answers, else `local`; or `external`",
+        PROVIDERS,
+    ),
+    Variable(
+        "LABKIT_HOME",
+        "home",
+        "path",
+        "`~/.local/state/labkit` (root: `/var/lib/labkit`)",
+        "stack records, server data directories and logs",
+    ),
+    Variable(
+        "LABKIT_CACHE", "cache", "path", "`$LABKIT_HOME/cache`", "downloads kept across `labkit down` (Cassandra jars)"
+    ),
+    Variable(
+        "LABKIT_HEADLESS",
+        "headless",
+        "bool",
+        "automatic",
+        "`1`: panels run once with their defaults (no widgets); `0`: always show widgets",
+    ),
+    Variable(
+        "LABKIT_CHECKPOINT_LOG",
+        "checkpoint_log",
+        "path",
+        "unset",
+        "append every checkpoint (claim, measured value, bound) to this JSON-lines file",
+    ),
+    Variable(
+        "LABKIT_NOTEBOOK",
+        "notebook",
+        "text",
+        "unset",
+        "the notebook name written with each checkpoint (set by `labkit course`)",
+    ),
+    Variable(
+        "LABKIT_RUN_AS",
+        "run_as",
+        "text",
+        "`postgres`, else a `labkit` user it creates",
+        "the unprivileged user Postgres runs as when labkit runs as root",
+    ),
+    Variable(
+        "LABKIT_POSTGRES_BIN",
+        "postgres_bin",
+        "path",
+        "found on PATH and in the usual places",
+        "the `postgres` binary to run",
+    ),
     Variable("LABKIT_MEMCACHED_BIN", "memcached_bin", "path", "found on PATH", "the `memcached` binary to run"),
     Variable("LABKIT_JAVA_BIN", "java_bin", "path", "`JAVA_HOME`, then PATH", "the Java 17+ `java` for Cassandra"),
-    Variable("LABKIT_CASSANDRA_JVM_OPTS", "cassandra_jvm_opts", "words", "unset",
-             "extra JVM flags appended to every Cassandra node's command line"),
+    Variable(
+        "LABKIT_CASSANDRA_JVM_OPTS",
+        "cassandra_jvm_opts",
+        "words",
+        "unset",
+        "extra JVM flags appended to every Cassandra node's command line",
+    ),
     Variable("LABKIT_OFFLINE", "offline", "bool", "`0`", "`1`: never download (the Cassandra jars must be cached)"),
-    Variable("LABKIT_MAVEN_REPO", "maven_repo", "text", "unset",
-             "a Maven repository URL to download the pinned Cassandra jars from when Maven is not installed"),
-    Variable("LABKIT_CONFIG", "external_config", "path", "`$LABKIT_HOME/external.json`",
-             "JSON file with external endpoints (the same keys as the variables below)"),
+    Variable(
+        "LABKIT_MAVEN_REPO",
+        "maven_repo",
+        "text",
+        "unset",
+        "a Maven repository URL to download the pinned Cassandra jars from when Maven is not installed",
+    ),
+    Variable(
+        "LABKIT_CONFIG",
+        "external_config",
+        "path",
+        "`$LABKIT_HOME/external.json`",
+        "JSON file with external endpoints (the same keys as the variables below)",
+    ),
     Variable("LABKIT_POSTGRES_DSN", "postgres_dsn", "text", "unset", "external Postgres, a libpq URL"),
     Variable("LABKIT_MEMCACHED", "memcached", "text", "unset", "external memcached, `host:port`"),
     Variable("LABKIT_CASSANDRA", "cassandra", "text", "unset", "external Cassandra contact points, `h1,h2:port`"),
     Variable("LABKIT_CASSANDRA_DC", "cassandra_dc", "text", "unset", "external Cassandra's local datacenter"),
-    Variable("LABKIT_CGROUP_ROOT", "cgroup_root", "path", "`/sys/fs/cgroup`",
-             "where the cgroup file system is mounted (CPU caps and memory limits)"),
+    Variable(
+        "LABKIT_CGROUP_ROOT",
+        "cgroup_root",
+        "path",
+        "`/sys/fs/cgroup`",
+        "where the cgroup file system is mounted (CPU caps and memory limits)",
+    ),
 )
 _BY_FIELD = {v.field: v for v in VARIABLES}
 
@@ -150,8 +213,10 @@ def _parse(var: Variable, raw: str) -> object:
     if var.kind == "choice":
         value = raw.lower()
         if value not in var.choices:
-            raise BadParameter(f"{var.name}={raw!r} is not valid: use one of {', '.join(var.choices)} "
-                               f"(or unset it for the default, {var.default})")
+            raise BadParameter(
+                f"{var.name}={raw!r} is not valid: use one of {', '.join(var.choices)} "
+                f"(or unset it for the default, {var.default})"
+            )
         return value
     if var.kind == "bool":
         value = raw.lower()

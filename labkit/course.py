@@ -6,6 +6,7 @@
 Each notebook runs in its own kernel (so each starts and stops its own servers, or attaches to `labkit up`);
 checkpoints append JSON lines to a log the runner reads back for the summary.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,8 +49,11 @@ def run_course(names: list[str], out_dir: str = "course-output", timeout: int = 
     log = (out / "checkpoints.jsonl").resolve()
     log.unlink(missing_ok=True)
     # settings reach each kernel through its own environment; this process's stays untouched
-    base_env = {**os.environ, "MPLBACKEND": os.environ.get("MPLBACKEND", "module://matplotlib_inline.backend_inline"),
-                **config.current().replace(checkpoint_log=log).to_env()}
+    base_env = {
+        **os.environ,
+        "MPLBACKEND": os.environ.get("MPLBACKEND", "module://matplotlib_inline.backend_inline"),
+        **config.current().replace(checkpoint_log=log).to_env(),
+    }
     rows = []
     for nb_path in notebooks:
         print(f"== {nb_path.name} ...", flush=True)
@@ -58,8 +62,9 @@ def run_course(names: list[str], out_dir: str = "course-output", timeout: int = 
         env = {**base_env, **config.current().replace(checkpoint_log=log, notebook=nb_path.stem).to_env()}
         error = ""
         try:
-            NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                           resources={"metadata": {"path": str(nb_path.parent)}}).execute(env=env)
+            NotebookClient(
+                nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(nb_path.parent)}}
+            ).execute(env=env)
         except CellExecutionError as e:
             error = str(e).strip().splitlines()[-1][:300] if str(e).strip() else "a cell failed"
         except Exception as e:  # noqa: BLE001 - a kernel that died is reported, the course goes on
@@ -74,10 +79,13 @@ def run_course(names: list[str], out_dir: str = "course-output", timeout: int = 
     print("\nCheckpoints")
     for c in checks:
         mark = "PASS" if c.get("passed") else "FAIL"
-        print(f"  {mark}  {c.get('notebook', '?'):<22} {c['claim']}  (measured {c['measured']:.4g}, "
-              f"bound {c['bound']})")
+        print(
+            f"  {mark}  {c.get('notebook', '?'):<22} {c['claim']}  (measured {c['measured']:.4g}, bound {c['bound']})"
+        )
     failed = [r for r in rows if r["error"]] + [c for c in checks if not c.get("passed")]
-    print(f"\n{len(rows)} notebooks, {sum(1 for c in checks if c.get('passed'))} checkpoints passed, "
-          f"{len(failed)} failures. HTML in {out}/")
+    print(
+        f"\n{len(rows)} notebooks, {sum(1 for c in checks if c.get('passed'))} checkpoints passed, "
+        f"{len(failed)} failures. HTML in {out}/"
+    )
     (out / "summary.json").write_text(json.dumps({"notebooks": rows, "checkpoints": checks}, indent=2))
     return 1 if failed else 0

@@ -1,4 +1,5 @@
 """Errors raised by labkit. Every message says what happened and what to do next."""
+
 from __future__ import annotations
 
 

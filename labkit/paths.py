@@ -1,4 +1,5 @@
 """Where labkit keeps its state: stack records, server data directories, logs and downloaded jars."""
+
 from __future__ import annotations
 
 import os

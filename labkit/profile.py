@@ -5,6 +5,7 @@
 - "light": Binder (~2 GB for everything): one Cassandra node per datacenter, small caches.
 Set LABKIT_PROFILE to choose; Binder's start script sets "light".
 """
+
 from __future__ import annotations
 
 from labkit import config

@@ -1,4 +1,5 @@
 """Fixtures shared by the tests: one private stack for the whole run."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """labkit.cgroups: real CPU caps and memory limits, enforced by the kernel (skipped where cgroups are read-only)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -31,7 +32,14 @@ def test_cpu_limit_caps_a_busy_process():
             after = psutil.Process(busy.pid).cpu_times()
             used = (after.user + after.system - before.user - before.system) / (time.monotonic() - t0)
             assert used < 0.35, f"a process capped at 0.2 cores used {used:.2f} cores"
-            assert cap.throttled_seconds() > 0
+            quota = (
+                (cap.path / "cpu.cfs_quota_us").read_text().strip()
+                if (cap.path / "cpu.cfs_quota_us").exists()
+                else (cap.path / "cpu.max").read_text().split()[0]
+            )
+            assert int(quota) == 20_000  # 0.2 of each 100 ms period
+            if used >= 0.15:  # it reached its quota (on a busy machine it may get less CPU than the cap anyway)
+                assert cap.throttled_seconds() > 0
         assert not cap.path.exists()
         assert psutil.Process(busy.pid).is_running()  # moved back, not killed
     finally:
@@ -42,8 +50,9 @@ def test_cpu_limit_caps_a_busy_process():
 def test_memory_limit_stops_a_process_that_overruns_it():
     _need("memory")
     with cgroups.MemoryLimit("test-mem", mb=48) as box:
-        hog = subprocess.Popen([sys.executable, "-c",
-                                "import time; time.sleep(0.3); x = bytearray(256 * 2**20); time.sleep(0.5)"])
+        hog = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(0.3); x = bytearray(256 * 2**20); time.sleep(0.5)"]
+        )
         box.add(hog.pid)
         code = hog.wait(timeout=30)
         assert code != 0, "a process that allocated 256 MB inside a 48 MB limit was not stopped"

@@ -1,4 +1,5 @@
 """The checkpoint helper: bounds, stable PASS line, failure messages that carry the measured value."""
+
 from __future__ import annotations
 
 import json
@@ -65,7 +66,9 @@ def test_records_and_jsonl_log(tmp_path, monkeypatch):
         checkpoint("two", 0.0, at_least=1)
     lines = [json.loads(x) for x in log.read_text().splitlines()]
     assert [(x["claim"], x["passed"], x["notebook"]) for x in lines] == [
-        ("one", True, "09-caching"), ("two", False, "09-caching")]
+        ("one", True, "09-caching"),
+        ("two", False, "09-caching"),
+    ]
     assert [r.claim for r in checkpoints.records()] == ["one", "two"]
     df = checkpoints.summary()
     assert list(df["passed"]) == [True, False]

@@ -1,4 +1,5 @@
 """labkit.config: one object reads every LABKIT_* variable, validates it, and documents it in the README."""
+
 from __future__ import annotations
 
 import re
@@ -23,18 +24,28 @@ def test_defaults_and_ci():
 
 
 def test_every_kind_is_parsed():
-    cfg = Config.from_env({"LABKIT_HOME": "~/x", "LABKIT_HEADLESS": "no", "LABKIT_OFFLINE": "YES",
-                           "LABKIT_CASSANDRA_JVM_OPTS": "-Xss512k  -XX:+UseSerialGC", "LABKIT_PROVIDER": "Docker"})
+    cfg = Config.from_env(
+        {
+            "LABKIT_HOME": "~/x",
+            "LABKIT_HEADLESS": "no",
+            "LABKIT_OFFLINE": "YES",
+            "LABKIT_CASSANDRA_JVM_OPTS": "-Xss512k  -XX:+UseSerialGC",
+            "LABKIT_PROVIDER": "Docker",
+        }
+    )
     assert cfg.home == Path("~/x").expanduser() and cfg.headless is False and cfg.offline is True
     assert cfg.cassandra_jvm_opts == ("-Xss512k", "-XX:+UseSerialGC") and cfg.provider == "docker"
 
 
-@pytest.mark.parametrize("name, value, words", [
-    ("LABKIT_PROFILE", "fast", "use one of full, ci, light"),
-    ("LABKIT_PROVIDER", "k8s", "use one of local, docker, external"),
-    ("LABKIT_HEADLESS", "maybe", "use 1 or 0"),
-    ("LABKIT_OFFLINE", "2", "use 1 or 0"),
-])
+@pytest.mark.parametrize(
+    "name, value, words",
+    [
+        ("LABKIT_PROFILE", "fast", "use one of full, ci, light"),
+        ("LABKIT_PROVIDER", "k8s", "use one of local, docker, external"),
+        ("LABKIT_HEADLESS", "maybe", "use 1 or 0"),
+        ("LABKIT_OFFLINE", "2", "use 1 or 0"),
+    ],
+)
 def test_bad_values_name_the_variable_and_the_fix(name, value, words):
     with pytest.raises(BadParameter, match=re.escape(name)) as err:
         Config.from_env({name: value})
@@ -42,8 +53,14 @@ def test_bad_values_name_the_variable_and_the_fix(name, value, words):
 
 
 def test_to_env_round_trips():
-    cfg = Config.from_env({"LABKIT_PROFILE": "ci", "LABKIT_NOTEBOOK": "09-caching", "LABKIT_OFFLINE": "1",
-                           "LABKIT_CASSANDRA_JVM_OPTS": "-Xss512k -Da=b"})
+    cfg = Config.from_env(
+        {
+            "LABKIT_PROFILE": "ci",
+            "LABKIT_NOTEBOOK": "09-caching",
+            "LABKIT_OFFLINE": "1",
+            "LABKIT_CASSANDRA_JVM_OPTS": "-Xss512k -Da=b",
+        }
+    )
     assert Config.from_env(cfg.to_env()) == cfg
     with pytest.raises(BadParameter, match="not a labkit setting"):
         cfg.replace(colour="blue")
@@ -59,6 +76,7 @@ def test_current_follows_the_environment(monkeypatch):
 
 def test_every_field_has_one_variable():
     import dataclasses
+
     fields = {f.name for f in dataclasses.fields(Config)}
     assert fields == {v.field for v in VARIABLES}
     assert len({v.name for v in VARIABLES}) == len(VARIABLES)
@@ -67,8 +85,10 @@ def test_every_field_has_one_variable():
 def test_readme_table_is_the_generated_one():
     readme = (ROOT / "README.md").read_text()
     table = config.markdown_table()
-    assert table in readme, ("README's table of LABKIT_* variables differs from labkit.config.VARIABLES: "
-                             "paste the output of `python -m labkit.config` into the README")
+    assert table in readme, (
+        "README's table of LABKIT_* variables differs from labkit.config.VARIABLES: "
+        "paste the output of `python -m labkit.config` into the README"
+    )
 
 
 def test_no_module_reads_labkit_variables_itself():

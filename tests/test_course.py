@@ -1,4 +1,5 @@
 """The headless course runner: executes notebooks in real kernels, renders HTML, summarises checkpoints."""
+
 from __future__ import annotations
 
 import json
@@ -17,12 +18,15 @@ def notebook(path, *sources: str) -> str:
 
 
 def test_course_run_renders_html_and_summarises_checkpoints(tmp_path, capsys):
-    good = notebook(tmp_path / "01-good.ipynb",
-                    "from labkit.checkpoints import checkpoint\n"
-                    "_ = checkpoint('measured value is at least two', 2.5, at_least=2)")
-    bad = notebook(tmp_path / "02-bad.ipynb",
-                   "from labkit.checkpoints import checkpoint\n"
-                   "_ = checkpoint('hit ratio is high', 0.41, at_least=0.6, context='zipf s=0.99')")
+    good = notebook(
+        tmp_path / "01-good.ipynb",
+        "from labkit.checkpoints import checkpoint\n_ = checkpoint('measured value is at least two', 2.5, at_least=2)",
+    )
+    bad = notebook(
+        tmp_path / "02-bad.ipynb",
+        "from labkit.checkpoints import checkpoint\n"
+        "_ = checkpoint('hit ratio is high', 0.41, at_least=0.6, context='zipf s=0.99')",
+    )
     out = tmp_path / "out"
     rc = run_course([good, bad], out_dir=str(out), timeout=120)
     assert rc == 1  # one checkpoint failed, so the course run fails

@@ -1,5 +1,6 @@
 """The load runner and drivers against real servers: short runs return throughput and latencies
 without errors; a server killed mid-run shows up as counted errors and a clean end that says why."""
+
 from __future__ import annotations
 
 import threading
@@ -24,26 +25,34 @@ def _assert_clean(res, min_ops: int = 50) -> None:
 
 # -- Postgres ---------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def pg_table(pg):
     import psycopg
+
     with psycopg.connect(pg.dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS load_kv (k int PRIMARY KEY, v text)")
-        conn.execute("INSERT INTO load_kv SELECT g, md5(g::text) FROM generate_series(1, 1000) g "
-                     "ON CONFLICT DO NOTHING")
+        conn.execute(
+            "INSERT INTO load_kv SELECT g, md5(g::text) FROM generate_series(1, 1000) g ON CONFLICT DO NOTHING"
+        )
     return pg
 
 
 def test_postgres_async_and_threads(pg_table) -> None:
     drv = drivers.postgres(pg_table)
     watch = PostgresStats(pg_table)
-    res = run(drv.query_op("SELECT v FROM load_kv WHERE k = %s"),
-              Workload(keys=Zipf(1000, 0.99), clients=4, duration=SECONDS), watch=[watch])
+    res = run(
+        drv.query_op("SELECT v FROM load_kv WHERE k = %s"),
+        Workload(keys=Zipf(1000, 0.99), clients=4, duration=SECONDS),
+        watch=[watch],
+    )
     _assert_clean(res)
     # what the server saw: at least as many commits as the client counted
     assert res.server["postgres"]["xact_commit"] >= res.ops
-    sync = run(drv.query_op("SELECT v FROM load_kv WHERE k = %s", asynchronous=False),
-               Workload(keys=Uniform(1000), clients=3, duration=SECONDS))
+    sync = run(
+        drv.query_op("SELECT v FROM load_kv WHERE k = %s", asynchronous=False),
+        Workload(keys=Uniform(1000), clients=3, duration=SECONDS),
+    )
     _assert_clean(sync)
 
 
@@ -55,8 +64,13 @@ def test_postgres_lesson_counter_and_writes(pg_table) -> None:
             await (await ctx.conn.execute("SELECT v FROM load_kv WHERE k = %s", (op.rank + 1,))).fetchone()
         ctx.count("db_queries")
 
-    res = run(op, Workload(keys=HotSpot(1000, 0.1, 0.9), mix={"read": 0.8, "write": 0.2}, clients=4,
-                           duration=SECONDS, value_size=8), driver=drivers.postgres(pg_table))
+    res = run(
+        op,
+        Workload(
+            keys=HotSpot(1000, 0.1, 0.9), mix={"read": 0.8, "write": 0.2}, clients=4, duration=SECONDS, value_size=8
+        ),
+        driver=drivers.postgres(pg_table),
+    )
     _assert_clean(res)
     assert res.counters["db_queries"] == res.ops
     assert set(res.hists) == {"read", "write"}
@@ -64,22 +78,34 @@ def test_postgres_lesson_counter_and_writes(pg_table) -> None:
 
 def test_open_loop_postgres_reaches_target_rate(pg_table) -> None:
     rate = 300  # far below what any machine serves: the run should keep up
-    res = run(drivers.postgres(pg_table).query_op("SELECT v FROM load_kv WHERE k = %s"),
-              Workload(clients=4, rate=rate, duration=2.0))
+    res = run(
+        drivers.postgres(pg_table).query_op("SELECT v FROM load_kv WHERE k = %s"),
+        Workload(clients=4, rate=rate, duration=2.0),
+    )
     assert res.error_count == 0, res.summary()
     assert 0.7 * rate <= res.throughput <= 1.3 * rate, res.summary()
 
 
 # -- memcached --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("client, asynchronous, share", [("meta", True, None), ("meta", True, 2),
-                                                          ("meta", False, None), ("pymemcache", False, None)])
+
+@pytest.mark.parametrize(
+    "client, asynchronous, share",
+    [("meta", True, None), ("meta", True, 2), ("meta", False, None), ("pymemcache", False, None)],
+)
 def test_memcached_get_set(mc, client: str, asynchronous: bool, share: int | None) -> None:
     drv = drivers.memcached(mc, client=client, share=share)
-    res = run(drv.get_set_op(asynchronous=asynchronous),
-              Workload(keys=Zipf(500, 1.0), mix={"get": 0.9, "set": 0.1}, clients=4, duration=SECONDS,
-                       key_format=f"it-{client}-{asynchronous}-{share}:{{}}"),
-              watch=MemcachedStats(mc))
+    res = run(
+        drv.get_set_op(asynchronous=asynchronous),
+        Workload(
+            keys=Zipf(500, 1.0),
+            mix={"get": 0.9, "set": 0.1},
+            clients=4,
+            duration=SECONDS,
+            key_format=f"it-{client}-{asynchronous}-{share}:{{}}",
+        ),
+        watch=MemcachedStats(mc),
+    )
     _assert_clean(res)
     gets = res.counters["hits"] + res.counters["misses"]
     assert gets == res.hists["get"].get_total_count()
@@ -92,6 +118,7 @@ def test_wrong_driver_for_the_op_is_a_clear_error(mc) -> None:
 
     async def op(ctx, op):
         ctx.conn.get(op.key)
+
     with pytest.raises(BadParameter, match="plain function"):
         run(op, Workload(clients=2, duration=1), driver=drivers.memcached(mc, client="pymemcache"))
 
@@ -104,6 +131,7 @@ def test_memcached_multiprocess(mc) -> None:
 
 
 # -- failures ---------------------------------------------------------------------------------
+
 
 def _kill_later(service, after: float) -> threading.Timer:
     t = threading.Timer(after, service.kill)
@@ -162,18 +190,23 @@ def test_paused_server_ends_on_time(stack) -> None:
 
 # -- Cassandra (single node) ------------------------------------------------------------------
 
+
 def test_cassandra_consistency_per_request() -> None:
     from labkit.services._cassandra_jars import cached_version
+
     if cached_version() is None:
         # CI fetches them first (`labkit fetch cassandra`); a fresh checkout may not have them yet
         pytest.skip("Cassandra jars not fetched: run `labkit fetch cassandra` (or set LABKIT_CACHE)")
     with labkit.stack("cassandra", attach=True) as st, drivers.cassandra(st, consistency="ONE") as cd:
         s = cd.connect()
-        s.session.execute("CREATE KEYSPACE IF NOT EXISTS loadtest WITH replication = "
-                          "{'class': 'SimpleStrategy', 'replication_factor': 1}")
+        s.session.execute(
+            "CREATE KEYSPACE IF NOT EXISTS loadtest WITH replication = "
+            "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+        )
         s.session.execute("CREATE TABLE IF NOT EXISTS loadtest.kv (k text PRIMARY KEY, v blob)")
-        write = cd.query_op("INSERT INTO loadtest.kv (k, v) VALUES (?, ?)", lambda op: (op.key, op.value),
-                            consistency="ONE")
+        write = cd.query_op(
+            "INSERT INTO loadtest.kv (k, v) VALUES (?, ?)", lambda op: (op.key, op.value), consistency="ONE"
+        )
         res = run(write, Workload(keys=Uniform(200), mix={"write": 1}, clients=4, duration=SECONDS))
         _assert_clean(res)
         read = cd.query_op("SELECT v FROM loadtest.kv WHERE k = ?", consistency="QUORUM")
@@ -193,8 +226,9 @@ def test_postgres_pq_engine_returns_rows_and_reports_sql_errors(pg_table) -> Non
 
     res = run(check, Workload(keys=Uniform(1000), clients=2, ops=200), driver=drv)
     assert res.error_count == 0 and res.ops == 200 and len(seen) == 200, res.summary()
-    sync = run(drv.query_op("SELECT v FROM load_kv WHERE k = %s", asynchronous=False),
-               Workload(clients=2, duration=0.5))
+    sync = run(
+        drv.query_op("SELECT v FROM load_kv WHERE k = %s", asynchronous=False), Workload(clients=2, duration=0.5)
+    )
     _assert_clean(sync, min_ops=10)
     bad = run(drv.query_op("SELECT nope FROM load_kv WHERE k = %s"), Workload(clients=2, ops=20))
     assert bad.ops == 0 and bad.errors == {"UndefinedColumn": 20}, bad.summary()

@@ -1,4 +1,5 @@
 """HDR histogram maths against numpy, interval rows, merging of workers, the result's views."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -98,7 +99,8 @@ def test_closed_loop_obeys_littles_law_and_sweep_collects_rows() -> None:
         in_system = row["throughput"] * row["mean_ms"] / 1000
         assert abs(in_system - row["clients"]) / row["clients"] < 0.15, (
             f"Little's law: {row['throughput']:.0f}/s x {row['mean_ms']:.2f} ms = {in_system:.2f} "
-            f"!= {row['clients']} clients")
+            f"!= {row['clients']} clients"
+        )
     assert df["throughput"].iloc[1] > 3 * df["throughput"].iloc[0]
 
 

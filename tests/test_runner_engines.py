@@ -4,6 +4,7 @@ The operations here sleep or raise on purpose (they are the lesson's code, not a
 reconnect case uses a real memcached that is killed mid-run. Bounds are about counts and about
 time the operations themselves spend sleeping, never about this machine's speed.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,15 +22,18 @@ ENGINES = ["asyncio", "threads"]
 def make_op(engine: str, body):
     """The same operation as a coroutine function (asyncio engine) or a plain one (threads)."""
     if engine == "asyncio":
+
         async def op(ctx, o):
             delay = body(ctx, o)
             if delay:
                 await asyncio.sleep(delay)
     else:
+
         def op(ctx, o):
             delay = body(ctx, o)
             if delay:
                 time.sleep(delay)
+
     return op
 
 
@@ -69,8 +73,7 @@ def test_stop_event_ends_the_run_early(engine):
 @pytest.mark.parametrize("engine", ENGINES)
 def test_op_timeout_counts_slow_operations_as_timeouts(engine):
     # every 5th op takes 0.3 s, the others 1 ms; op_timeout=0.1 s
-    res = run(make_op(engine, lambda ctx, o: 0.3 if o.seq % 5 == 4 else 0.001), clients=1, ops=20,
-              op_timeout=0.1)
+    res = run(make_op(engine, lambda ctx, o: 0.3 if o.seq % 5 == 4 else 0.001), clients=1, ops=20, op_timeout=0.1)
     assert res.errors.get("TimeoutError") == 4, res.summary()
     assert res.ops == 16, res.summary()
     assert res.percentiles()["max"] < 100, "a timed-out op's latency leaked into the histogram"
@@ -106,6 +109,7 @@ def test_server_answers_are_counted_not_raised(engine):
 def test_a_bug_in_the_operation_raises_at_once(engine):
     def body(ctx, o):
         return o.no_such_field
+
     t0 = time.monotonic()
     with pytest.raises(OperationBug, match="no_such_field"):
         run(make_op(engine, body), clients=2, duration=5)
@@ -118,6 +122,7 @@ def test_seed_reproduces_the_keys(engine):
         got = []
         run(make_op(engine, lambda ctx, o: got.append((ctx.client, o.key)) or 0), clients=1, ops=50, seed=3)
         return got
+
     assert keys() == keys()
 
 

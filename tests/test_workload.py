@@ -1,4 +1,5 @@
 """Key distributions, op mixes and workload validation (pure maths: no server needed)."""
+
 from __future__ import annotations
 
 import itertools
@@ -92,32 +93,38 @@ def test_split_across_processes() -> None:
     assert len({p.seed for p in parts}) == 3
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"clients": -1}, "clients"),
-    ({"clients": 0}, "clients"),
-    ({"rate": 0}, "rate"),
-    ({"rate": -5}, "rate"),
-    ({"duration": None, "ops": None}, "duration"),
-    ({"duration": 0}, "duration"),
-    ({"ops": 0}, "ops"),
-    ({"value_size": (10, 5)}, "value_size"),
-    ({"mix": {}}, "mix"),
-    ({"mix": {"get": -1}}, "share"),
-    ({"key_format": "nokey"}, "key_format"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"clients": -1}, "clients"),
+        ({"clients": 0}, "clients"),
+        ({"rate": 0}, "rate"),
+        ({"rate": -5}, "rate"),
+        ({"duration": None, "ops": None}, "duration"),
+        ({"duration": 0}, "duration"),
+        ({"ops": 0}, "ops"),
+        ({"value_size": (10, 5)}, "value_size"),
+        ({"mix": {}}, "mix"),
+        ({"mix": {"get": -1}}, "share"),
+        ({"key_format": "nokey"}, "key_format"),
+    ],
+)
 def test_bad_workload_parameters_name_the_fix(kwargs: dict, words: str) -> None:
     with pytest.raises(BadParameter, match=words):
         Workload(**kwargs)
 
 
-@pytest.mark.parametrize("make, words", [
-    (lambda: Zipf(100, -0.5), ">= 0"),
-    (lambda: Zipf(0, 1.0), "n"),
-    (lambda: HotSpot(100, hot_keys=0), "hot_keys"),
-    (lambda: HotSpot(100, hot_keys=1.0, hot_ops=0.5), "hot_keys"),
-    (lambda: Trace([]), "empty"),
-    (lambda: consistency_level("MOSTLY"), "QUORUM"),
-])
+@pytest.mark.parametrize(
+    "make, words",
+    [
+        (lambda: Zipf(100, -0.5), ">= 0"),
+        (lambda: Zipf(0, 1.0), "n"),
+        (lambda: HotSpot(100, hot_keys=0), "hot_keys"),
+        (lambda: HotSpot(100, hot_keys=1.0, hot_ops=0.5), "hot_keys"),
+        (lambda: Trace([]), "empty"),
+        (lambda: consistency_level("MOSTLY"), "QUORUM"),
+    ],
+)
 def test_bad_distribution_and_consistency_parameters(make, words: str) -> None:
     with pytest.raises(BadParameter, match=words):
         make()
@@ -125,5 +132,6 @@ def test_bad_distribution_and_consistency_parameters(make, words: str) -> None:
 
 def test_consistency_level_names() -> None:
     from cassandra import ConsistencyLevel
+
     assert consistency_level("local_quorum") == ConsistencyLevel.LOCAL_QUORUM
     assert consistency_level("ONE") == ConsistencyLevel.ONE

@@ -15,6 +15,7 @@ engine consults around every operation:
 So both engines honour the same options with the same meaning; tests/test_runner_engines.py runs
 every option on both.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -27,8 +28,17 @@ from labkit.errors import BadParameter
 from labkit.load.metrics import Recorder
 from labkit.load.workload import Op, Workload
 
-__all__ = ["BACKOFF_MIN", "ClientCore", "Context", "OperationBug", "Progress", "RunState", "arity", "is_async",
-           "progress_of"]
+__all__ = [
+    "BACKOFF_MIN",
+    "ClientCore",
+    "Context",
+    "OperationBug",
+    "Progress",
+    "RunState",
+    "arity",
+    "is_async",
+    "progress_of",
+]
 
 BACKOFF_MIN, BACKOFF_MAX = 0.02, 0.5
 # Bugs in the operation, not server behaviour: raise at once instead of counting 100k of them.
@@ -44,7 +54,7 @@ class Progress:
     """Handed to the progress callback about once per interval."""
 
     elapsed: float
-    fraction: float          # 0..1 of duration or op count
+    fraction: float  # 0..1 of duration or op count
     ops: int
     errors: int
     row: dict[str, Any] | None  # the latest completed interval (ops, p50_ms, p99_ms, ...)
@@ -71,18 +81,24 @@ class Context:
 def arity(fn: Callable[..., Any]) -> int:
     """1 for ``fn(op)``, 2 for ``fn(ctx, op)``; anything else is a clear error."""
     try:
-        params = [p for p in inspect.signature(fn).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+        params = [
+            p
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+        ]
     except (TypeError, ValueError):
         return 2
     if len(params) not in (1, 2):
-        raise BadParameter(f"the operation {getattr(fn, '__name__', fn)!r} takes {len(params)} required "
-                           "arguments: define it as fn(op) or fn(ctx, op)")
+        raise BadParameter(
+            f"the operation {getattr(fn, '__name__', fn)!r} takes {len(params)} required "
+            "arguments: define it as fn(op) or fn(ctx, op)"
+        )
     return len(params)
 
 
 def is_async(fn: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+    # an object whose __call__ is a coroutine function is async too (callable() cannot tell)
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
 
 
 class RunState:
@@ -147,8 +163,16 @@ class ClientCore:
 
     __slots__ = ("state", "rec", "ctx", "driver", "fn", "timeout_ns", "op_timeout", "backoff", "stream", "call")
 
-    def __init__(self, state: RunState, rec: Recorder, ctx: Context, driver: Any, fn: Callable[..., Any],
-                 op_timeout: float | None, stream: Iterator[Op] | None = None) -> None:
+    def __init__(
+        self,
+        state: RunState,
+        rec: Recorder,
+        ctx: Context,
+        driver: Any,
+        fn: Callable[..., Any],
+        op_timeout: float | None,
+        stream: Iterator[Op] | None = None,
+    ) -> None:
         self.state, self.rec, self.ctx, self.driver, self.fn = state, rec, ctx, driver, fn
         self.op_timeout = op_timeout
         self.timeout_ns = int(op_timeout * 1e9) if op_timeout is not None else None
@@ -169,8 +193,9 @@ class ClientCore:
         asyncio engine cancels it at the deadline; a blocking call can only be judged when it returns)."""
         took = end_ns - start_ns
         if self.timeout_ns is not None and took > self.timeout_ns:
-            self.rec.error(TimeoutError(f"operation took {took / 1e9:.3f} s > op_timeout={self.op_timeout} s"),
-                           end_ns / 1e9)
+            self.rec.error(
+                TimeoutError(f"operation took {took / 1e9:.3f} s > op_timeout={self.op_timeout} s"), end_ns / 1e9
+            )
         else:
             self.rec.ok(op.kind, took)
         self.backoff = BACKOFF_MIN
@@ -178,9 +203,11 @@ class ClientCore:
     def failed(self, exc: BaseException, now: float) -> tuple[bool, float]:
         """(connection lost, seconds to back off) for an exception from the operation."""
         if isinstance(exc, _PROGRAMMING_ERRORS):
-            raise OperationBug(f"the operation {getattr(self.fn, '__name__', self.fn)!r} raised "
-                               f"{type(exc).__name__}: {exc} -- a bug in the operation's code, not a server "
-                               "failure; fix it and run again") from exc
+            raise OperationBug(
+                f"the operation {getattr(self.fn, '__name__', self.fn)!r} raised "
+                f"{type(exc).__name__}: {exc} -- a bug in the operation's code, not a server "
+                "failure; fix it and run again"
+            ) from exc
         lost = isinstance(exc, OSError) or (self.driver is not None and self.driver.is_disconnect(exc))
         self.rec.error(exc, now, disconnect=lost)
         if not lost:

@@ -5,6 +5,7 @@ loop, an asyncio queue of connections vs a thread pool); what to do around each 
 decided by the core, so both honour every option (closed/open loop, duration or op count, stop,
 op_timeout, progress, reconnect with backoff) the same way.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -27,11 +28,13 @@ _STUCK = "operation still running when the run ended (server paused or overloade
 
 
 def _overflow(wl: Workload) -> OverflowError:
-    return OverflowError(f"more than max_in_flight={wl.max_in_flight} requests waiting: the server cannot keep "
-                         "up with the rate")
+    return OverflowError(
+        f"more than max_in_flight={wl.max_in_flight} requests waiting: the server cannot keep up with the rate"
+    )
 
 
 # -- asyncio ------------------------------------------------------------------------------------
+
 
 async def _aconnect(core: ClientCore) -> bool:
     """Open core.ctx.conn, backing off on failure. False when the run is over."""
@@ -80,10 +83,18 @@ async def _aone(core: ClientCore, op: Op, start_ns: int) -> None:
         core.succeeded(op, start_ns, time.perf_counter_ns())
 
 
-async def async_engine(fn: Callable[..., Awaitable[Any]], wl: Workload, driver: Any,
-                       progress: Callable[[Progress], Any] | None, interval: float, stop: threading.Event | None,
-                       op_timeout: float | None, client_offset: int, notes: list[str],
-                       t0: float) -> tuple[list[Recorder], RunState]:
+async def async_engine(
+    fn: Callable[..., Awaitable[Any]],
+    wl: Workload,
+    driver: Any,
+    progress: Callable[[Progress], Any] | None,
+    interval: float,
+    stop: threading.Event | None,
+    op_timeout: float | None,
+    client_offset: int,
+    notes: list[str],
+    t0: float,
+) -> tuple[list[Recorder], RunState]:
     rec = Recorder(t0, interval)
     state = RunState(wl, t0, stop)
     perf = time.perf_counter
@@ -92,8 +103,15 @@ async def async_engine(fn: Callable[..., Awaitable[Any]], wl: Workload, driver: 
         return state.take(perf())
 
     async def closed_client(i: int) -> None:
-        core = ClientCore(state, rec, Context(i + client_offset, driver, rec), driver, fn, op_timeout,
-                          wl.stream(i, client_offset=client_offset))
+        core = ClientCore(
+            state,
+            rec,
+            Context(i + client_offset, driver, rec),
+            driver,
+            fn,
+            op_timeout,
+            wl.stream(i, client_offset=client_offset),
+        )
         try:
             while (op := core.next_op(take)) is not None:
                 if core.ctx.conn is None and not await _aconnect(core):
@@ -105,8 +123,10 @@ async def async_engine(fn: Callable[..., Awaitable[Any]], wl: Workload, driver: 
             await _adrop(driver, core.ctx)
 
     async def open_loop() -> None:
-        cores = [ClientCore(state, rec, Context(i + client_offset, driver, rec), driver, fn, op_timeout)
-                 for i in range(wl.clients)]
+        cores = [
+            ClientCore(state, rec, Context(i + client_offset, driver, rec), driver, fn, op_timeout)
+            for i in range(wl.clients)
+        ]
         idle: asyncio.Queue[ClientCore] = asyncio.Queue()
         for c in cores:
             idle.put_nowait(c)
@@ -186,6 +206,7 @@ async def async_engine(fn: Callable[..., Awaitable[Any]], wl: Workload, driver: 
 
 # -- threads ------------------------------------------------------------------------------------
 
+
 def _connect(core: ClientCore) -> bool:
     ctx, driver = core.ctx, core.driver
     while ctx.conn is None:
@@ -228,14 +249,23 @@ def _one(core: ClientCore, op: Op, start_ns: int) -> None:
     core.rec.maybe_flush(time.perf_counter())
 
 
-def thread_engine(fn: Callable[..., Any], wl: Workload, driver: Any, progress: Callable[[Progress], Any] | None,
-                  interval: float, stop: threading.Event | None, op_timeout: float | None, client_offset: int,
-                  notes: list[str], t0: float) -> tuple[list[Recorder], RunState]:
+def thread_engine(
+    fn: Callable[..., Any],
+    wl: Workload,
+    driver: Any,
+    progress: Callable[[Progress], Any] | None,
+    interval: float,
+    stop: threading.Event | None,
+    op_timeout: float | None,
+    client_offset: int,
+    notes: list[str],
+    t0: float,
+) -> tuple[list[Recorder], RunState]:
     state = RunState(wl, t0, stop)
     lock = threading.Lock()  # guards state.take across threads
     perf = time.perf_counter
     bugs: list[BaseException] = []
-    recs: list[Recorder] = []       # one per closed-loop client
+    recs: list[Recorder] = []  # one per closed-loop client
     worker_recs: list[Recorder] = []  # one per open-loop pool thread
     cores: list[ClientCore] = []
 
@@ -250,11 +280,19 @@ def thread_engine(fn: Callable[..., Any], wl: Workload, driver: Any, progress: C
             except BaseException as exc:  # surfaced in the calling thread after the run
                 bugs.append(exc)
                 state.stop_event.set()
+
         return wrapper
 
     def closed_client(i: int) -> None:
-        core = ClientCore(state, recs[i], Context(i + client_offset, driver, recs[i]), driver, fn, op_timeout,
-                          wl.stream(i, client_offset=client_offset))
+        core = ClientCore(
+            state,
+            recs[i],
+            Context(i + client_offset, driver, recs[i]),
+            driver,
+            fn,
+            op_timeout,
+            wl.stream(i, client_offset=client_offset),
+        )
         try:
             while (op := core.next_op(take)) is not None:
                 if core.ctx.conn is None and not _connect(core):
@@ -271,8 +309,9 @@ def thread_engine(fn: Callable[..., Any], wl: Workload, driver: Any, progress: C
             with lock:
                 rec = Recorder(t0, interval)
                 worker_recs.append(rec)
-                core = ClientCore(state, rec, Context(len(worker_recs) - 1 + client_offset, driver, rec), driver,
-                                  fn, op_timeout)
+                core = ClientCore(
+                    state, rec, Context(len(worker_recs) - 1 + client_offset, driver, rec), driver, fn, op_timeout
+                )
                 cores.append(core)
             local.core = core
         if core.ctx.conn is None and not _connect(core):
@@ -284,8 +323,10 @@ def thread_engine(fn: Callable[..., Any], wl: Workload, driver: Any, progress: C
     pool: ThreadPoolExecutor | None = None
     if wl.closed_loop:
         recs.extend(Recorder(t0, interval) for _ in range(wl.clients))
-        threads = [threading.Thread(target=guarded(closed_client), args=(i,), daemon=True, name=f"labkit-client-{i}")
-                   for i in range(wl.clients)]
+        threads = [
+            threading.Thread(target=guarded(closed_client), args=(i,), daemon=True, name=f"labkit-client-{i}")
+            for i in range(wl.clients)
+        ]
     else:
         pool = ThreadPoolExecutor(wl.clients, thread_name_prefix="labkit-open")
 
@@ -329,8 +370,10 @@ def thread_engine(fn: Callable[..., Any], wl: Workload, driver: Any, progress: C
         pool.shutdown(wait=False, cancel_futures=True)
         dropped = sum(1 for f in queued if f.cancelled())
         if dropped:
-            notes.append(f"{dropped} requests were still queued at the end and were not served "
-                         "(the rate is above what the server and connections sustain).")
+            notes.append(
+                f"{dropped} requests were still queued at the end and were not served "
+                "(the rate is above what the server and connections sustain)."
+            )
         grace_end = perf() + (op_timeout if op_timeout is not None else 1.0)
         for t in list(getattr(pool, "_threads", ())):
             t.join(timeout=max(0.0, grace_end - perf()))

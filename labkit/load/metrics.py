@@ -4,12 +4,14 @@ The runner records raw latencies (integers, nanoseconds) into a :class:`Recorder
 it folds them into an HDR histogram (microsecond units) and one time-series row. Workers in other
 processes ship their histograms encoded, and :meth:`RunResult.merge` adds them up.
 """
+
 from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from hdrh.histogram import HdrHistogram
@@ -128,9 +130,16 @@ class Recorder:
         # a long stall (paused server) may skip intervals: emit empty rows so the plot shows a gap
         self._next_flush += self.interval
         while not final and now >= self._next_flush:
-            self.rows.append({"t": round(self._next_flush - self.interval - self.t0, 6),
-                              "seconds": self.interval, "ops": 0, "errors": 0,
-                              "p50_ms": float("nan"), "p99_ms": float("nan")})
+            self.rows.append(
+                {
+                    "t": round(self._next_flush - self.interval - self.t0, 6),
+                    "seconds": self.interval,
+                    "ops": 0,
+                    "errors": 0,
+                    "p50_ms": float("nan"),
+                    "p99_ms": float("nan"),
+                }
+            )
             self._next_flush += self.interval
 
     def live_row(self) -> dict[str, Any] | None:
@@ -160,8 +169,9 @@ class RunResult:
 
     # -- building ----------------------------------------------------------------------------
     @classmethod
-    def from_recorders(cls, name: str, params: dict[str, Any], duration: float,
-                       recorders: Iterable[Recorder]) -> "RunResult":
+    def from_recorders(
+        cls, name: str, params: dict[str, Any], duration: float, recorders: Iterable[Recorder]
+    ) -> RunResult:
         res = cls(name=name, params=params, duration=duration)
         rows_by_t: dict[float, dict[str, Any]] = {}
         for rec in recorders:
@@ -181,7 +191,7 @@ class RunResult:
         res.rows = [rows_by_t[t] for t in sorted(rows_by_t)]
         return res
 
-    def merge(self, other: "RunResult") -> "RunResult":
+    def merge(self, other: RunResult) -> RunResult:
         """Add another worker's result (same run, another process) into this one."""
         for kind, h in other.hists.items():
             self.hists.setdefault(kind, new_histogram()).add(h)
@@ -210,7 +220,7 @@ class RunResult:
         return d
 
     @classmethod
-    def from_wire(cls, d: dict[str, Any]) -> "RunResult":
+    def from_wire(cls, d: dict[str, Any]) -> RunResult:
         d = dict(d)
         d["hists"] = {k: HdrHistogram.decode(v) for k, v in d["hists"].items()}
         return cls(**d)
@@ -244,12 +254,14 @@ class RunResult:
             return hist_percentiles(self.histogram)
         if kind not in self.hists:
             from labkit.errors import BadParameter
+
             raise BadParameter(f"no operations of kind {kind!r} in this run: kinds are {sorted(self.hists)}")
         return hist_percentiles(self.hists[kind])
 
     def latency_frame(self) -> Any:
         """One row per op kind (and 'all'): count and percentiles in ms."""
         import pandas as pd
+
         rows = [{"kind": k, "ops": h.get_total_count(), **hist_percentiles(h)} for k, h in sorted(self.hists.items())]
         rows.append({"kind": "all", "ops": self.ops, **self.percentiles()})
         return pd.DataFrame(rows).set_index("kind")
@@ -257,6 +269,7 @@ class RunResult:
     def to_frame(self) -> Any:
         """Time series: one row per interval (t, ops, ops_per_s, errors, p50_ms, p99_ms, counters...)."""
         import pandas as pd
+
         df = pd.DataFrame(self.rows)
         if df.empty:
             return pd.DataFrame(columns=["t", "ops", "ops_per_s", "errors", "p50_ms", "p99_ms"])
@@ -266,8 +279,12 @@ class RunResult:
 
     def row(self) -> dict[str, Any]:
         """One flat dict for sweeps: params, throughput, percentiles, errors, counters."""
-        d = {**{k: v for k, v in self.params.items() if not isinstance(v, dict)},
-             "ops": self.ops, "throughput": self.throughput, "errors": self.error_count}
+        d = {
+            **{k: v for k, v in self.params.items() if not isinstance(v, dict)},
+            "ops": self.ops,
+            "throughput": self.throughput,
+            "errors": self.error_count,
+        }
         d.update({f"{k}_ms": v for k, v in self.percentiles().items()})
         d.update(self.counters)
         return d
@@ -279,9 +296,11 @@ class RunResult:
         who = f"{self.params.get('clients', '?')} clients {loop} loop".strip()
         if self.params.get("rate"):
             who += f" at {self.params['rate']:,.0f}/s target"
-        line = (f"{self.name}: {self.throughput:,.0f} ops/s over {self.duration:.1f} s "
-                f"({self.ops:,} ops, {who}); p50 {p['p50']:.3g} ms, p99 {p['p99']:.3g} ms, "
-                f"p99.9 {p['p999']:.3g} ms, max {p['max']:.3g} ms; errors {self.error_count:,}")
+        line = (
+            f"{self.name}: {self.throughput:,.0f} ops/s over {self.duration:.1f} s "
+            f"({self.ops:,} ops, {who}); p50 {p['p50']:.3g} ms, p99 {p['p99']:.3g} ms, "
+            f"p99.9 {p['p999']:.3g} ms, max {p['max']:.3g} ms; errors {self.error_count:,}"
+        )
         if self.errors:
             line += " (" + ", ".join(f"{k} x{v}" for k, v in sorted(self.errors.items(), key=lambda kv: -kv[1])) + ")"
         if self.counters:
@@ -309,8 +328,10 @@ def _add_row(acc: dict[float, dict[str, Any]], row: dict[str, Any]) -> None:
             # exact figures come from the merged HDR histograms
             a, b = cur.get(k, float("nan")), v
             if n0 + n1 and not (np.isnan(a) and np.isnan(b)):
-                cur[k] = float(np.nansum([a * n0, b * n1]) / max(1, (n0 if not np.isnan(a) else 0)
-                                                                  + (n1 if not np.isnan(b) else 0)))
+                cur[k] = float(
+                    np.nansum([a * n0, b * n1])
+                    / max(1, (n0 if not np.isnan(a) else 0) + (n1 if not np.isnan(b) else 0))
+                )
             continue
         cur[k] = cur.get(k, 0) + v
     cur["seconds"] = max(cur.get("seconds", 0), row.get("seconds", 0))

@@ -18,6 +18,7 @@ Layout: this module is the public entry (run, arun, sweep, worker processes); ``
 what happens around every operation, once; ``_engines`` drives that core with asyncio (``async
 def`` operations) or threads (plain functions).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,26 +39,44 @@ __all__ = ["run", "arun", "sweep", "Context", "Progress", "OperationBug"]
 
 # -- public entry points ----------------------------------------------------------------------
 
+
 def _explain(res: RunResult, t_end_rel: float, interval: float) -> None:
     """Turn the error counts into sentences a learner can act on."""
     if not res.errors:
         return
     kinds = ", ".join(f"{k} x{v}" for k, v in sorted(res.errors.items(), key=lambda kv: -kv[1]))
-    res.notes.insert(0, f"{res.error_count:,} operations failed ({kinds}); first at "
-                        f"t={res.first_error_at:.2f} s, last at t={res.last_error_at:.2f} s.")
+    res.notes.insert(
+        0,
+        f"{res.error_count:,} operations failed ({kinds}); first at "
+        f"t={res.first_error_at:.2f} s, last at t={res.last_error_at:.2f} s.",
+    )
     ok_rows = [r for r in res.rows if r.get("ops", 0) > 0]
     last_ok = max((r["t"] + r["seconds"] for r in ok_rows), default=0.0)
-    if res.disconnects and res.first_error_at is not None and last_ok <= res.first_error_at + interval and \
-            res.last_error_at is not None and res.last_error_at - last_ok >= interval:
-        res.notes.append(f"No operation succeeded after t~{last_ok:.1f} s: the server stopped answering "
-                         "(killed or down?).")
+    if (
+        res.disconnects
+        and res.first_error_at is not None
+        and last_ok <= res.first_error_at + interval
+        and res.last_error_at is not None
+        and res.last_error_at - last_ok >= interval
+    ):
+        res.notes.append(
+            f"No operation succeeded after t~{last_ok:.1f} s: the server stopped answering (killed or down?)."
+        )
         res.stopped = "server failure"
     first = next(iter(res.error_examples.values()))
     res.notes.append(f"First error: {first}")
 
 
-def _finish(name: str, wl: Workload, recs: list[Recorder], t0: float, t_end: float, stopped: str,
-            interval: float, notes: list[str]) -> RunResult:
+def _finish(
+    name: str,
+    wl: Workload,
+    recs: list[Recorder],
+    t0: float,
+    t_end: float,
+    stopped: str,
+    interval: float,
+    notes: list[str],
+) -> RunResult:
     for r in recs:
         r.flush(t_end, final=True)
     res = RunResult.from_recorders(name, wl.describe(), t_end - t0, recs)
@@ -73,8 +92,18 @@ def _default_interval(wl: Workload) -> float:
     return 0.25 if wl.duration <= 5 else 0.5 if wl.duration <= 20 else 1.0
 
 
-def _child(fn: Callable[..., Any], wl: Workload, driver: Any, interval: float, op_timeout: float | None,
-           offset: int, start_wall: float, queue: Any, name: str, use_uvloop: bool) -> None:
+def _child(
+    fn: Callable[..., Any],
+    wl: Workload,
+    driver: Any,
+    interval: float,
+    op_timeout: float | None,
+    offset: int,
+    start_wall: float,
+    queue: Any,
+    name: str,
+    use_uvloop: bool,
+) -> None:
     try:
         time.sleep(max(0.0, start_wall - time.time()))
         res = _run_here(fn, wl, driver, name, None, interval, None, op_timeout, offset, use_uvloop)
@@ -83,15 +112,24 @@ def _child(fn: Callable[..., Any], wl: Workload, driver: Any, interval: float, o
         queue.put(("error", f"{type(exc).__name__}: {exc}"))
 
 
-def _run_here(fn: Callable[..., Any], wl: Workload, driver: Any, name: str,
-              progress: Callable[[Progress], Any] | None, interval: float,
-              stop: threading.Event | None, op_timeout: float | None, offset: int,
-              use_uvloop: bool) -> RunResult:
+def _run_here(
+    fn: Callable[..., Any],
+    wl: Workload,
+    driver: Any,
+    name: str,
+    progress: Callable[[Progress], Any] | None,
+    interval: float,
+    stop: threading.Event | None,
+    op_timeout: float | None,
+    offset: int,
+    use_uvloop: bool,
+) -> RunResult:
     notes: list[str] = []
     t0 = time.perf_counter()
     if is_async(fn):
         recs, state = _run_coroutine(
-            lambda: async_engine(fn, wl, driver, progress, interval, stop, op_timeout, offset, notes, t0), use_uvloop)
+            lambda: async_engine(fn, wl, driver, progress, interval, stop, op_timeout, offset, notes, t0), use_uvloop
+        )
     else:
         recs, state = thread_engine(fn, wl, driver, progress, interval, stop, op_timeout, offset, notes, t0)
     return _finish(name, wl, recs, t0, time.perf_counter(), state.finish(), interval, notes)
@@ -99,10 +137,12 @@ def _run_here(fn: Callable[..., Any], wl: Workload, driver: Any, name: str,
 
 def _run_coroutine(make: Callable[[], Awaitable[Any]], use_uvloop: bool) -> Any:
     """Run a coroutine to completion even when called from inside a running loop (Jupyter)."""
+
     def runner() -> Any:
         if use_uvloop:
             try:
                 import uvloop
+
                 return uvloop.run(make())  # type: ignore[arg-type]
             except ImportError:
                 pass
@@ -119,6 +159,7 @@ def _run_coroutine(make: Callable[[], Awaitable[Any]], use_uvloop: bool) -> Any:
             box["value"] = runner()
         except BaseException as exc:
             box["error"] = exc
+
     t = threading.Thread(target=target, name="labkit-load-loop", daemon=True)
     t.start()
     t.join()
@@ -127,11 +168,21 @@ def _run_coroutine(make: Callable[[], Awaitable[Any]], use_uvloop: bool) -> Any:
     return box["value"]
 
 
-def run(fn: Callable[..., Any], workload: Workload | None = None, *, driver: Any = None,
-        name: str | None = None, progress: Callable[[Progress], Any] | None = None,
-        interval: float | None = None, processes: int = 1, stop: threading.Event | None = None,
-        op_timeout: float | None = None, watch: Any = (), use_uvloop: bool = False,
-        **workload_options: Any) -> RunResult:
+def run(
+    fn: Callable[..., Any],
+    workload: Workload | None = None,
+    *,
+    driver: Any = None,
+    name: str | None = None,
+    progress: Callable[[Progress], Any] | None = None,
+    interval: float | None = None,
+    processes: int = 1,
+    stop: threading.Event | None = None,
+    op_timeout: float | None = None,
+    watch: Any = (),
+    use_uvloop: bool = False,
+    **workload_options: Any,
+) -> RunResult:
     """Run ``fn`` under ``workload`` and return what was measured.
 
     fn: ``fn(ctx, op)`` or ``fn(op)``, plain or ``async def``. Plain functions run on threads,
@@ -147,8 +198,9 @@ def run(fn: Callable[..., Any], workload: Workload | None = None, *, driver: Any
     if workload is None:
         workload = Workload(**workload_options)
     elif workload_options:
-        workload = Workload(**{**{k: v for k, v in workload.__dict__.items() if not k.startswith("_")},
-                               **workload_options})
+        workload = Workload(
+            **{**{k: v for k, v in workload.__dict__.items() if not k.startswith("_")}, **workload_options}
+        )
     workload.validate()
     if not callable(fn):
         raise BadParameter(f"fn={fn!r} is not callable: pass a function fn(ctx, op) or fn(op)")
@@ -174,9 +226,17 @@ def run(fn: Callable[..., Any], workload: Workload | None = None, *, driver: Any
     return res
 
 
-def _run_processes(fn: Callable[..., Any], wl: Workload, driver: Any, name: str,
-                   progress: Callable[[Progress], Any] | None, interval: float,
-                   op_timeout: float | None, processes: int, use_uvloop: bool) -> RunResult:
+def _run_processes(
+    fn: Callable[..., Any],
+    wl: Workload,
+    driver: Any,
+    name: str,
+    progress: Callable[[Progress], Any] | None,
+    interval: float,
+    op_timeout: float | None,
+    processes: int,
+    use_uvloop: bool,
+) -> RunResult:
     # fork: the lesson's function (often defined in a notebook) is inherited, never pickled
     if "fork" not in mp.get_all_start_methods():
         raise BadParameter("processes > 1 needs the 'fork' start method (Linux/macOS); use processes=1")
@@ -187,8 +247,11 @@ def _run_processes(fn: Callable[..., Any], wl: Workload, driver: Any, name: str,
     procs = []
     offset = 0
     for part in parts:
-        p = ctx.Process(target=_child, args=(fn, part, driver, interval, op_timeout, offset, start_wall,
-                                             queue, name, use_uvloop), daemon=True)
+        p = ctx.Process(
+            target=_child,
+            args=(fn, part, driver, interval, op_timeout, offset, start_wall, queue, name, use_uvloop),
+            daemon=True,
+        )
         p.start()
         procs.append(p)
         offset += part.clients
@@ -232,8 +295,9 @@ def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def sweep(experiment: Callable[..., RunResult], param: str, values: Any, *, show_progress: bool = True,
-          **fixed: Any) -> Any:
+def sweep(
+    experiment: Callable[..., RunResult], param: str, values: Any, *, show_progress: bool = True, **fixed: Any
+) -> Any:
     """Run ``experiment(**{param: v}, **fixed)`` for each value; a DataFrame with one row per run.
 
     Each row is ``RunResult.row()`` (params, throughput, percentiles in ms, errors, counters) with
@@ -243,6 +307,7 @@ def sweep(experiment: Callable[..., RunResult], param: str, values: Any, *, show
         labkit.ui.plots.sweep(df, "clients", "throughput", model=usl_curve, ylabel="throughput (ops/s)")
     """
     import pandas as pd
+
     values = list(values)
     if not values:
         raise BadParameter(f"sweep over {param!r} needs at least one value")
@@ -250,6 +315,7 @@ def sweep(experiment: Callable[..., RunResult], param: str, values: Any, *, show
     bar = None
     if show_progress:
         from tqdm.auto import tqdm
+
         bar = tqdm(values, desc=f"sweep {param}", leave=False)
     for v in values:
         res = experiment(**{param: v}, **fixed)

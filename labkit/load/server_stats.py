@@ -6,6 +6,7 @@
 
 Or by hand: ``before = w.snapshot(); ...; w.delta(before, w.snapshot())``.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -15,18 +16,50 @@ from labkit.errors import BadParameter
 __all__ = ["MemcachedStats", "PostgresStats", "memcached_stats", "postgres_stats"]
 
 # memcached counters that only grow: report the difference. Gauges: report the value after.
-_MC_COUNTERS = ("cmd_get", "cmd_set", "cmd_touch", "get_hits", "get_misses", "get_expired", "get_flushed",
-                "delete_hits", "delete_misses", "cas_hits", "cas_misses", "cas_badval", "evictions",
-                "reclaimed", "expired_unfetched", "evicted_unfetched", "bytes_read", "bytes_written",
-                "total_connections", "rejected_connections", "total_items", "conn_yields")
+_MC_COUNTERS = (
+    "cmd_get",
+    "cmd_set",
+    "cmd_touch",
+    "get_hits",
+    "get_misses",
+    "get_expired",
+    "get_flushed",
+    "delete_hits",
+    "delete_misses",
+    "cas_hits",
+    "cas_misses",
+    "cas_badval",
+    "evictions",
+    "reclaimed",
+    "expired_unfetched",
+    "evicted_unfetched",
+    "bytes_read",
+    "bytes_written",
+    "total_connections",
+    "rejected_connections",
+    "total_items",
+    "conn_yields",
+)
 _MC_GAUGES = ("curr_items", "curr_connections", "bytes", "limit_maxbytes", "threads")
 
-_PG_DB_COLUMNS = ("xact_commit", "xact_rollback", "blks_read", "blks_hit", "tup_returned", "tup_fetched",
-                  "tup_inserted", "tup_updated", "tup_deleted", "conflicts", "deadlocks", "temp_bytes")
+_PG_DB_COLUMNS = (
+    "xact_commit",
+    "xact_rollback",
+    "blks_read",
+    "blks_hit",
+    "tup_returned",
+    "tup_fetched",
+    "tup_inserted",
+    "tup_updated",
+    "tup_deleted",
+    "conflicts",
+    "deadlocks",
+    "temp_bytes",
+)
 
 
 def _target(target: Any, kind: str) -> Any:
-    if hasattr(target, "endpoint") and callable(getattr(target, "endpoint")):
+    if hasattr(target, "endpoint") and callable(target.endpoint):
         return target.endpoint(kind)
     return target
 
@@ -34,6 +67,7 @@ def _target(target: Any, kind: str) -> Any:
 def memcached_stats(target: Any) -> dict[str, float]:
     """memcached's ``stats`` as numbers (non-numeric values such as version are dropped)."""
     from labkit.memcache_meta import MetaClient
+
     with MetaClient(_target(target, "memcached"), timeout=3.0) as mc:
         raw = mc.stats()
     out: dict[str, float] = {}
@@ -70,6 +104,7 @@ def postgres_stats(target: Any, *, statements: int = 10) -> dict[str, Any]:
     """pg_stat_database for the connected database, plus the top statements by calls from
     pg_stat_statements when the extension is available (it needs shared_preload_libraries)."""
     import psycopg
+
     ep = _target(target, "postgres")
     dsn = ep if isinstance(ep, str) else getattr(ep, "dsn", None)
     if not dsn:
@@ -78,8 +113,9 @@ def postgres_stats(target: Any, *, statements: int = 10) -> dict[str, Any]:
     with psycopg.connect(dsn, autocommit=True, connect_timeout=3) as conn:
         # stats are collected per transaction and flushed lazily; ask for a fresh snapshot
         conn.execute("SELECT pg_stat_clear_snapshot()")
-        row = conn.execute(f"SELECT {', '.join(_PG_DB_COLUMNS)} FROM pg_stat_database "
-                           "WHERE datname = current_database()").fetchone()
+        row = conn.execute(
+            f"SELECT {', '.join(_PG_DB_COLUMNS)} FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
         out.update({c: int(v or 0) for c, v in zip(_PG_DB_COLUMNS, row or ())})
         out["statements"] = None
         try:
@@ -89,9 +125,12 @@ def postgres_stats(target: Any, *, statements: int = 10) -> dict[str, Any]:
             rows = conn.execute(
                 "SELECT queryid, query, calls, total_exec_time, rows FROM pg_stat_statements "
                 "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-                "ORDER BY calls DESC LIMIT %s", (statements * 5,)).fetchall()
-            out["statements"] = {r[0]: {"query": r[1], "calls": int(r[2]), "total_ms": float(r[3]),
-                                        "rows": int(r[4])} for r in rows}
+                "ORDER BY calls DESC LIMIT %s",
+                (statements * 5,),
+            ).fetchall()
+            out["statements"] = {
+                r[0]: {"query": r[1], "calls": int(r[2]), "total_ms": float(r[3]), "rows": int(r[4])} for r in rows
+            }
         except psycopg.Error:
             out["statements"] = None  # not preloaded or not installed: database-level stats only
     return out
@@ -121,8 +160,9 @@ class PostgresStats:
                 calls = s["calls"] - p["calls"]
                 if calls > 0:
                     ms = s["total_ms"] - p["total_ms"]
-                    top.append({"query": s["query"], "calls": calls, "mean_ms": ms / calls,
-                                "rows": s["rows"] - p["rows"]})
+                    top.append(
+                        {"query": s["query"], "calls": calls, "mean_ms": ms / calls, "rows": s["rows"] - p["rows"]}
+                    )
             top.sort(key=lambda x: -x["calls"])
             d["statements"] = top[: self.statements]
         return d

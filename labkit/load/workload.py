@@ -7,12 +7,14 @@ the exact sequence of keys and operations.
     wl = Workload(keys=Zipf(n=10_000, s=0.99), mix={"get": 0.9, "set": 0.1},
                   clients=8, duration=5, seed=1)
 """
+
 from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -97,8 +99,7 @@ class Zipf(KeyDistribution):
         except (TypeError, ValueError):
             raise BadParameter(f"Zipf s={self.s!r}: the exponent must be a number >= 0") from None
         if not s >= 0 or math.isinf(s):
-            raise BadParameter(f"Zipf s={self.s!r}: the exponent must be >= 0 (0 = uniform, "
-                               "0.99 = typical web skew)")
+            raise BadParameter(f"Zipf s={self.s!r}: the exponent must be >= 0 (0 = uniform, 0.99 = typical web skew)")
 
     def pmf(self) -> np.ndarray:
         w = np.arange(1, self.n + 1, dtype=np.float64) ** -float(self.s)
@@ -118,8 +119,9 @@ class HotSpot(KeyDistribution):
         _fraction("hot_keys", self.hot_keys)
         _fraction("hot_ops", self.hot_ops, open_low=False)
         if self.n_hot == self.n and self.hot_ops < 1:
-            raise BadParameter(f"HotSpot: hot_keys={self.hot_keys} makes every key hot, so hot_ops "
-                               "must be 1; lower hot_keys")
+            raise BadParameter(
+                f"HotSpot: hot_keys={self.hot_keys} makes every key hot, so hot_ops must be 1; lower hot_keys"
+            )
 
     @property
     def n_hot(self) -> int:
@@ -143,8 +145,9 @@ class Trace(KeyDistribution):
     def __init__(self, keys: Sequence[Any]) -> None:
         if len(keys) == 0:
             raise BadParameter("Trace(keys): the trace is empty; pass at least one key")
-        uniq, inverse, counts = np.unique(np.asarray(keys, dtype=object).astype(str),
-                                          return_inverse=True, return_counts=True)
+        uniq, inverse, counts = np.unique(
+            np.asarray(keys, dtype=object).astype(str), return_inverse=True, return_counts=True
+        )
         order = np.argsort(-counts, kind="stable")
         rank_of = np.empty_like(order)
         rank_of[order] = np.arange(len(order))
@@ -179,7 +182,7 @@ class OpMix:
             raise BadParameter("op mix shares sum to 0: give at least one positive share")
 
     @classmethod
-    def read_write(cls, read_ratio: float, read: str = "read", write: str = "write") -> "OpMix":
+    def read_write(cls, read_ratio: float, read: str = "read", write: str = "write") -> OpMix:
         """OpMix from a read ratio, e.g. read_write(0.95) -> 95% reads, 5% writes."""
         r = _fraction("read_ratio", read_ratio, open_low=False)
         return cls({read: r, write: 1 - r})
@@ -238,17 +241,17 @@ class Workload:
             self.mix = OpMix(dict(self.mix))
         self.validate()
 
-    def validate(self) -> "Workload":
+    def validate(self) -> Workload:
         """Raise BadParameter naming the fix for any out-of-range setting."""
         if not isinstance(self.keys, KeyDistribution):
             raise BadParameter(f"keys={self.keys!r}: use Uniform(n), Zipf(n, s), HotSpot(n, ...) or Trace(keys)")
         if isinstance(self.clients, bool) or not isinstance(self.clients, (int, np.integer)) or self.clients < 1:
-            raise BadParameter(f"clients={self.clients!r}: the number of concurrent clients must be an "
-                               "integer >= 1")
+            raise BadParameter(f"clients={self.clients!r}: the number of concurrent clients must be an integer >= 1")
         if self.rate is not None:
             if not isinstance(self.rate, (int, float)) or not self.rate > 0 or math.isinf(self.rate):
-                raise BadParameter(f"rate={self.rate!r}: an open-loop target rate must be > 0 ops/s "
-                                   "(or rate=None for a closed loop)")
+                raise BadParameter(
+                    f"rate={self.rate!r}: an open-loop target rate must be > 0 ops/s (or rate=None for a closed loop)"
+                )
         if self.duration is None and self.ops is None:
             raise BadParameter("give duration= (seconds) or ops= (operation count) so the run ends")
         if self.duration is not None and (not isinstance(self.duration, (int, float)) or not self.duration > 0):
@@ -256,17 +259,25 @@ class Workload:
         if self.ops is not None:
             _positive_int("ops", self.ops)
         sizes = self.value_size if isinstance(self.value_size, tuple) else (self.value_size, self.value_size)
-        if (len(sizes) != 2 or not all(isinstance(v, int) for v in sizes) or sizes[0] < 0
-                or sizes[1] < sizes[0] or sizes[1] > len(_VALUE_BYTES)):
-            raise BadParameter(f"value_size={self.value_size!r}: use bytes as an int or a (min, max) "
-                               f"range with 0 <= min <= max <= {len(_VALUE_BYTES)}")
+        if (
+            len(sizes) != 2
+            or not all(isinstance(v, int) for v in sizes)
+            or sizes[0] < 0
+            or sizes[1] < sizes[0]
+            or sizes[1] > len(_VALUE_BYTES)
+        ):
+            raise BadParameter(
+                f"value_size={self.value_size!r}: use bytes as an int or a (min, max) "
+                f"range with 0 <= min <= max <= {len(_VALUE_BYTES)}"
+            )
         try:
             distinct = self.key_format.format(0) != self.key_format.format(1)
         except (IndexError, KeyError, ValueError, AttributeError):
             distinct = False
         if not distinct:
-            raise BadParameter(f"key_format={self.key_format!r}: must contain one '{{}}' for the key rank, "
-                               "e.g. 'user:{}'")
+            raise BadParameter(
+                f"key_format={self.key_format!r}: must contain one '{{}}' for the key rank, e.g. 'user:{{}}'"
+            )
         _positive_int("max_in_flight", self.max_in_flight)
         return self
 
@@ -283,12 +294,19 @@ class Workload:
         if isinstance(keys, HotSpot):
             d.update(hot_keys=keys.hot_keys, hot_ops=keys.hot_ops)
         assert isinstance(self.mix, OpMix)
-        d.update(mix=dict(self.mix.shares), clients=self.clients, rate=self.rate,
-                 loop="closed" if self.closed_loop else "open", duration=self.duration, ops=self.ops,
-                 value_size=self.value_size, seed=self.seed)
+        d.update(
+            mix=dict(self.mix.shares),
+            clients=self.clients,
+            rate=self.rate,
+            loop="closed" if self.closed_loop else "open",
+            duration=self.duration,
+            ops=self.ops,
+            value_size=self.value_size,
+            seed=self.seed,
+        )
         return d
 
-    def split(self, parts: int) -> list["Workload"]:
+    def split(self, parts: int) -> list[Workload]:
         """Divide clients, rate and op count among worker processes (each gets its own seed)."""
         parts = _positive_int("processes", parts)
         if parts > self.clients:
@@ -345,7 +363,7 @@ class Workload:
                 if kind in writes:
                     size = int(sizes[i]) if sizes is not None else lo
                     start = (seq * 31) % 95  # vary the bytes a little, cheaply
-                    value = _VALUE_BYTES[start:start + size]
+                    value = _VALUE_BYTES[start : start + size]
                 if keycache is not None:
                     key = keycache[r]
                     if key is None:
