@@ -39,6 +39,7 @@ from typing import Any
 from labkit.errors import BadParameter, ServiceFailed
 
 _POLL_S = 0.05
+_STATS_EVERY_S = 0.2  # the stats file is rewritten at least this often, so a reader can wait for a fresh one
 _CHUNK = 64 * 1024
 
 
@@ -161,7 +162,8 @@ def _reset(writer: asyncio.StreamWriter) -> None:
 
 
 def _write_stats(path: Path, routes: dict[tuple[str, int], _Route]) -> None:
-    data = {f"{h}:{p}": r.stats() for (h, p), r in routes.items()}
+    data: dict[str, Any] = {f"{h}:{p}": r.stats() for (h, p), r in routes.items()}
+    data["_at"] = time.time()  # readers wait for a snapshot taken after they asked
     tmp = path.with_suffix(".stats.tmp")
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)
@@ -181,7 +183,8 @@ def _owner_alive(owner: tuple[int, float] | None) -> bool:
 async def _serve(config: Path, owner: tuple[int, float] | None = None) -> None:
     routes: dict[tuple[str, int], _Route] = {}
     mtime = -1.0
-    last_stats: dict[str, Any] | None = None
+    last_stats: dict[Any, Any] | None = None
+    last_write = 0.0
     stats_path = config.with_suffix(".stats")
     while True:
         if not _owner_alive(owner):
@@ -212,9 +215,9 @@ async def _serve(config: Path, owner: tuple[int, float] | None = None) -> None:
                     _write_stats(stats_path, routes)
                     ready.write_text(str(os.getpid()))
         now_stats = {k: r.stats() for k, r in routes.items()}
-        if now_stats != last_stats:
+        if now_stats != last_stats or time.time() - last_write > _STATS_EVERY_S:
             _write_stats(stats_path, routes)
-            last_stats = now_stats
+            last_stats, last_write = now_stats, time.time()
         await asyncio.sleep(_POLL_S)
 
 
@@ -327,7 +330,7 @@ def wait_applied(config: Path, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            st = read_stats(config)
+            st = read_stats(config, fresh=False)
         except ServiceFailed:
             st = {}
         if all(bool(st.get(f"{h}:{p}", {}).get("blocked")) == b for h, p, b in target):
@@ -336,18 +339,27 @@ def wait_applied(config: Path, timeout: float = 5.0) -> None:
     raise ServiceFailed(f"the latency proxy did not apply {config} within {timeout:.0f} s: is it running?")
 
 
-def read_stats(config: Path) -> dict[str, dict[str, int]]:
-    """Per-route counters the proxy process wrote (``"host:port" -> {"up", "down", ...}``), about 50 ms fresh."""
+def read_stats(config: Path, fresh: bool = True, timeout: float = 10.0) -> dict[str, dict[str, int]]:
+    """Per-route counters the proxy process wrote (``"host:port" -> {"up", "down", ...}``).
+
+    With ``fresh`` it waits for a snapshot taken after this call, so every byte forwarded before the call is in
+    it, even when a loaded machine delays the proxy process."""
     path = config.with_suffix(".stats")
-    time.sleep(2 * _POLL_S)  # let the process publish what it forwarded until now
-    for _ in range(20):
+    asked = time.time()
+    deadline = time.monotonic() + timeout
+    while True:
         try:
-            return json.loads(path.read_text())
+            data = json.loads(path.read_text())
         except FileNotFoundError:
             raise ServiceFailed(f"no proxy statistics at {path}: the latency proxy is not running") from None
         except ValueError:
-            time.sleep(0.01)  # replaced under us: read again
-    raise ServiceFailed(f"unreadable proxy statistics at {path}")
+            data = None  # replaced under us: read again
+        if data is not None and (not fresh or data.get("_at", 0) > asked):
+            data.pop("_at", None)
+            return data
+        if time.monotonic() > deadline:
+            raise ServiceFailed(f"the latency proxy wrote no statistics for {timeout:.0f} s ({path}): is it running?")
+        time.sleep(_POLL_S / 2)
 
 
 def start_proxy_process(config: Path, routes: list[dict[str, Any]], timeout: float = 15.0,
