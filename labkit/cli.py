@@ -5,7 +5,8 @@
               [--postgres-servers 3] [--memory-mb 64]
     labkit status [--json]               running services and their endpoints
     labkit logs SERVICE [-n 50]
-    labkit down [--keep-data]            stop everything labkit started (also orphans of killed kernels)
+    labkit down [--keep-data] [--purge]  stop everything labkit started (also orphans of killed kernels);
+                                         --purge also removes your namespace from external (class) servers
     labkit fetch cassandra               download Cassandra's jars from Maven Central ahead of time
     labkit course [NOTEBOOK...]          run the course headless: execute, render HTML, summarise checkpoints
 """
@@ -80,34 +81,65 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    from labkit.services import check_kind
-    from labkit.services.stack import Stack
+MAX_POSTGRES_SERVERS = 8
+
+
+def plan_up(args: argparse.Namespace) -> tuple[str, list[tuple[str, str, dict[str, Any]]]]:
+    """Check every argument of `labkit up` and return (provider, [(kind, name, options)]) before anything starts."""
+    import math
+
+    from labkit.errors import BadParameter
+    from labkit.services import check_kind, choose_provider
+    from labkit.services.base import check_int
+    from labkit.services.stack import build
 
     kinds = [check_kind(k) for k in (args.services or ["postgres", "memcached"])]
-    if args.provider == "docker":
-        os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # the CLI exits; containers must stay
-    st = Stack.open_shared(args.provider)
+    if len(set(kinds)) != len(kinds):
+        raise BadParameter(f"`labkit up {' '.join(args.services)}` names a service twice: name each once "
+                           "(more Postgres servers: --postgres-servers N)")
+    provider = choose_provider(args.provider)
+    servers = check_int("--postgres-servers", args.postgres_servers, 1, MAX_POSTGRES_SERVERS)
+    given = (("--nodes", args.nodes, "cassandra"), ("--inter-dc-delay-ms", args.inter_dc_delay_ms or None, "cassandra"),
+             ("--memory-mb", args.memory_mb, "memcached"), ("--postgres-servers", None if servers == 1 else 1, "postgres"))
+    for flag, value, kind in given:
+        if value is not None and kind not in kinds:
+            raise BadParameter(f"{flag} applies to {kind}, which is not among the services to start: "
+                               f"`labkit up {kind} {flag} ...`")
+    if not math.isfinite(args.inter_dc_delay_ms) or not 0 <= args.inter_dc_delay_ms <= 10_000:
+        raise BadParameter(f"--inter-dc-delay-ms {args.inter_dc_delay_ms}: use 0 to 10000 ms (e.g. 40)")
+    plan = []
     for kind in kinds:
         opts: dict[str, Any] = {}
-        if kind == "cassandra" and args.nodes:
+        if kind == "cassandra" and args.nodes is not None:
             opts["nodes"] = args.nodes
         if kind == "cassandra" and args.inter_dc_delay_ms:
             opts["inter_dc_delay_ms"] = args.inter_dc_delay_ms
-        if kind == "memcached" and args.memory_mb:
+        if kind == "memcached" and args.memory_mb is not None:
             opts["memory_mb"] = args.memory_mb
-        count = args.postgres_servers if kind == "postgres" else 1
-        for i in range(count):
+        for i in range(servers if kind == "postgres" else 1):
             name = kind if i == 0 else f"{kind}-{i + 1}"
-            if name in st.services:
-                if st.services[name].health().ok:
-                    print(f"{name}: already running at {st.services[name].endpoint.host}:"
-                          f"{st.services[name].endpoint.port}")
-                    continue
-                st.remove(name)
-            print(f"{name}: starting ({st.provider}) ...", flush=True)
-            svc = st.add(kind, name, **opts)
-            print(f"{name}: up at {svc.endpoint.host}:{svc.endpoint.port} ({kind} {svc.version()})")
+            build(kind, name, provider, opts)  # constructing checks every option; nothing runs yet
+            plan.append((kind, name, opts))
+    return provider, plan
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from labkit.services.stack import Stack
+
+    provider, plan = plan_up(args)
+    if provider == "docker":
+        os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # the CLI exits; containers must stay
+    st = Stack.open_shared(provider)
+    for kind, name, opts in plan:
+        if name in st.services:
+            if st.services[name].health().ok:
+                print(f"{name}: already running at {st.services[name].endpoint.host}:"
+                      f"{st.services[name].endpoint.port}")
+                continue
+            st.remove(name)
+        print(f"{name}: starting ({st.provider}) ...", flush=True)
+        svc = st.add(kind, name, **opts)
+        print(f"{name}: up at {svc.endpoint.host}:{svc.endpoint.port} ({kind} {svc.version()})")
     print("Notebooks attach to this stack; `labkit status` shows it, `labkit down` stops it.")
     return 0
 
@@ -116,6 +148,8 @@ def cmd_down(args: argparse.Namespace) -> int:
     from labkit.services import stack as stacks
 
     report = stacks.down(remove_data=not args.keep_data)
+    if args.purge:
+        _purge()
     if not report["stacks"] and not report["pids"] and not report["corrupt"] and not report["strays"]:
         print("Nothing to stop: no labkit stack is running (`labkit status` shows none).")
         return 0
@@ -126,6 +160,19 @@ def cmd_down(args: argparse.Namespace) -> int:
     if report["pids"] or report["strays"]:
         print(f"stopped processes: {' '.join(map(str, sorted(set(report['pids'] + report['strays']))))}")
     return 0
+
+
+def _purge() -> None:
+    from labkit.services import external
+
+    ns = external.namespace() if os.environ.get("LABKIT_NAMESPACE") else external.user_prefix() + "*"
+    removed = external.purge()
+    if not any(removed.values()):
+        print(f"purge: nothing of namespace {ns} on the external servers")
+        return
+    print(f"purge: removed namespace {ns} from the external servers: {len(removed['schemas'])} Postgres schema(s) "
+          f"{' '.join(removed['schemas'])}, {len(removed['keys'])} memcached key(s), "
+          f"{len(removed['keyspaces'])} Cassandra keyspace(s) {' '.join(removed['keyspaces'])}".rstrip())
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -189,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_up)
     s = sub.add_parser("down", help="stop every server labkit started")
     s.add_argument("--keep-data", action="store_true", help="keep the data directories")
+    s.add_argument("--purge", action="store_true",
+                   help="also drop your own namespace (schema, memcached keys, keyspaces) on external servers")
     s.set_defaults(func=cmd_down)
     s = sub.add_parser("status", help="running services and endpoints")
     s.add_argument("--json", action="store_true", help="machine-readable output")
@@ -210,9 +259,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "postgres_servers", 1) < 1:
-        print("labkit: --postgres-servers must be 1 or more", file=sys.stderr)
-        return 2
     try:
         return int(args.func(args) or 0)
     except LabkitError as e:

@@ -30,7 +30,8 @@ from labkit.errors import BadParameter, LabkitError
 
 __all__ = [
     "MetaResult", "MetaError", "MetaClient", "AsyncMetaClient", "ResponseReader",
-    "validate_key", "encode_get", "encode_set", "encode_delete", "encode_noop",
+    "validate_key", "encode_get", "encode_set", "encode_delete", "encode_noop", "register_prefix",
+    "key_prefix_for",
 ]
 
 MAX_KEY_LENGTH = 250
@@ -308,25 +309,72 @@ def _address(address: tuple[str, int] | str | Any) -> tuple[str, int]:
     return str(host), int(port)
 
 
+# Key prefixes of shared (external) memcached servers, by address. The external provider registers the
+# learner's namespace here when it resolves a memcached, so every client of that address -- a lesson's
+# MetaClient built from a bare (host, port), a load driver, a forked worker -- keys under the namespace.
+_PREFIXES: dict[tuple[str, int], bytes] = {}
+
+
+def register_prefix(address: tuple[str, int] | str | Any, prefix: str | bytes | None) -> None:
+    """Make every client of ``address`` put ``prefix`` in front of its keys (None: no prefix)."""
+    addr = _address(address)
+    if prefix:
+        raw = prefix.encode() if isinstance(prefix, str) else bytes(prefix)
+        validate_key(raw)  # a prefix must itself be a valid key fragment
+        _PREFIXES[addr] = raw
+    else:
+        _PREFIXES.pop(addr, None)
+
+
+def key_prefix_for(address: tuple[str, int] | str | Any) -> bytes:
+    """The key prefix clients of ``address`` use: an Endpoint's own ``key_prefix``, else the registered one."""
+    extra = getattr(address, "extra", None)
+    if isinstance(extra, dict) and extra.get("key_prefix"):
+        return str(extra["key_prefix"]).encode()
+    return _PREFIXES.get(_address(address), b"")
+
+
 class _Commands:
     """The request-building half shared by the sync and async clients."""
 
-    @staticmethod
-    def _get(key: str | bytes, kw: dict[str, Any]) -> tuple[bytes, bool]:
+    key_prefix: bytes = b""
+
+    def _init_prefix(self, address: Any, key_prefix: str | bytes | None) -> None:
+        if key_prefix is None:
+            self.key_prefix = key_prefix_for(address)
+        else:
+            self.key_prefix = key_prefix.encode() if isinstance(key_prefix, str) else bytes(key_prefix)
+
+    def _k(self, key: str | bytes) -> str | bytes:
+        """The key as stored: the namespace prefix (shared servers) in front of the caller's key."""
+        if not self.key_prefix:
+            return key
+        return self.key_prefix + (key.encode() if isinstance(key, str) else bytes(key))
+
+    def _get(self, key: str | bytes, kw: dict[str, Any]) -> tuple[bytes, bool]:
         # CAS and TTL come back by default: cheap, and what cache-aside/lease code needs
         if "cas" not in kw:
             kw["cas"] = True
         if "ttl" not in kw:
             kw["ttl"] = True
-        return encode_get(key, **kw), bool(kw.get("quiet"))
+        return encode_get(self._k(key), **kw), bool(kw.get("quiet"))
+
+    def _refuse_flush(self) -> None:
+        if self.key_prefix:
+            raise BadParameter(
+                f"flush_all would empty a memcached other learners share (this client keys under "
+                f"{self.key_prefix.decode(errors='replace')!r}): delete your own keys instead, or run the "
+                "experiment on a private memcached: st.add('memcached', name='private', provider='local')")
 
 
 class MetaClient(_Commands):
     """Blocking meta-protocol client over one TCP connection (thread-safe via a lock)."""
 
-    def __init__(self, address: tuple[str, int] | str | Any, *, timeout: float = 5.0) -> None:
+    def __init__(self, address: tuple[str, int] | str | Any, *, timeout: float = 5.0,
+                 key_prefix: str | bytes | None = None) -> None:
         self.address = _address(address)
         self.timeout = timeout
+        self._init_prefix(address, key_prefix)
         self._sock: socket.socket | None = None
         self._reader = ResponseReader()
         self._lock = threading.Lock()
@@ -393,12 +441,12 @@ class MetaClient(_Commands):
 
     def set(self, key: str | bytes, value: bytes | str, **kw: Any) -> MetaResult:
         """``ms``: kw ttl, cas, invalidate, mode, client_flags, return_cas, quiet, binary."""
-        res = self._call(encode_set(key, value, **kw), bool(kw.get("quiet")))
+        res = self._call(encode_set(self._k(key), value, **kw), bool(kw.get("quiet")))
         return res if res is not None else MetaResult(status="HD")
 
     def delete(self, key: str | bytes, **kw: Any) -> MetaResult:
         """``md``: kw invalidate (mark stale), ttl (with invalidate), cas, quiet, binary."""
-        res = self._call(encode_delete(key, **kw), bool(kw.get("quiet")))
+        res = self._call(encode_delete(self._k(key), **kw), bool(kw.get("quiet")))
         return res if res is not None else MetaResult(status="HD")
 
     def noop(self) -> MetaResult:
@@ -412,6 +460,8 @@ class MetaClient(_Commands):
         return self._call(b"version\r\n")[1]
 
     def flush_all(self) -> None:
+        """Invalidate every item on the server; refused on a shared server (a client with a key prefix)."""
+        self._refuse_flush()
         with self._lock:
             self.connect()
             assert self._sock is not None
@@ -449,9 +499,11 @@ class AsyncMetaClient(_Commands):
     on the connection (written together once per loop iteration) and answers matched in order
     (memcached replies in request order)."""
 
-    def __init__(self, address: tuple[str, int] | str | Any, *, timeout: float = 5.0) -> None:
+    def __init__(self, address: tuple[str, int] | str | Any, *, timeout: float = 5.0,
+                 key_prefix: str | bytes | None = None) -> None:
         self.address = _address(address)
         self.timeout = timeout
+        self._init_prefix(address, key_prefix)
         self._transport: asyncio.Transport | None = None
         self._parser = ResponseReader()
         self._pending: Deque[list[Any]] = collections.deque()  # [future, quiet, sent_at]
@@ -593,12 +645,12 @@ class AsyncMetaClient(_Commands):
 
     async def set(self, key: str | bytes, value: bytes | str, **kw: Any) -> MetaResult:
         """``ms``: kw ttl, cas, invalidate, mode, client_flags, return_cas, quiet, binary."""
-        res = await self._call(encode_set(key, value, **kw), bool(kw.get("quiet")))
+        res = await self._call(encode_set(self._k(key), value, **kw), bool(kw.get("quiet")))
         return res if res is not None else MetaResult(status="HD")
 
     async def delete(self, key: str | bytes, **kw: Any) -> MetaResult:
         """``md``: kw invalidate (mark stale), ttl (with invalidate), cas, quiet, binary."""
-        res = await self._call(encode_delete(key, **kw), bool(kw.get("quiet")))
+        res = await self._call(encode_delete(self._k(key), **kw), bool(kw.get("quiet")))
         return res if res is not None else MetaResult(status="HD")
 
     async def noop(self) -> MetaResult:

@@ -12,6 +12,7 @@ from pymemcache.client.base import Client
 
 import labkit
 from labkit.errors import BadParameter, NotRunning, ProviderUnavailable
+from labkit.memcache_meta import MetaClient
 from labkit.services import choose_provider, docker_available
 from labkit.services.external import ExternalService
 
@@ -68,6 +69,9 @@ def test_external_provider_uses_given_servers_and_never_stops_them(stack, monkey
     pg, mc = stack.endpoint("postgres"), stack.endpoint("memcached")
     monkeypatch.setenv("LABKIT_POSTGRES_DSN", pg.dsn)
     monkeypatch.setenv("LABKIT_MEMCACHED", f"{mc.host}:{mc.port}")
+    monkeypatch.delenv("LABKIT_NAMESPACE", raising=False)
+    monkeypatch.setenv("JUPYTERHUB_USER", "Tester")
+    monkeypatch.setenv("JPY_SESSION_NAME", "/home/tester/providers.ipynb")
     with labkit.stack("postgres", "memcached", provider="external", attach=False) as ext:
         e = ext.endpoint("postgres")
         assert (e.host, e.port, e.provider) == (pg.host, pg.port, "external")
@@ -75,8 +79,17 @@ def test_external_provider_uses_given_servers_and_never_stops_them(stack, monkey
         assert ext.service("memcached").health().ok
         with pytest.raises(NotRunning, match="not labkit's to kill"):
             ext.service("postgres").kill()
-        with psycopg.connect(e.dsn) as conn:  # labkit created only its own schema
-            assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'labkit'").fetchone() == (1,)
+        ns = e.extra["schema"]
+        assert ns == "lk_tester__providers"
+        with psycopg.connect(e.dsn) as conn:  # labkit created only the learner's schema, and works inside it
+            assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s", (ns,)).fetchone() == (1,)
+            assert conn.execute("SELECT current_schemas(false)").fetchone() == ([ns],)
+        with MetaClient(ext.endpoint("memcached").address) as m:  # a bare address: the prefix still applies
+            m.set("k", b"v")
+            with pytest.raises(BadParameter, match="flush_all would empty a memcached other learners share"):
+                m.flush_all()
+        assert Client(mc.address).get(f"{ns}:k") == b"v" and Client(mc.address).get("k") is None
+    assert MetaClient(mc.address).key_prefix == b""  # closed: this process's clients of it are plain again
     assert stack.service("postgres").health().ok and stack.service("memcached").health().ok
 
 

@@ -15,7 +15,8 @@ import psycopg
 import pytest
 
 import labkit
-from labkit.errors import StateError
+from labkit import paths
+from labkit.errors import BadParameter, StateError
 from labkit.services import stack as stacks
 
 
@@ -41,6 +42,14 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def alive(pids: list[int]) -> list[int]:
     return [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+def wait_gone(pids: list[int], timeout: float) -> list[int]:
+    """The PIDs still alive once they all exited or `timeout` seconds passed (a deadline, not a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return alive(pids)
 
 
 @pytest.fixture
@@ -74,8 +83,7 @@ def test_up_status_attach_down(clean_shared):
 
     out = cli("down").stdout
     assert "stopped" in out
-    time.sleep(0.2)
-    assert alive(pids) == []
+    assert wait_gone(pids, 10) == []
     # running `down` twice is harmless and says so
     assert "Nothing to stop" in cli("down").stdout
     assert json.loads(cli("status", "--json").stdout)["services"] == []
@@ -100,10 +108,7 @@ def test_killed_kernel_leaves_no_orphans():
     assert len(alive(pids)) == 2
     owner.send_signal(signal.SIGKILL)
     owner.wait()
-    deadline = time.monotonic() + 30
-    while alive(pids) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert alive(pids) == [], "the watchdog did not reap the servers of a killed owner"
+    assert wait_gone(pids, 30) == [], "the watchdog did not reap the servers of a killed owner"
 
 
 def test_orphans_are_reaped_even_without_the_watchdog():
@@ -142,7 +147,7 @@ def test_stale_shared_record_is_ignored_and_replaced(clean_shared):
     rec = stacks.read_record(stacks.record_path(stacks.SHARED_ID))
     pid = rec["services"]["memcached"]["pids"][0]["pid"]
     os.kill(pid, signal.SIGKILL)  # the machine "rebooted": the record outlives its servers
-    time.sleep(0.3)
+    assert wait_gone([pid], 10) == []
     status = json.loads(cli("status", "--json").stdout)["services"]
     assert status[0]["healthy"] is False
     with labkit.stack("memcached") as st:
@@ -159,7 +164,43 @@ def test_cli_errors_are_clear():
     res = cli("logs", "nosuch", check=False)
     assert res.returncode == 2 and "no running service named 'nosuch'" in res.stderr
     res = cli("up", "postgres", "--postgres-servers", "0", check=False)
-    assert res.returncode == 2 and "--postgres-servers" in res.stderr
+    assert res.returncode == 2 and "--postgres-servers=0: use 1 to 8" in res.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["memcached", "--memory-mb", "0"], "memory_mb=0: use 2 to"),
+    (["memcached", "--memory-mb", "-5"], "memory_mb=-5: use 2 to"),
+    (["memcached", "--memory-mb", "99999999"], "memory_mb=99999999: use 2 to"),
+    (["postgres", "cassandra", "--nodes", "us:0"], "us:0"),
+    (["postgres", "cassandra", "--nodes", "us:2,,eu"], "us:2,,eu"),
+    (["postgres", "memcached", "--nodes", "us:2"], "--nodes applies to cassandra"),
+    (["cassandra", "--inter-dc-delay-ms", "-1"], "--inter-dc-delay-ms -1.0: use 0 to 10000"),
+    (["cassandra", "--inter-dc-delay-ms", "nan"], "--inter-dc-delay-ms nan"),
+    (["postgres", "postgres"], "names a service twice"),
+])
+def test_up_checks_every_argument_before_starting_anything(args, message, capsys):
+    """Bad values are refused by name with the valid range, before `up` prints "starting" or runs a server."""
+    from labkit.cli import main
+
+    before = {p.pid for p in stacks.strays([str(paths.instances_dir())])}
+    assert main(["up", *args]) == 2
+    out, err = capsys.readouterr()
+    assert message in err and "Traceback" not in err, err
+    assert "starting" not in out
+    assert stacks.all_records() == []
+    assert {p.pid for p in stacks.strays([str(paths.instances_dir())])} == before
+
+
+def test_unknown_service_options_are_refused_by_name():
+    with pytest.raises(BadParameter, match=r"memcached has no option 'memroy_mb': valid options are "
+                                           r"extra_args, image, max_item_mb, memory_mb, port, threads"):
+        labkit.stack("memcached", attach=False, memcached={"memroy_mb": 8})
+    with labkit.stack("memcached", attach=False) as st:
+        with pytest.raises(BadParameter, match=r"postgres has no option 'memory_mb': valid options are .*max_connections"):
+            st.add("postgres", name="pg-x", memory_mb=8)
+        with pytest.raises(BadParameter, match=r"service name '\.\./escape'"):
+            st.add("memcached", name="../escape")
+        assert set(st.services) == {"memcached"}
 
 
 def test_doctor_reports_what_this_machine_can_run():

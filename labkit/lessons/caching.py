@@ -58,6 +58,7 @@ __all__ = [
     "plot_ttl",
     "post_key",
     "prepare",
+    "render_card",
     "race_table",
     "size_sweep",
     "sized_cache",
@@ -93,6 +94,17 @@ FROM posts p JOIN users u ON u.id = p.user_id WHERE p.id = %s
 """
 
 
+def render_card(conn: psycopg.Connection, post_id: int) -> bytes:
+    """Run the post-card query on ``conn`` and return the card as bytes, padded to CARD_BYTES."""
+    row = conn.execute(_RENDER_SQL, (int(post_id),)).fetchone()
+    if row is None:
+        raise BadParameter(f"post {post_id} does not exist: pick an id from the loaded dataset")
+    pid, caption, likes, version, author, likers = row
+    card = json.dumps({"id": pid, "author": author, "caption": caption, "likes": likes,
+                       "version": version, "likers": likers}).encode()
+    return card.ljust(CARD_BYTES)
+
+
 class PostStore:
     """Posts in Postgres, with a count of the queries that actually reached Postgres.
 
@@ -107,13 +119,7 @@ class PostStore:
     def render(self, post_id: int) -> bytes:
         """Run the post-card query and return the card as bytes, padded to CARD_BYTES."""
         self.queries += 1
-        row = self.conn.execute(_RENDER_SQL, (int(post_id),)).fetchone()
-        if row is None:
-            raise BadParameter(f"post {post_id} does not exist: pick an id from the loaded dataset")
-        pid, caption, likes, version, author, likers = row
-        card = json.dumps({"id": pid, "author": author, "caption": caption, "likes": likes,
-                           "version": version, "likers": likers}).encode()
-        return card.ljust(CARD_BYTES)
+        return render_card(self.conn, post_id)
 
     def like(self, post_id: int, user_id: int) -> int:
         """A user likes a post: one transaction; returns the post's new version."""
@@ -529,9 +535,12 @@ def defaults() -> dict[str, Any]:
 def sized_cache(st: Any, memory_mb: int) -> Iterator[tuple[str, int]]:
     """A memcached of ``memory_mb`` MB added to the stack for one experiment, removed afterwards."""
     name = f"cache-{memory_mb}mb"
+    # A cache of a chosen size, emptied by flush_all, can't be a server the class shares: on the external
+    # provider this experiment runs on a private memcached started here (it needs the memcached binary).
+    provider = "local" if getattr(st, "provider", None) == "external" else None
     # -I 1m: memcached refuses an item size limit above half its memory, and 1 MB pages keep
     # the capacity a smooth function of the memory size
-    svc = st.add("memcached", name=name, memory_mb=int(memory_mb), max_item_mb=1)
+    svc = st.add("memcached", name=name, memory_mb=int(memory_mb), max_item_mb=1, provider=provider)
     try:
         yield svc.endpoint.address
     finally:

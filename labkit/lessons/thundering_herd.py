@@ -1,7 +1,8 @@
 """Lesson 10 — the thundering herd: one hot key, many readers, repeated invalidations.
 
-A celebrity's post is read by N concurrent clients (threads, each with its own memcached and Postgres
-connection). A writer invalidates the key every ``interval`` seconds. Recomputing the card is made
+A celebrity's post is read by N concurrent clients (threads, each with its own memcached connection;
+like the web servers of an app they share a bounded pool of Postgres connections, so 200 readers
+never exceed what the server -- or a class server shared by many learners -- accepts). A writer invalidates the key every ``interval`` seconds. Recomputing the card is made
 explicitly expensive (``pg_sleep(cost)`` before the render query, the way a real card joins several
 tables and services), so a herd of recomputes is a real load on the real Postgres.
 
@@ -26,9 +27,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from psycopg_pool import ConnectionPool
 
 from labkit.errors import BadParameter, CheckpointFailed
-from labkit.lessons.caching import PostStore, decode_card, post_key
+from labkit.lessons.caching import PostStore, decode_card, post_key, render_card
 from labkit.memcache_meta import MetaClient
 
 if TYPE_CHECKING:
@@ -61,6 +63,7 @@ LEASE_TTL = 10       # s: how long a lease / a stale item lives if the winner ne
 LOCK_TTL = 10        # s: the lock key's TTL, so a crashed lock holder doesn't block forever
 BACKOFF = 0.005      # s: how long a loser waits before asking again
 MAX_WAIT = 10.0      # s: a read that waits longer is a bug (lost lease), not a slow read
+POOL_MAX = 32        # Postgres connections the readers share at most (the herd still sends every recompute)
 
 Strategy = Callable[[MetaClient, str, Callable[[], bytes]], "tuple[bytes, bool]"]
 
@@ -161,23 +164,31 @@ STRATEGIES: dict[str, tuple[Strategy, bool]] = {
 
 
 class Recompute:
-    """The expensive recompute of the hot card on one client's own Postgres connection.
+    """The expensive recompute of the hot card, on a connection from the readers' shared pool (or, given a
+    DSN, on a connection of its own).
 
     Each call is one trip to Postgres: ``pg_sleep(cost)`` (the explicit cost of a heavy render) then
     the post-card query. Calls are counted with their start times for the DB-load figures.
     """
 
-    def __init__(self, dsn: str, post_id: int, cost: float, log: list[float]) -> None:
-        self.store = PostStore(dsn)
+    def __init__(self, source: str | ConnectionPool, post_id: int, cost: float, log: list[float]) -> None:
+        self.pool = source if isinstance(source, ConnectionPool) else None
+        self.store = PostStore(source) if isinstance(source, str) else None
         self.post_id, self.cost, self.log = post_id, cost, log
 
     def __call__(self) -> bytes:
         self.log.append(time.perf_counter())  # list.append is atomic under the GIL
-        self.store.conn.execute("SELECT pg_sleep(%s)", (self.cost,))
-        return self.store.render(self.post_id)
+        if self.store is not None:
+            self.store.conn.execute("SELECT pg_sleep(%s)", (self.cost,))
+            return self.store.render(self.post_id)
+        assert self.pool is not None
+        with self.pool.connection(timeout=MAX_WAIT * 3) as conn:
+            conn.execute("SELECT pg_sleep(%s)", (self.cost,))
+            return render_card(conn, self.post_id)
 
     def close(self) -> None:
-        self.store.close()
+        if self.store is not None:
+            self.store.close()
 
 
 @dataclass
@@ -238,14 +249,15 @@ class HerdResult:
 
 def run_herd(mc_address: Any, dsn: str, post_id: int, strategy: str | Strategy, *, readers: int = 50,
              invalidations: int = 6, interval: float = 0.6, cost: float = 0.2, think: float = 0.05,
-             mark_stale: bool | None = None, name: str | None = None) -> HerdResult:
+             mark_stale: bool | None = None, name: str | None = None, pool_size: int | None = None) -> HerdResult:
     """Run ``readers`` concurrent clients on the hot post while it is invalidated ``invalidations`` times.
 
     ``strategy`` is a name from STRATEGIES or a strategy function. ``think`` is each reader's pause
     between reads (a client issues a read every ~think seconds). The writer bumps the post's version
     in Postgres, then invalidates the key (delete, or ``md I`` when ``mark_stale``).
     A read is stale when the version it returned is older than the last version that had been
-    committed and invalidated when the read began.
+    committed and invalidated when the read began. The readers' recomputes share a pool of at most
+    ``pool_size`` (default POOL_MAX) Postgres connections; every recompute is still a query.
     """
     if isinstance(strategy, str):
         if strategy not in STRATEGIES:
@@ -261,7 +273,12 @@ def run_herd(mc_address: Any, dsn: str, post_id: int, strategy: str | Strategy, 
                            f"invalidations={invalidations}, cost={cost}, interval={interval})")
     key = post_key(post_id)
     query_log: list[float] = []
-    clients = [(MetaClient(mc_address).connect(), Recompute(dsn, post_id, cost, query_log)) for _ in range(readers)]
+    size = min(readers, pool_size or POOL_MAX)
+    if size < 1:
+        raise BadParameter(f"pool_size={pool_size}: the readers need at least 1 Postgres connection")
+    pool = ConnectionPool(dsn, min_size=size, max_size=size, kwargs={"autocommit": True}, open=True)
+    pool.wait(timeout=60)
+    clients = [(MetaClient(mc_address).connect(), Recompute(pool, post_id, cost, query_log)) for _ in range(readers)]
     writer_db, writer_mc = PostStore(dsn), MetaClient(mc_address).connect()
     committed = [writer_db.version(post_id)]  # last element: the newest committed-and-invalidated version
     # Start from a warm cache holding the current version (not counted: it is not a herd).
@@ -315,6 +332,7 @@ def run_herd(mc_address: Any, dsn: str, post_id: int, strategy: str | Strategy, 
         for mc, rc in clients:
             mc.close()
             rc.close()
+        pool.close()
         writer_db.close()
         writer_mc.close()
     if errors:

@@ -280,9 +280,11 @@ class MemcachedDriver(Driver):
     kind = "memcached"
 
     def __init__(self, target: Any, *, client: str = "meta", timeout: float = 5.0, share: int | None = None) -> None:
-        from labkit.memcache_meta import _address
+        from labkit.memcache_meta import _address, key_prefix_for
         ep = _endpoint(target, "memcached")
         self.address = _address(ep)
+        # a shared (external) memcached: every key this driver writes goes under the learner's namespace
+        self.key_prefix = key_prefix_for(ep)
         if client not in ("meta", "pymemcache"):
             raise BadParameter(f"client={client!r}: use 'meta' (sync+async, meta protocol) or 'pymemcache'")
         if share is not None and (not isinstance(share, int) or share < 1):
@@ -295,23 +297,24 @@ class MemcachedDriver(Driver):
     def connect(self) -> Any:
         if self.client == "pymemcache":
             from pymemcache.client.base import Client
-            c = Client(self.address, connect_timeout=self.timeout, timeout=self.timeout, no_delay=True)
+            c = Client(self.address, connect_timeout=self.timeout, timeout=self.timeout, no_delay=True,
+                       key_prefix=self.key_prefix)
             c.version()  # connect now, so a dead server fails here (counted), not mid-operation
             return c
         from labkit.memcache_meta import MetaClient
-        return MetaClient(self.address, timeout=self.timeout).connect()
+        return MetaClient(self.address, timeout=self.timeout, key_prefix=self.key_prefix).connect()
 
     async def aconnect(self) -> Any:
         if self.client != "meta":
             return await super().aconnect()
         from labkit.memcache_meta import AsyncMetaClient
         if self.share is None:
-            return await AsyncMetaClient(self.address, timeout=self.timeout).connect()
+            return await AsyncMetaClient(self.address, timeout=self.timeout, key_prefix=self.key_prefix).connect()
         # one set of shared connections per event loop (and per process: forked workers rebuild it)
         key = (id(asyncio.get_running_loop()), os.getpid())
         conns = self._shared.setdefault(key, [])
         if len(conns) < self.share:
-            conns.append(AsyncMetaClient(self.address, timeout=self.timeout))
+            conns.append(AsyncMetaClient(self.address, timeout=self.timeout, key_prefix=self.key_prefix))
         self._rr = (self._rr + 1) % len(conns)
         c = conns[self._rr]
         self._users[id(c)] = self._users.get(id(c), 0) + 1
@@ -350,17 +353,18 @@ class MemcachedDriver(Driver):
 
             from labkit.memcache_meta import encode_set, validate_key
             set_flags = f" T{int(ttl)}\r\n".encode()
+            prefix = self.key_prefix
 
             async def aop(ctx: Any, op: Op) -> None:
                 # hand-built requests: the same bytes get()/set() would send, minus their keyword handling
                 if op.kind in reads:
-                    r = await ctx.conn.request(b"mg " + validate_key(op.key) + b" v\r\n")
+                    r = await ctx.conn.request(b"mg " + validate_key(prefix + op.key.encode()) + b" v\r\n")
                     if count_hits:
                         ctx.count("hits" if r.status == "VA" else "misses")
                 else:
                     value = op.value or b""
-                    r = await ctx.conn.request(b"ms " + validate_key(op.key) + b" %d" % len(value) + set_flags
-                                               + value + b"\r\n")
+                    key = validate_key(prefix + op.key.encode())
+                    r = await ctx.conn.request(b"ms " + key + b" %d" % len(value) + set_flags + value + b"\r\n")
                     if r.status != "HD":
                         raise RuntimeError(f"memcached did not store {op.key}: {r.status}")
             assert encode_set("k", b"v", ttl=ttl) == b"ms k 1" + set_flags + b"v\r\n"  # same wire format

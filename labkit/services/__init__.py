@@ -24,7 +24,7 @@ PROVIDERS = ("local", "docker", "external")
 
 
 def check_kind(kind: str) -> str:
-    k = kind.strip().lower()
+    k = kind.strip().lower() if isinstance(kind, str) else None
     if k not in KINDS:
         raise UnknownService(f"unknown service '{kind}': labkit runs {', '.join(KINDS)}. "
                              "Check the spelling, e.g. `labkit up postgres memcached`.")
@@ -33,6 +33,8 @@ def check_kind(kind: str) -> str:
 
 def choose_provider(provider: str | None = None) -> str:
     """The provider to use: the argument, else LABKIT_PROVIDER, else docker if a daemon answers, else local."""
+    if provider is not None and not isinstance(provider, str):
+        raise UnknownService(f"provider={provider!r}: use one of {', '.join(PROVIDERS)} (a string) or None")
     from labkit import config
 
     choice = (provider or config.current().provider).strip().lower()

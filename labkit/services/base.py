@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import operator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 
 @dataclass(frozen=True)
@@ -13,6 +14,9 @@ class Endpoint:
     """Where a running service answers. A plain value: safe to print, store as JSON and compare.
 
     For Postgres `dsn` is a libpq URL; for Cassandra `contact_points` and `local_dc` are in `extra`.
+    On a shared (external) Postgres `extra["schema"]` is the learner's namespace: the DSN carries
+    `options=-c search_path=<schema>`, so every connection opened from it (labkit's, a lesson's, a
+    learner's own psycopg.connect(dsn)) creates and drops tables only inside that schema.
     """
 
     kind: str
@@ -36,7 +40,11 @@ class Endpoint:
         auth = quote(self.user or "postgres")
         if self.password:
             auth += ":" + quote(self.password, safe="")
-        return f"postgresql://{auth}@{self.host}:{self.port}/{quote(self.database or 'postgres')}"
+        url = f"postgresql://{auth}@{self.host}:{self.port}/{quote(self.database or 'postgres')}"
+        params = dict(self.extra.get("dsn_params") or {})
+        if self.extra.get("schema"):
+            params["options"] = " ".join(filter(None, [params.get("options"), f"-c search_path={self.extra['schema']}"]))
+        return f"{url}?{urlencode(params, quote_via=quote)}" if params else url
 
     @property
     def contact_points(self) -> list[str]:
@@ -56,6 +64,21 @@ class Endpoint:
     def from_dict(cls, d: dict[str, Any]) -> "Endpoint":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def check_int(name: str, value: Any, lo: int, hi: int, hint: str = "") -> int:
+    """`value` as an int within [lo, hi], else BadParameter naming the range (bools and floats are refused)."""
+    from labkit.errors import BadParameter
+
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        n = operator.index(value)
+    except TypeError:
+        raise BadParameter(f"{name}={value!r}: give a whole number from {lo} to {hi}{hint}") from None
+    if not lo <= n <= hi:
+        raise BadParameter(f"{name}={n}: use {lo} to {hi}{hint}")
+    return int(n)
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,14 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from labkit import profile
 from labkit.errors import BadParameter
 from labkit.services import _docker
 from labkit.services._process import (LOOPBACK, LocalService, ManagedProcess, find_binary, reuse_or_pick_port, tail,
                                       unprivileged_user, wait_for)
-from labkit.services.base import Endpoint, Health
+from labkit.services.base import Endpoint, Health, check_int
 
 MC_HINT = ("Install memcached: `apt-get install memcached` (Debian/Ubuntu/Colab), `brew install memcached` (macOS), "
            "or `conda install -c conda-forge memcached` (conda, Binder).")
@@ -53,23 +55,34 @@ def query_health(endpoint: Endpoint) -> Health:
         return Health(False, f"no answer: {e}")
 
 
+def check_sizes(memory_mb: Any, max_item_mb: Any, threads: Any = 1, port: Any = None,
+                extra_args: Any = None) -> tuple[int, int, int]:
+    """Validated (memory_mb, max_item_mb, threads): memcached itself refuses an item limit above half its memory."""
+    ram_mb = psutil.virtual_memory().total // 2**20
+    memory = check_int("memory_mb", memory_mb if memory_mb is not None else int(profile.pick(64, 32, 32)), 2, ram_mb,
+                       f" MB (-m; this machine has {ram_mb} MB; 8 or more is typical)")
+    item = check_int("max_item_mb", max_item_mb if max_item_mb is not None else min(2, memory // 2), 1,
+                     min(1024, memory // 2), f" MB: memcached allows at most half of memory_mb ({memory} MB)")
+    nthreads = check_int("threads", threads, 1, 64, " worker threads (-t)")
+    if port is not None:
+        check_int("port", port, 1024, 65535, " (or leave it out for a free port)")
+    if extra_args is not None and (not isinstance(extra_args, (list, tuple))
+                                   or not all(isinstance(a, str) for a in extra_args)):
+        raise BadParameter(f"extra_args={extra_args!r}: give a list of strings, e.g. ['-o', 'modern']")
+    return memory, item, nthreads
+
+
 class LocalMemcached(LocalService):
     """A real `memcached` on 127.0.0.1 with a chosen memory size (`-m`) and a max item size (`-I`)."""
 
     kind = "memcached"
 
-    def __init__(self, name: str = "memcached", *, memory_mb: int | None = None, max_item_mb: int = 2,
+    def __init__(self, name: str = "memcached", *, memory_mb: int | None = None, max_item_mb: int | None = None,
                  threads: int = 2, port: int | None = None, extra_args: list[str] | None = None,
                  instance_dir: Path | None = None) -> None:
         super().__init__(name, instance_dir=instance_dir)
-        memory_mb = int(memory_mb if memory_mb is not None else profile.pick(64, 32, 32))
-        if memory_mb < 1:
-            raise BadParameter(f"memory_mb={memory_mb}: memcached needs at least 1 MB (-m); try 8 or more")
-        if not 1 <= max_item_mb <= 1024 or max_item_mb > memory_mb:
-            raise BadParameter(f"max_item_mb={max_item_mb} must be between 1 and memory_mb ({memory_mb})")
-        if threads < 1:
-            raise BadParameter(f"threads={threads}: use 1 or more")
-        self.memory_mb, self.max_item_mb, self.threads = memory_mb, max_item_mb, threads
+        self.memory_mb, self.max_item_mb, self.threads = check_sizes(memory_mb, max_item_mb, threads, port,
+                                                                     extra_args)
         self.requested_port = port
         self.port = port
         self.extra_args = list(extra_args or [])
@@ -117,16 +130,25 @@ class DockerMemcached(_docker.DockerService):
 
     kind = "memcached"
 
-    def __init__(self, name: str = "memcached", *, memory_mb: int = 64, max_item_mb: int = 2,
-                 image: str = "memcached:1.6-alpine", **_: Any) -> None:
+    def __init__(self, name: str = "memcached", *, memory_mb: int | None = None, max_item_mb: int | None = None,
+                 threads: int = 2, port: int | None = None, extra_args: list[str] | None = None,
+                 image: str = "memcached:1.6-alpine") -> None:
         super().__init__(name)
-        self.memory_mb, self.max_item_mb, self.image = memory_mb, max_item_mb, image
+        # port: the container's is published on a free host port (port= is for the local provider)
+        self.memory_mb, self.max_item_mb, self.threads = check_sizes(memory_mb, max_item_mb, threads, port,
+                                                                     extra_args)
+        self.extra_args = list(extra_args or [])
+        if not isinstance(image, str) or not image:
+            raise BadParameter(f"image={image!r}: give an image name, e.g. 'memcached:1.6-alpine'")
+        self.image = image
 
     def start(self) -> Endpoint:
         _docker.require_docker()  # testcontainers talks to the daemon as soon as a container is built
         from testcontainers.memcached import MemcachedContainer
 
-        c = MemcachedContainer(self.image).with_command(f"memcached -m {self.memory_mb} -I {self.max_item_mb}m")
+        c = MemcachedContainer(self.image).with_command(
+            " ".join(["memcached", "-m", str(self.memory_mb), "-I", f"{self.max_item_mb}m", "-t", str(self.threads),
+                      *self.extra_args]))
         return self._launch(c, 11211, "`version`", 30, extra={"memory_mb": self.memory_mb})
 
     def query_health(self) -> Health:

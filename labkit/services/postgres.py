@@ -20,7 +20,7 @@ from labkit.errors import BadParameter, ServiceFailed
 from labkit.services import _docker
 from labkit.services._process import (LOOPBACK, LocalService, ManagedProcess, find_binary, give_to, new_password,
                                       reuse_or_pick_port, tail, unprivileged_user, wait_for)
-from labkit.services.base import Endpoint, Health
+from labkit.services.base import Endpoint, Health, check_int
 
 PG_GLOBS = ("/usr/lib/postgresql/*/bin/{name}", "/usr/local/opt/postgresql*/bin/{name}",
             "/opt/homebrew/opt/postgresql*/bin/{name}", "/Applications/Postgres.app/Contents/Versions/*/bin/{name}")
@@ -48,6 +48,24 @@ def query_health(endpoint: Endpoint, timeout: float = 2.0) -> Health:
         return Health(False, f"no answer: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
 
 
+def check_options(port: Any, shared_buffers_mb: Any, max_connections: Any, settings: Any,
+                  password: Any) -> tuple[int, int, dict[str, str]]:
+    """Validated (shared_buffers_mb, max_connections, settings) for both providers."""
+    if port is not None:
+        check_int("port", port, 1024, 65535, " (or leave it out for a free port)")
+    buffers = check_int("shared_buffers_mb", shared_buffers_mb if shared_buffers_mb is not None
+                        else int(profile.pick(128, 64, 32)), 1, 65536, " MB (Postgres' shared_buffers)")
+    conns = check_int("max_connections", max_connections, 5, 10_000,
+                      " (a lab needs 20 or more; lesson 10's 200 readers share a pool of connections)")
+    if settings is not None and (not isinstance(settings, dict) or not all(
+            isinstance(k, str) and k.replace("_", "").replace(".", "").isalnum() and isinstance(v, (str, int, float))
+            and "\n" not in str(v) for k, v in settings.items())):
+        raise BadParameter(f"settings={settings!r}: give a dict of Postgres settings, e.g. {{'work_mem': '8MB'}}")
+    if password is not None and (not isinstance(password, str) or not password or "\n" in password):
+        raise BadParameter("password: give a non-empty one-line string, or leave it out for a generated one")
+    return buffers, conns, {k: str(v) for k, v in (settings or {}).items()}
+
+
 class LocalPostgres(LocalService):
     """A real `postgres` process with its own data directory, a free port on 127.0.0.1 and a password."""
 
@@ -57,13 +75,10 @@ class LocalPostgres(LocalService):
                  max_connections: int = 200, settings: dict[str, str] | None = None,
                  password: str | None = None, instance_dir: Path | None = None) -> None:
         super().__init__(name, instance_dir=instance_dir)
-        if max_connections < 5:
-            raise BadParameter(f"max_connections={max_connections} is too small for a lab: use 20 or more")
+        self.shared_buffers_mb, self.max_connections, self.settings = check_options(
+            port, shared_buffers_mb, max_connections, settings, password)
         self.requested_port = port
         self.port = port
-        self.shared_buffers_mb = shared_buffers_mb or int(profile.pick(128, 64, 32))
-        self.max_connections = max_connections
-        self.settings = dict(settings or {})
         self.password = password or new_password()
         self.run_as = unprivileged_user()
 
@@ -164,16 +179,26 @@ class DockerPostgres(_docker.DockerService):
 
     kind = "postgres"
 
-    def __init__(self, name: str = "postgres", *, image: str = "postgres:16-alpine", **_: Any) -> None:
+    def __init__(self, name: str = "postgres", *, port: int | None = None, shared_buffers_mb: int | None = None,
+                 max_connections: int = 200, settings: dict[str, str] | None = None, password: str | None = None,
+                 image: str = "postgres:16-alpine") -> None:
         super().__init__(name)
+        # port: the container's is published on a free host port (port= is for the local provider)
+        self.shared_buffers_mb, self.max_connections, self.settings = check_options(
+            port, shared_buffers_mb, max_connections, settings, password)
+        if not isinstance(image, str) or not image:
+            raise BadParameter(f"image={image!r}: give an image name, e.g. 'postgres:16-alpine'")
         self.image = image
-        self.password = new_password()
+        self.password = password or new_password()
 
     def start(self) -> Endpoint:
         _docker.require_docker()  # testcontainers talks to the daemon as soon as a container is built
         from testcontainers.postgres import PostgresContainer
 
         c = PostgresContainer(self.image, username=USER, password=self.password, dbname=DATABASE, driver=None)
+        settings = {"max_connections": str(self.max_connections), "shared_buffers": f"{self.shared_buffers_mb}MB",
+                    **self.settings}
+        c = c.with_command(" ".join(["postgres", *(f"-c {k}={v}" for k, v in settings.items())]))
         return self._launch(c, 5432, "a query", 60, user=USER, password=self.password, database=DATABASE)
 
     def query_health(self) -> Health:

@@ -12,8 +12,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
+import inspect
 import json
+import math
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -26,12 +29,13 @@ from typing import Any
 import psutil
 
 from labkit import paths
-from labkit.errors import LabkitError, StateError, UnknownService
+from labkit.errors import BadParameter, LabkitError, StateError, UnknownService
 from labkit.services import check_kind, choose_provider, service_class
 from labkit.services._process import proc_ref, reap, same_process
 from labkit.services.base import Endpoint, Health, Service
 
 SHARED_ID = "shared"
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")  # a name becomes part of a directory and a container name
 _open_stacks: "set[Stack]" = set()  # closed at interpreter exit (strong refs: an unnamed stack counts too)
 
 
@@ -172,6 +176,110 @@ def down(remove_data: bool = True) -> dict[str, Any]:
     return report
 
 
+# options -------------------------------------------------------------------------------------
+def option_names(kind: str) -> list[str]:
+    """The options a service kind takes (the same for the local and docker providers)."""
+    names: set[str] = set()
+    for prov in ("local", "docker"):
+        for p in inspect.signature(service_class(kind, prov).__init__).parameters.values():
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "instance_dir":
+                names.add(p.name)
+    return sorted(names)
+
+
+def check_name(name: Any) -> str:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise BadParameter(f"service name {name!r}: use 1-63 letters, digits, '_', '.' or '-', starting with a "
+                           "letter or digit (e.g. name='cache-2')")
+    return name
+
+
+def check_options(kind: str, provider: str, options: Any) -> dict[str, Any]:
+    """Refuse options `kind` does not take, by name, listing the valid ones (nothing is silently ignored)."""
+    if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+        raise BadParameter(f"options for {kind} must be a dict of option names to values, got {options!r} "
+                           f"(e.g. {{'memory_mb': 64}}); valid options: {', '.join(option_names(kind))}")
+    if provider == "external":
+        if options:
+            raise BadParameter(f"the external provider points at a {kind} that already runs: it cannot apply "
+                               f"{', '.join(f'{k}=' for k in sorted(options))}. Drop these options, or run this "
+                               f"{kind} yourself with provider='local'")
+        return options
+    valid = option_names(kind)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise BadParameter(f"{kind} has no option {', '.join(repr(u) for u in unknown)}: valid options are "
+                           f"{', '.join(valid)}")
+    for k, v in options.items():  # no option of any kind means anything as NaN or infinity
+        if isinstance(v, float) and not math.isfinite(v):
+            raise BadParameter(f"{kind} option {k}={v}: give a finite number")
+    return options
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether `value` fits a constructor's type hint (int, float, str, dict, list, Path, Optional, Union)."""
+    import types
+    import typing
+
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        try:
+            import operator
+
+            operator.index(value)
+            return not isinstance(value, bool)
+        except TypeError:
+            return False
+    if origin in (dict, list, tuple):
+        return isinstance(value, origin)
+    return isinstance(value, origin or hint) if isinstance(origin or hint, type) else True
+
+
+def _check_types(kind: str, cls: type, options: dict[str, Any]) -> None:
+    import typing
+
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # noqa: BLE001 - unresolvable hints: the constructor checks on its own
+        return
+    for k, v in options.items():
+        if k in hints and not _matches(v, hints[k]):
+            want = str(hints[k]).replace("typing.", "").replace("<class '", "").replace("'>", "")
+            raise BadParameter(f"{kind} option {k}={v!r}: expected {want}; valid options: "
+                               f"{', '.join(option_names(kind))}")
+
+
+def build(kind: str, name: str, provider: str, options: dict[str, Any]) -> Service:
+    """Construct (not start) a service: every option is checked here, before anything runs."""
+    kind = check_kind(kind)
+    check_name(name)
+    check_options(kind, provider, options)
+    cls = service_class(kind, provider)
+    if provider != "external":
+        params = inspect.signature(cls.__init__).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            other = sorted(set(options) - set(params))
+            if other:
+                raise BadParameter(f"{kind} option {', '.join(other)} does not apply to the {provider} provider "
+                                   f"(the {'docker' if provider == 'local' else 'local'} provider's only): drop it")
+        _check_types(kind, cls, options)
+    try:
+        return cls(name, kind=kind) if provider == "external" else cls(name, **options)
+    except LabkitError:
+        raise
+    except (TypeError, ValueError, OverflowError) as e:  # a value of the wrong type deep in a constructor
+        raise BadParameter(f"{kind} options {options!r} are not valid ({e}): give numbers as int/float and "
+                           f"text as str; valid options: {', '.join(option_names(kind))}") from None
+
+
 # the Stack ---------------------------------------------------------------------------------
 class Stack:
     """Servers for one notebook or test run. `add` starts one; `service`/`endpoint` look one up.
@@ -243,13 +351,12 @@ class Stack:
         if self.closed:
             raise LabkitError("this stack is closed: call labkit.stack() for a new one")
         kind = check_kind(kind)
-        name = name or kind
+        name = check_name(kind if name is None else name)
         if name in self.services:
             raise UnknownService(f"this stack already has a service named '{name}': pass another name=, "
                                  f"e.g. st.add('{kind}', name='{name}-2')")
         prov = choose_provider(provider or self.provider)
-        cls = service_class(kind, prov)
-        svc = cls(name, kind=kind, **options) if prov == "external" else cls(name, **options)
+        svc = build(kind, name, prov, options)
         self.services[name] = svc
         self.owned.add(name)
         if not self.shared and getattr(self, "_watchdog", None) is None:
@@ -385,10 +492,16 @@ def stack(*kinds: str, provider: str | None = None, attach: bool = True, **optio
     interpreter exit, or by a watchdog if this process is killed.
     """
     kinds = tuple(check_kind(k) for k in (kinds or ("postgres", "memcached")))
+    if len(set(kinds)) != len(kinds):
+        raise BadParameter(f"labkit.stack{kinds}: each kind once; for a second server of a kind use "
+                           "st.add(kind, name='<kind>-2')")
     unknown = set(options) - set(kinds)
     if unknown:
         raise UnknownService(f"options given for {', '.join(sorted(unknown))} which is not among the requested "
                              f"services {kinds}: add it to the list or drop its options")
+    prov = choose_provider(provider)
+    for kind in kinds:  # every option checked before anything starts
+        build(kind, kind, prov, options.get(kind, {}))
     reap_orphans()
     shared: dict[str, Any] | None = None
     if attach and record_path(SHARED_ID).exists():
@@ -399,7 +512,8 @@ def stack(*kinds: str, provider: str | None = None, attach: bool = True, **optio
     try:
         for kind in kinds:
             srec = (shared or {}).get("services", {}).get(kind)
-            if srec and _compatible(srec, options.get(kind, {})):
+            # an external service is not attached: its namespace belongs to this learner and notebook
+            if srec and srec.get("provider") != "external" and _compatible(srec, options.get(kind, {})):
                 svc = restore(srec)
                 if svc.health().ok:
                     st.attach(kind, svc)
