@@ -165,7 +165,9 @@ def cmd_down(args: argparse.Namespace) -> int:
 def _purge() -> None:
     from labkit.services import external
 
-    ns = external.namespace() if os.environ.get("LABKIT_NAMESPACE") else external.user_prefix() + "*"
+    from labkit import config
+
+    ns = external.namespace() if config.current().namespace else external.user_prefix() + "*"
     removed = external.purge()
     if not any(removed.values()):
         print(f"purge: nothing of namespace {ns} on the external servers")

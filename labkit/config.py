@@ -132,6 +132,14 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("LABKIT_CASSANDRA", "cassandra", "text", "unset", "external Cassandra contact points, `h1,h2:port`"),
     Variable("LABKIT_CASSANDRA_DC", "cassandra_dc", "text", "unset", "external Cassandra's local datacenter"),
     Variable(
+        "LABKIT_NAMESPACE",
+        "namespace",
+        "text",
+        "`lk_<user>__<notebook>`",
+        "on external (class) servers: your Postgres schema, memcached key prefix and Cassandra keyspace "
+        "prefix; `labkit down --purge` removes it",
+    ),
+    Variable(
         "LABKIT_CGROUP_ROOT",
         "cgroup_root",
         "path",
@@ -165,6 +173,7 @@ class Config:
     memcached: str | None = None
     cassandra: str | None = None
     cassandra_dc: str | None = None
+    namespace: str | None = None
     cgroup_root: Path = Path("/sys/fs/cgroup")
 
     @classmethod

@@ -34,11 +34,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from labkit import paths
+from labkit import config, paths
 from labkit.errors import BadParameter, NotRunning, ProviderUnavailable
 from labkit.services.base import Endpoint, Health, Service
 
 ENV = {"postgres": "LABKIT_POSTGRES_DSN", "memcached": "LABKIT_MEMCACHED", "cassandra": "LABKIT_CASSANDRA"}
+FIELD = {"postgres": "postgres_dsn", "memcached": "memcached", "cassandra": "cassandra"}  # in labkit.config
 NAMESPACE_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")  # a Postgres schema, a key prefix and a keyspace prefix
 
 
@@ -53,9 +54,8 @@ def _slug(text: str, limit: int) -> str:
 
 def learner() -> str:
     """Who is running: the JupyterHub user, else the login name."""
-    for var in ("JUPYTERHUB_USER", "LABKIT_USER"):
-        if os.environ.get(var):
-            return os.environ[var]
+    if os.environ.get("JUPYTERHUB_USER"):
+        return os.environ["JUPYTERHUB_USER"]
     try:
         return getpass.getuser()
     except Exception:  # noqa: BLE001 - no passwd entry (some containers)
@@ -63,8 +63,9 @@ def learner() -> str:
 
 
 def notebook() -> str:
-    """The notebook (Jupyter sets JPY_SESSION_NAME in the kernel), else the script being run."""
-    path = os.environ.get("JPY_SESSION_NAME") or (sys.argv[0] if sys.argv and sys.argv[0] else "")
+    """The notebook (LABKIT_NOTEBOOK; Jupyter sets JPY_SESSION_NAME in the kernel), else the script being run."""
+    path = (config.current().notebook or os.environ.get("JPY_SESSION_NAME")
+            or (sys.argv[0] if sys.argv and sys.argv[0] else ""))
     stem = Path(path).stem if path and not path.startswith("-") else ""
     return stem or "python"
 
@@ -76,7 +77,7 @@ def user_prefix() -> str:
 
 def namespace() -> str:
     """This learner's namespace: LABKIT_NAMESPACE if set, else lk_<user>__<notebook>."""
-    explicit = os.environ.get("LABKIT_NAMESPACE", "").strip()
+    explicit = config.current().namespace
     if explicit:
         if not NAMESPACE_RE.match(explicit):
             raise BadParameter(f"LABKIT_NAMESPACE={explicit!r}: use 1-32 characters, lower-case letters, digits "
@@ -95,7 +96,7 @@ def keyspace(endpoint: Endpoint, name: str) -> str:
 
 
 def _config() -> dict[str, Any]:
-    path = os.environ.get("LABKIT_CONFIG") or str(paths.home() / "external.json")
+    path = str(config.current().external_config or paths.home() / "external.json")
     if not os.path.exists(path):
         return {}
     try:
@@ -119,7 +120,8 @@ def _host_port(text: str, default_port: int, what: str) -> tuple[str, int]:
 def resolve(kind: str, name: str) -> Endpoint:
     """The endpoint of an external `kind` from the environment or the config file; a clear error if absent."""
     cfg = _config().get(kind, {})
-    env = os.environ.get(ENV[kind], "").strip()
+    cfgenv = config.current()
+    env = (getattr(cfgenv, FIELD[kind]) or "").strip()
     if kind == "postgres":
         dsn = env or cfg.get("dsn", "")
         if not dsn:
@@ -150,7 +152,7 @@ def resolve(kind: str, name: str) -> Endpoint:
             port = 9042
             if hosts and ":" in hosts[-1]:
                 hosts[-1], port = _host_port(hosts[-1], 9042, ENV[kind])
-            local_dc = os.environ.get("LABKIT_CASSANDRA_DC")
+            local_dc = cfgenv.cassandra_dc
         else:
             hosts, port, local_dc = list(cfg.get("contact_points", [])), int(cfg.get("port", 9042)), cfg.get("local_dc")
         if not hosts:
@@ -261,8 +263,7 @@ class ExternalService(Service):
 # purge: `labkit down --purge` --------------------------------------------------------------------
 def own_namespaces(names: list[str]) -> list[str]:
     """Which of `names` belong to this learner: LABKIT_NAMESPACE exactly when set, else lk_<user>__*."""
-    explicit = os.environ.get("LABKIT_NAMESPACE", "").strip()
-    if explicit:
+    if config.current().namespace:
         return [n for n in names if n == namespace()]
     return [n for n in names if n.startswith(user_prefix()) and len(n) > len(user_prefix())]
 
@@ -335,8 +336,7 @@ def purge() -> dict[str, list[str]]:
         cluster = Cluster(cep.contact_points, port=cep.port, connect_timeout=5)
         try:
             session = cluster.connect()
-            explicit = os.environ.get("LABKIT_NAMESPACE", "").strip()
-            start = namespace() + "_" if explicit else user_prefix()
+            start = namespace() + "_" if config.current().namespace else user_prefix()
             for (ks,) in session.execute("SELECT keyspace_name FROM system_schema.keyspaces"):
                 if ks.startswith(start) and len(ks) > len(start):
                     session.execute(f'DROP KEYSPACE IF EXISTS "{ks}"')
