@@ -99,8 +99,10 @@ def plan_up(args: argparse.Namespace) -> tuple[str, list[tuple[str, str, dict[st
                            "(more Postgres servers: --postgres-servers N)")
     provider = choose_provider(args.provider)
     servers = check_int("--postgres-servers", args.postgres_servers, 1, MAX_POSTGRES_SERVERS)
-    given = (("--nodes", args.nodes, "cassandra"), ("--inter-dc-delay-ms", args.inter_dc_delay_ms or None, "cassandra"),
-             ("--memory-mb", args.memory_mb, "memcached"), ("--postgres-servers", None if servers == 1 else 1, "postgres"))
+    given = (("--nodes", args.nodes, "cassandra"),
+             ("--inter-dc-delay-ms", args.inter_dc_delay_ms or None, "cassandra"),
+             ("--memory-mb", args.memory_mb, "memcached"),
+             ("--postgres-servers", None if servers == 1 else 1, "postgres"))
     for flag, value, kind in given:
         if value is not None and kind not in kinds:
             raise BadParameter(f"{flag} applies to {kind}, which is not among the services to start: "
@@ -163,9 +165,8 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def _purge() -> None:
-    from labkit.services import external
-
     from labkit import config
+    from labkit.services import external
 
     ns = external.namespace() if config.current().namespace else external.user_prefix() + "*"
     removed = external.purge()

@@ -79,7 +79,8 @@ def _seed_foreign(dsn: str, mc_address: tuple[str, int], keys: list[str]) -> Non
     with psycopg.connect(dsn) as conn:
         for t in ("users", "posts", "likes"):
             conn.execute(f"CREATE TABLE public.{t} (id int PRIMARY KEY, note text)")
-            conn.execute(f"INSERT INTO public.{t} SELECT g, 'owned by the instructor ' || g FROM generate_series(1, 5) g")
+            conn.execute(f"INSERT INTO public.{t} SELECT g, 'owned by the instructor ' || g "
+                         "FROM generate_series(1, 5) g")
         conn.execute("CREATE SCHEMA other")
         conn.execute("CREATE TABLE other.results (id int PRIMARY KEY, score float)")
         conn.execute("INSERT INTO other.results VALUES (1, 0.5), (2, 0.75)")
@@ -148,7 +149,8 @@ def test_two_students_side_by_side_leave_foreign_objects_untouched(class_server,
     assert any(k.startswith(b"student_b:") for k in keys)
     assert _foreign_state(pg.dsn, mc.address, foreign_keys) == before
     with capsys.disabled():
-        print(f"\nclass server: 2 students side by side ({a['end'] - a['start']:.0f} s, {b['end'] - b['start']:.0f} s), "
+        print(f"\nclass server: 2 students side by side ({a['end'] - a['start']:.0f} s, "
+              f"{b['end'] - b['start']:.0f} s), "
               f"hit ratios A {a['hit_ratios']} B {b['hit_ratios']}; foreign objects surviving: 4 tables "
               f"({sum(len(v) for v in before['tables'].values())} rows), {len(foreign_keys)} memcached keys")
 

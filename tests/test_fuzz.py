@@ -22,8 +22,8 @@ from labkit.services import stack as stacks
 
 SEEN: collections.Counter[str] = collections.Counter()
 # a message that says what to do names the fix or the valid values
-ADVICE = re.compile(r"\b(must|look like|use|give|drop|add|pass|set|check|leave|install|name each|start|one of|valid options|"
-                    r"expected)\b", re.I)
+ADVICE = re.compile(r"\b(must|look like|use|give|drop|add|pass|set|check|leave|install|name each|start|one of|"
+                    r"valid options|expected)\b", re.I)
 RAM_MB = 10**9  # above any machine's memory
 
 weird = st.one_of(st.text(max_size=8), st.binary(max_size=4), st.lists(st.integers(), max_size=2), st.booleans(),

@@ -196,7 +196,8 @@ def test_unknown_service_options_are_refused_by_name():
                                            r"extra_args, image, max_item_mb, memory_mb, port, threads"):
         labkit.stack("memcached", attach=False, memcached={"memroy_mb": 8})
     with labkit.stack("memcached", attach=False) as st:
-        with pytest.raises(BadParameter, match=r"postgres has no option 'memory_mb': valid options are .*max_connections"):
+        with pytest.raises(BadParameter, match=r"postgres has no option 'memory_mb': valid options are "
+                                               r".*max_connections"):
             st.add("postgres", name="pg-x", memory_mb=8)
         with pytest.raises(BadParameter, match=r"service name '\.\./escape'"):
             st.add("memcached", name="../escape")

@@ -2,7 +2,8 @@
 
 A celebrity's post is read by N concurrent clients (threads, each with its own memcached connection;
 like the web servers of an app they share a bounded pool of Postgres connections, so 200 readers
-never exceed what the server -- or a class server shared by many learners -- accepts). A writer invalidates the key every ``interval`` seconds. Recomputing the card is made
+never exceed what the server -- or a class server shared by many learners -- accepts). A writer
+invalidates the key every ``interval`` seconds. Recomputing the card is made
 explicitly expensive (``pg_sleep(cost)`` before the render query, the way a real card joins several
 tables and services), so a herd of recomputes is a real load on the real Postgres.
 

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import importlib
-import os
 
 from labkit.errors import UnknownService
 from labkit.services._docker import docker_available

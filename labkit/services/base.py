@@ -43,7 +43,8 @@ class Endpoint:
         url = f"postgresql://{auth}@{self.host}:{self.port}/{quote(self.database or 'postgres')}"
         params = dict(self.extra.get("dsn_params") or {})
         if self.extra.get("schema"):
-            params["options"] = " ".join(filter(None, [params.get("options"), f"-c search_path={self.extra['schema']}"]))
+            search_path = f"-c search_path={self.extra['schema']}"
+            params["options"] = " ".join(filter(None, [params.get("options"), search_path]))
         return f"{url}?{urlencode(params, quote_via=quote)}" if params else url
 
     @property

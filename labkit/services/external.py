@@ -125,8 +125,9 @@ def resolve(kind: str, name: str) -> Endpoint:
     if kind == "postgres":
         dsn = env or cfg.get("dsn", "")
         if not dsn:
-            raise ProviderUnavailable(f"no external Postgres configured: set {ENV[kind]}=postgresql://user:pw@host:port/db "
-                                      "or add {\"postgres\": {\"dsn\": ...}} to the external config")
+            raise ProviderUnavailable(f"no external Postgres configured: set "
+                                      f"{ENV[kind]}=postgresql://user:pw@host:port/db "
+                                      'or add {"postgres": {"dsn": ...}} to the external config')
         try:
             u = urlsplit(dsn)
             port = u.port or 5432
