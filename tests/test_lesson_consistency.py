@@ -116,7 +116,8 @@ def test_lost_write_checkpoint_fails_when_rows_vanish(lab, down):
 def test_lwt_slower_than_plain_quorum_write_and_fails_on_plain(lab, capsys):
     lwt = cons.lwt_latency(lab, clients=1, ops=60, seed=4)  # the panel's minimum clients
     cons.check_lwt_slower(lwt)
-    assert capsys.readouterr().out.count("PASS  ") == 2
+    assert capsys.readouterr().out.count("PASS  ") == 1
+    assert lwt.not_applied == 0  # each client compares-and-sets its own key
     assert set(lwt.table().index) == {"plain write", "insert if not exists", "update if v ="}
     control = cons.lwt_latency(lab, clients=1, ops=60, seed=4, lwt_kind="plain")
     with pytest.raises(CheckpointFailed, match=r"LWT p50 latency at least 1.5x a plain QUORUM write's: \d"):
@@ -124,10 +125,9 @@ def test_lwt_slower_than_plain_quorum_write_and_fails_on_plain(lab, capsys):
 
 
 def test_lwt_panel_ends(lab):
-    res = cons.lwt_latency(lab, clients=16, ops=50)  # maximum clients, minimum operations
-    assert res.not_applied == 0 and res.result.ops >= 50
-    res = cons.lwt_latency(lab, clients=16, ops=600)  # maximum operations
-    assert res.not_applied == 0 and res.result.ops >= 600
+    for ops in (50, 600):  # maximum clients; minimum and maximum operations
+        res = cons.lwt_latency(lab, clients=16, ops=ops)
+        assert res.result.ops >= ops and res.ratio > 0 and res.not_applied == 0
 
 
 @pytest.mark.parametrize("ops_per_client", [5, 100])  # the panel's ends (one pair, one client: a smoke run)

@@ -379,7 +379,9 @@ def final_reads(lab: Lab, hist: History, keys: list[str], timeout: float = 60.0)
 
 @dataclass
 class LwtRun:
-    """Latencies of LWTs (Paxos) and plain QUORUM writes, interleaved in the same run (same machine load)."""
+    """Latencies of LWTs (Paxos) and plain QUORUM writes, interleaved in the same run (same machine load).
+    ``not_applied``: compare-and-sets refused although the client knew the current value (0 without contention;
+    a CAS after a timed-out one is not counted: the timed-out one may have applied)."""
 
     result: Any
     not_applied: int
@@ -413,6 +415,7 @@ def lwt_latency(lab: Lab, *, clients: int = 2, ops: int = 150, seed: int = 0,
         raise BadParameter(f"need clients >= 1 and ops >= 3 x clients (got clients={clients}, ops={ops})")
     keys = _run_id()
     current = {i: 0 for i in range(clients)}
+    known = {i: True for i in range(clients)}  # False after a timeout: the CAS may or may not have happened
     for i in current:
         lab.execute(lab.plain_insert, (f"{keys}:cas:{i}", 0), "ALL")
     not_applied = [0]
@@ -422,16 +425,24 @@ def lwt_latency(lab: Lab, *, clients: int = 2, ops: int = 150, seed: int = 0,
         if o.kind == "plain write" or (plain and o.kind == "insert if not exists"):
             await lab.aexecute(lab.plain_insert, (f"{keys}:p:{ctx.client}:{o.seq}", o.seq), "QUORUM")
         elif o.kind == "insert if not exists":
-            rows = await lab.aexecute(lab.insert_if_not_exists, (f"{keys}:i:{ctx.client}:{o.seq}", o.seq), "QUORUM")
-            not_applied[0] += not rows[0][0]
+            await lab.aexecute(lab.insert_if_not_exists, (f"{keys}:i:{ctx.client}:{o.seq}", o.seq), "QUORUM")
         else:
             key, cur = f"{keys}:cas:{ctx.client}", current[ctx.client]
             if plain:
                 await lab.aexecute(lab.plain_insert, (key, cur + 1), "QUORUM")
-            else:
-                rows = await lab.aexecute(lab.update_if, (cur + 1, key, cur), "QUORUM")
-                not_applied[0] += not rows[0][0]
-            current[ctx.client] = cur + 1
+                current[ctx.client] = cur + 1
+                return
+            try:
+                row = (await lab.aexecute(lab.update_if, (cur + 1, key, cur), "QUORUM"))[0]
+            except Exception:
+                known[ctx.client] = False
+                raise
+            if row[0]:
+                current[ctx.client] = cur + 1
+            else:  # not applied: the row tells the current value (after a timeout, our own CAS went through)
+                not_applied[0] += known[ctx.client]
+                current[ctx.client] = row[1]
+            known[ctx.client] = True
 
     wl = Workload(keys=Uniform(1000), mix={"plain write": 0.5, "insert if not exists": 0.25, "update if v =": 0.25},
                   clients=clients, ops=ops, duration=PHASE_CAP_S, seed=seed)
