@@ -2,42 +2,26 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
-import time
 import uuid
-from typing import Iterator
 
 import pytest
 
 from labkit.errors import BadParameter
-from labkit.memcache_meta import (AsyncMetaClient, MetaClient, MetaError, ResponseReader,
-                                  encode_delete, encode_get, encode_set, validate_key)
+from labkit.memcache_meta import (
+    AsyncMetaClient,
+    MetaClient,
+    MetaError,
+    ResponseReader,
+    encode_delete,
+    encode_get,
+    encode_set,
+    validate_key,
+)
 
 
 @pytest.fixture(scope="module")
-def mc_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
-    """A real memcached: from labkit.stack when the package provides it, else one started here."""
-    import labkit
-    if hasattr(labkit, "stack"):
-        with labkit.stack("memcached") as st:
-            yield tuple(st.endpoint("memcached").address)  # type: ignore[misc]
-        return
-    from labkit.services._process import free_port, tcp_open
-    binary = shutil.which("memcached")
-    if binary is None:
-        pytest.fail("memcached not installed: apt-get install memcached")
-    port = free_port()
-    proc = subprocess.Popen([binary, "-u", "nobody", "-l", "127.0.0.1", "-p", str(port), "-m", "16"])
-    try:
-        deadline = time.monotonic() + 10
-        while not tcp_open("127.0.0.1", port):
-            assert time.monotonic() < deadline, "memcached did not open its port within 10 s"
-            time.sleep(0.05)
-        yield ("127.0.0.1", port)
-    finally:
-        proc.terminate()
-        proc.wait(10)
+def mc_address(mc) -> tuple[str, int]:  # noqa: ANN001 - the run's memcached (tests/conftest.py)
+    return tuple(mc.address)  # type: ignore[return-value]
 
 
 @pytest.fixture
@@ -173,7 +157,7 @@ def test_async_twin_concurrent_lease(mc_address: tuple[str, int], key: str) -> N
     assert sum(z for _, z in results) == 19
 
 
-def test_killed_connection_raises_connection_error(mc_address: tuple[str, int]) -> None:
+def test_refused_connection_raises_os_error() -> None:
     async def scenario() -> None:
         c = AsyncMetaClient(("127.0.0.1", 1))  # nothing listens on port 1
         with pytest.raises(OSError):
@@ -181,3 +165,27 @@ def test_killed_connection_raises_connection_error(mc_address: tuple[str, int]) 
     asyncio.run(scenario())
     with pytest.raises(OSError):
         MetaClient(("127.0.0.1", 1)).get("k")
+
+
+def test_killed_server_raises_connection_error_on_an_open_connection(stack) -> None:  # noqa: ANN001
+    """A client connected to a memcached that is then SIGKILLed: the next request fails with ConnectionError
+    (an OSError) that names the server, on the sync and the async client alike; none hangs."""
+    svc = stack.add("memcached", name="doomed")
+    try:
+        addr = svc.endpoint.address
+
+        async def scenario() -> None:
+            c = await AsyncMetaClient(addr, timeout=5).connect()
+            assert (await c.set("k", b"v")).ok
+            svc.kill()
+            with pytest.raises(OSError):
+                await c.get("k")
+            await c.close()
+
+        with MetaClient(addr, timeout=5) as sync:
+            assert sync.set("k", b"v").ok
+            asyncio.run(scenario())
+            with pytest.raises(OSError, match=f"{addr[1]}|closed|reset|refused"):
+                sync.get("k")
+    finally:
+        stack.remove("doomed")

@@ -44,7 +44,9 @@ def test_postgres_starts_answers_reports_version_and_stops():
     finally:
         pg.stop()
         pg.remove_data()
-    time.sleep(0.2)
+    deadline = time.monotonic() + 10  # backends exit just after the postmaster: wait for it, with a deadline
+    while alive(pids + children) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert alive(pids + children) == []
     assert not pg.health().ok
 
