@@ -18,6 +18,7 @@ KINDS: dict[str, str] = {
     "postgres": "labkit.services.postgres",
     "memcached": "labkit.services.memcached",
     "cassandra": "labkit.services.cassandra",
+    "web": "labkit.services.web",
 }
 PROVIDERS = ("local", "docker", "external")
 
