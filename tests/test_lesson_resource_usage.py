@@ -63,7 +63,7 @@ def test_memory_widget_extremes(prepared):
 
 
 @pytest.mark.skipif(not shutil.which("valgrind"), reason="valgrind is not installed (apt-get install valgrind)")
-def test_instructions_per_request_counted_by_valgrind(pg, capsys):
+def test_instructions_per_request_counted_by_valgrind(prepared, pg, capsys):
     counts = ru.instructions_per_request(pg.dsn, requests=5)
     assert counts["method"] == "valgrind" and counts["naive"] > 1e5 and counts["cached"] > 1e3
     ru.check_optimization(counts, factor=5)
@@ -74,7 +74,7 @@ def test_instructions_per_request_counted_by_valgrind(pg, capsys):
         ru.check_optimization(counts, after="naive")
 
 
-def test_cpu_time_fallback_shows_the_same_saving(pg):
+def test_cpu_time_fallback_shows_the_same_saving(prepared, pg):
     counts = ru.instructions_per_request(pg.dsn, requests=50, method="cpu")
     assert counts["unit"] == "CPU µs" and ru.instructions_table(counts).shape[0] == 2
     ru.check_optimization(counts, factor=5)
