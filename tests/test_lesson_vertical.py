@@ -147,3 +147,19 @@ def test_panel_knobs_at_both_ends(server):
         vertical.clients_up_to(4)
     with pytest.raises(BadParameter, match="read_ratio"):
         vertical.client_sweep(dsn, accounts, [1, 2], duration=0.2, read_ratio=1.5)
+
+
+def test_warm_connections_recover_after_backends_are_killed(server):
+    import psycopg
+    dsn, accounts, _ = server
+    drv = vertical._WarmPostgres(dsn, 2)
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()")
+        first = vertical.measure(drv, accounts, 2, duration=0.4, read_ratio=1.0, think_ms=5)
+        again = vertical.measure(drv, accounts, 2, duration=0.4, read_ratio=1.0, think_ms=5)
+    finally:
+        drv.close_all()
+    assert first["errors"] >= 1 and "OperationalError" in first["error_kinds"]
+    assert again["errors"] == 0 and again["ops"] > 0  # broken connections were replaced, not handed out again

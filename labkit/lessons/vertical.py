@@ -92,12 +92,15 @@ class _WarmPostgres(Driver):
     kind = "postgres"
 
     def __init__(self, dsn: str, n: int) -> None:
+        self.dsn = dsn
         # synchronous_commit=off: a commit does not wait for the WAL to reach the disk, so the lesson
         # measures the server's CPU and locks, not the (shared, noisy) disk's flush time -- lesson 01
         # already showed what a flush per commit costs
-        self.free = [PqConnection(psycopg.connect(dsn, autocommit=True, options="-c synchronous_commit=off"))
-                     for _ in range(n)]
+        self.free = [self._open() for _ in range(n)]
         self.all = list(self.free)
+
+    def _open(self) -> PqConnection:
+        return PqConnection(psycopg.connect(self.dsn, autocommit=True, options="-c synchronous_commit=off"))
 
     async def aconnect(self) -> Any:
         if not self.free:
@@ -106,6 +109,15 @@ class _WarmPostgres(Driver):
 
     async def aclose(self, conn: Any) -> None:
         conn._detach()          # the next run brings its own event loop
+        if getattr(conn, "lk_broken", False) or conn.pg.status != psycopg.pq.ConnStatus.OK:
+            # a broken connection (server restarted, backend killed) is replaced, never handed out again
+            with contextlib.suppress(Exception):
+                conn.conn.close()
+            with contextlib.suppress(Exception):
+                conn = self._open()
+                self.all.append(conn)
+            if conn.pg.status != psycopg.pq.ConnStatus.OK:
+                return
         self.free.append(conn)
 
     def is_disconnect(self, exc: BaseException) -> bool:
@@ -122,12 +134,16 @@ def _transaction(accounts: int, think_s: float) -> Callable[..., Any]:
 
     async def tx(ctx: Any, op: Any) -> None:
         aid = op.rank + 1
-        if op.kind == "read":
-            await ctx.conn.fetch(READ_SQL, (aid,))
-        else:
-            delta, tid = op.seq % 10_001 - 5_000, op.rank % tellers + 1
-            bid = (tid - 1) // 10 + 1
-            await ctx.conn.fetch(WRITE_SQL, (delta, aid, delta, tid, delta, bid, tid, bid, aid, delta))
+        try:
+            if op.kind == "read":
+                await ctx.conn.fetch(READ_SQL, (aid,))
+            else:
+                delta, tid = op.seq % 10_001 - 5_000, op.rank % tellers + 1
+                bid = (tid - 1) // 10 + 1
+                await ctx.conn.fetch(WRITE_SQL, (delta, aid, delta, tid, delta, bid, tid, bid, aid, delta))
+        except (OSError, psycopg.OperationalError):
+            ctx.conn.lk_broken = True  # the warm driver replaces it when the runner hands it back
+            raise
         if think_s > 0:
             await asyncio.sleep(think_s)
     return tx
@@ -263,7 +279,11 @@ def sleep_sweep(dsn: str, clients: list[int], *, sleep_ms: float = 50.0, duratio
     sql = f"SELECT pg_sleep({float(sleep_ms) / 1000})"
 
     async def nap(ctx: Any, op: Any) -> None:
-        await ctx.conn.fetch(sql)
+        try:
+            await ctx.conn.fetch(sql)
+        except (OSError, psycopg.OperationalError):
+            ctx.conn.lk_broken = True
+            raise
     try:
         rows = [measure(drv, 1, n, duration=duration, read_ratio=1.0, think_ms=0, fn=nap, name="pg_sleep")
                 for n in clients]
