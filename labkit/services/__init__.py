@@ -19,6 +19,7 @@ KINDS: dict[str, str] = {
     "memcached": "labkit.services.memcached",
     "cassandra": "labkit.services.cassandra",
     "web": "labkit.services.web",
+    "worker": "labkit.services.worker",
 }
 PROVIDERS = ("local", "docker", "external")
 

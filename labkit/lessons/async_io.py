@@ -1,0 +1,400 @@
+"""Lesson 08 — sync vs async processing against a slow dependency, and Little's law.
+
+Three real servers from one stack: a slow dependency (uvicorn, answers after ``ms``), the app under gunicorn
+with sync workers (one request at a time per process), and the same app under uvicorn (one event loop per
+worker, async psycopg and memcached). Open-loop load from ``labkit.load`` (Poisson arrivals at a fixed rate):
+a sync worker is blocked for the whole dependency call, so ``workers / latency`` requests per second is all it
+can serve (Little's law: L = λW with L <= workers); an event loop keeps hundreds of calls in flight.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from labkit.checkpoints import checkpoint
+from labkit.errors import BadParameter, CheckpointFailed
+from labkit.lessons.resource_usage import prepare, web_env
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from labkit.load import RunResult
+
+__all__ = [
+    "InFlight",
+    "Servers",
+    "check_async_serves_more",
+    "check_cpu_bound",
+    "check_converted_handler",
+    "check_littles_law",
+    "cpu_compare",
+    "defaults",
+    "io_compare",
+    "plot_io",
+    "prepare",
+    "start_servers",
+    "table",
+]
+
+
+def defaults() -> dict[str, Any]:
+    """Knobs for the current profile: dependency latency (ms), workers, offered rate factor, durations."""
+    from labkit import profile
+
+    return {
+        "dep_ms": 50,
+        "workers": 1,
+        "overload": 6.0,
+        "duration": float(profile.pick(8, 4)),
+        "clients": 128,
+        "cpu_n": 100_000,
+        "cpu_clients": 8,
+        "cpu_duration": float(profile.pick(4, 2)),
+    }
+
+
+@dataclass
+class Servers:
+    """The three servers of the experiment, started in one stack."""
+
+    st: Any
+    workers: int
+    dep: Any
+    sync: Any
+    asyncio: Any
+
+    def by_name(self, name: str) -> Any:
+        return {"sync": self.sync, "async": self.asyncio}[name]
+
+
+def start_servers(st: Any, workers: int = 2) -> Servers:
+    """Start the dependency (uvicorn), the sync app (gunicorn) and the async app (uvicorn), ``workers`` each."""
+    for name in ("dependency", "sync", "async"):
+        if name in st.services:
+            st.remove(name)
+    dep = st.add(
+        "web", name="dependency", provider="local", server="uvicorn", app="labkit.webapp.dependency:app", workers=1
+    )
+    env = {**web_env(st), "LABKIT_WEB_DEP": f"{dep.endpoint.host}:{dep.endpoint.port}"}
+    sync = st.add("web", name="sync", provider="local", server="gunicorn", workers=workers, env=env)
+    asy = st.add("web", name="async", provider="local", server="uvicorn", workers=workers, env=env)
+    return Servers(st, workers, dep, sync, asy)
+
+
+class InFlight:
+    """Little's law measured at one boundary: the requests between send and answer at the load generator.
+
+    L: the time-average of the in-flight count (its integral over time divided by the run's duration).
+    W: the mean time a completed request spent in flight. λ: completed requests per second.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.area = 0.0
+        self.t_last = time.perf_counter()
+        self.peak = 0
+        self.done = 0
+        self.time_in = 0.0
+
+    def finished(self, seconds: float) -> None:
+        self.done += 1
+        self.time_in += seconds
+
+    @property
+    def mean_w(self) -> float:
+        """Mean seconds in flight of the completed requests."""
+        return self.time_in / self.done if self.done else float("nan")
+
+    def change(self, delta: int) -> None:
+        now = time.perf_counter()
+        self.area += self.n * (now - self.t_last)
+        self.t_last = now
+        self.n += delta
+        self.peak = max(self.peak, self.n)
+
+    def mean(self, seconds: float) -> float:
+        self.change(0)
+        return self.area / seconds if seconds > 0 else float("nan")
+
+
+@dataclass
+class IoRun:
+    """One open-loop run at one server: the runner's result plus the in-flight average."""
+
+    server: str
+    result: RunResult
+    in_flight: float
+    rate: float
+    dep_ms: float
+    workers: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def throughput(self) -> float:
+        return self.result.throughput
+
+    def p(self, name: str) -> float:
+        return self.result.percentiles()[name]
+
+
+def drain(svc: Any, timeout: float = 60.0) -> None:
+    """Wait until the server answers promptly again (requests cancelled by the load generator may still sit in
+    its accept queue: a sync server serves every one of them first)."""
+    from labkit.services.web import get_json
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        t0 = time.perf_counter()
+        try:
+            get_json(svc.endpoint, "/health", timeout=timeout)
+        except OSError:
+            pass
+        if time.perf_counter() - t0 < 0.2:
+            return
+    raise CheckpointFailed(f"{svc.name} did not drain its queue within {timeout:.0f} s")
+
+
+def io_run(
+    svc: Any,
+    name: str,
+    *,
+    path: Callable[[Any], str],
+    rate: float,
+    duration: float,
+    clients: int,
+    dep_ms: float,
+    workers: int,
+    seed: int = 0,
+) -> IoRun:
+    """Open-loop load at ``rate`` requests/s on ``svc``; latency counts from each request's intended arrival."""
+    from labkit.load import Uniform, Workload, run
+    from labkit.load.http import HttpStatusError, http
+
+    web = http(svc.endpoint)
+    fl = InFlight()
+
+    async def request(ctx: Any, op: Any) -> None:
+        fl.change(+1)
+        t0 = time.perf_counter()
+        try:
+            p = path(op)
+            r = await ctx.conn.request("GET", p)
+            if r.status >= 400:
+                raise HttpStatusError(f"{p} -> HTTP {r.status}")
+            fl.finished(time.perf_counter() - t0)
+        finally:
+            fl.change(-1)
+
+    res = run(
+        request,
+        Workload(keys=Uniform(5000), rate=rate, clients=clients, duration=duration, seed=seed),
+        driver=web,
+        name=name,
+    )
+    out = IoRun(
+        name,
+        res,
+        fl.mean(res.duration),
+        rate,
+        dep_ms,
+        workers,
+        {"peak_in_flight": fl.peak, "w_ms": fl.mean_w * 1000, "lambda": fl.done / res.duration},
+    )
+    drain(svc)
+    return out
+
+
+def io_compare(
+    servers: Servers,
+    *,
+    dep_ms: float = 50,
+    overload: float = 6.0,
+    duration: float = 4.0,
+    clients: int = 128,
+    seed: int = 0,
+) -> dict[str, IoRun]:
+    """Both servers at the same offered rate: ``overload`` times what the sync workers can serve
+    (workers / dependency latency)."""
+    if dep_ms <= 0 or overload <= 0 or duration <= 0:
+        raise BadParameter(f"dep_ms, overload and duration must be > 0 (got {dep_ms}, {overload}, {duration})")
+    rate = overload * servers.workers / (dep_ms / 1000)
+    path = lambda op: f"/slow?ms={dep_ms:g}&post={op.rank + 1}"  # noqa: E731
+    return {
+        name: io_run(
+            servers.by_name(name),
+            name,
+            path=path,
+            rate=rate,
+            duration=duration,
+            clients=clients,
+            dep_ms=dep_ms,
+            workers=servers.workers,
+            seed=seed,
+        )
+        for name in ("sync", "async")
+    }
+
+
+def cpu_compare(
+    servers: Servers, *, n: int = 100_000, clients: int = 8, duration: float = 2.0, repeats: int = 2
+) -> dict[str, float]:
+    """Closed-loop load on the CPU-bound route of both servers, alternating; requests/s of each (summed)."""
+    from labkit.load import Workload, run
+    from labkit.load.http import http
+
+    ops = {"sync": 0, "async": 0}
+    secs = {"sync": 0.0, "async": 0.0}
+    for _ in range(repeats):
+        for name in ("sync", "async"):
+            svc = servers.by_name(name)
+            web = http(svc.endpoint)
+            res = run(
+                web.get_op(lambda op: f"/cpu?n={n}", asynchronous=True),
+                Workload(clients=clients, duration=duration),
+                driver=web,
+                name=name,
+            )
+            ops[name] += res.ops
+            secs[name] += res.duration
+            drain(svc)
+    return {name: ops[name] / secs[name] for name in ops} | {"n": n, "clients": clients}
+
+
+def table(io: dict[str, IoRun], cpu: dict[str, float] | None = None) -> pd.DataFrame:
+    """Throughput, latency and Little's law per server."""
+    import pandas as pd
+
+    rows = []
+    for name, r in io.items():
+        p = r.result.percentiles()
+        rows.append(
+            {
+                "server": f"{name} ({r.workers} workers)",
+                "offered (req/s)": r.rate,
+                "served (req/s)": r.throughput,
+                "p50 (ms)": p["p50"],
+                "p99 (ms)": p["p99"],
+                "W in flight (ms)": r.extra["w_ms"],
+                "L measured": r.in_flight,
+                "λ·W": r.extra["lambda"] * r.extra["w_ms"] / 1000,
+                "sync capacity workers/latency": r.workers / (r.dep_ms / 1000),
+                "CPU-bound (req/s)": (cpu or {}).get(name),
+            }
+        )
+    return pd.DataFrame(rows).set_index("server").round(1)
+
+
+def plot_io(io: dict[str, IoRun]) -> Any:
+    """Served vs offered throughput, and latency percentiles, for both servers."""
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    names = list(io)
+    a.bar(names, [io[n].throughput for n in names], color=["tab:orange", "tab:blue"])
+    a.axhline(next(iter(io.values())).rate, ls="--", color="grey", label="offered rate")
+    a.set_ylabel("requests served per second")
+    a.legend()
+    for n in names:
+        p = io[n].result.percentiles()
+        b.plot(["p50", "p90", "p99"], [p["p50"], p["p90"], p["p99"]], marker="o", label=n)
+    b.set_yscale("log")
+    b.set_ylabel("latency from arrival (ms, log)")
+    b.axhline(next(iter(io.values())).dep_ms, ls=":", color="grey", label="dependency latency")
+    b.legend()
+    r0 = next(iter(io.values()))
+    fig.suptitle(f"{r0.workers} workers each, dependency {r0.dep_ms:g} ms, open loop at {r0.rate:.0f} req/s")
+    fig.tight_layout()
+    return fig
+
+
+def check_async_serves_more(io: dict[str, IoRun], factor: float = 5.0, p99_factor: float = 4.0) -> None:
+    """Claims: at the same worker count async serves >= ``factor`` x the sync throughput, with its p99 under
+    ``p99_factor`` x the dependency latency."""
+    s, a = io["sync"], io["async"]
+    ctx = f"dependency {a.dep_ms:g} ms, {a.workers} workers, {a.rate:.0f} req/s offered"
+    checkpoint(
+        f"async serves at least {factor:g}x the sync throughput at the same worker count",
+        a.throughput / max(s.throughput, 1e-9),
+        at_least=factor,
+        context=f"{ctx}: {a.throughput:.0f} vs {s.throughput:.0f} req/s",
+    )
+    checkpoint(
+        f"async p99 stays under {p99_factor:g}x the dependency latency",
+        a.p("p99") / a.dep_ms,
+        at_most=p99_factor,
+        context=f"{ctx}: p99 {a.p('p99'):.0f} ms",
+    )
+
+
+def check_littles_law(run: IoRun, tolerance: float = 0.15) -> None:
+    """Claim: the measured mean number in flight L equals throughput λ times mean latency W, within ``tolerance``."""
+    lam, w_ms = run.extra["lambda"], run.extra["w_ms"]
+    checkpoint(
+        f"Little's law L = λW holds within {tolerance:.0%} on the {run.server} server",
+        run.in_flight,
+        within=(lam * w_ms / 1000, tolerance),
+        context=f"{run.server}: L {run.in_flight:.2f} in flight, λ {lam:.1f}/s, W {w_ms:.1f} ms",
+    )
+
+
+def check_cpu_bound(cpu: dict[str, float], at_most: float = 1.2) -> None:
+    """Claim: on a CPU-bound handler async is not faster than sync by more than ``at_most``x."""
+    checkpoint(
+        f"on a CPU-bound handler async is not more than {at_most - 1:.0%} faster than sync",
+        cpu["async"] / max(cpu["sync"], 1e-9),
+        at_most=at_most,
+        context=f"{cpu['async']:.0f} vs {cpu['sync']:.0f} req/s, /cpu?n={cpu['n']}, {cpu['clients']} clients",
+    )
+
+
+# ---------------------------------------------------------------------------------------- exercise
+def check_converted_handler(
+    handler: Callable[..., Any], servers: Servers, *, dep_ms: float = 50, clients: int = 40, duration: float = 2.0
+) -> bool | None:
+    """Drive load at the learner's ``async def handler(dep, post)`` (the async twin of ``sync_handler``):
+    ``clients`` concurrent callers on one event loop, each with its own connection to the real dependency.
+    Converted properly, the calls overlap: throughput near ``clients / latency``, not ``1 / latency``."""
+    import inspect
+
+    from labkit.load import Workload, run
+    from labkit.load.http import http
+    from labkit.load.runner import _run_coroutine
+
+    if not inspect.iscoroutinefunction(handler):
+        raise CheckpointFailed("handler is a plain function: define it with `async def` and `await` the request")
+    dep = http(servers.dep.endpoint)
+
+    async def once() -> Any:
+        conn = await dep.aconnect()
+        try:
+            return await handler(conn, 1)
+        finally:
+            await conn.close()
+
+    try:
+        first = _run_coroutine(once, False)
+    except NotImplementedError:
+        print("Not attempted yet: write the async handler in the cell above, then run this cell again.")
+        return None
+    if not (isinstance(first, dict) and first.get("dependency") == 200 and first.get("post") == 1):
+        raise CheckpointFailed(
+            f"handler(dep, 1) returned {first!r}: return {{'post': post, 'dependency': status}} "
+            "with the HTTP status of the dependency's answer"
+        )
+
+    async def op(ctx: Any, o: Any) -> None:
+        await handler(ctx.conn, o.rank + 1)
+
+    res = run(op, Workload(clients=clients, duration=duration), driver=dep, name="your handler")
+    ideal = clients / (dep_ms / 1000)
+    checkpoint(
+        f"exercise: the async handler overlaps its calls ({clients} callers on one event loop)",
+        res.throughput,
+        at_least=ideal / 4,
+        context=f"{res.throughput:.0f} calls/s; one call waits {dep_ms:g} ms, so {ideal:.0f}/s is the ideal "
+        f"and {1000 / dep_ms:.0f}/s means the calls ran one at a time (a blocking call inside?)",
+    )
+    return True
