@@ -64,12 +64,14 @@ def prepare_feeds(router: Router, *, follows: int = 30, seed: int = 7) -> Feeds:
         followees.append(np.where(f >= u, f + 1, f))   # never oneself
     with psycopg.connect(router.dsns[0], autocommit=True) as home:
         home.execute("DROP TABLE IF EXISTS public.photos_all")
-        home.execute("CREATE TABLE public.photos_all (id bigint PRIMARY KEY, user_id bigint NOT NULL, caption text)")
+        home.execute("CREATE TABLE public.photos_all (id bigint PRIMARY KEY, user_id bigint NOT NULL, token bigint)")
         for j, dsn in enumerate(router.dsns):
             shards = [s for s, m in enumerate(router.map) if m == j]
             if not shards:
                 continue
-            union = " UNION ALL ".join(f"SELECT id, user_id, caption FROM {schema(s)}.photos" for s in shards)
+            # only this layout's users: schemas are shared by layouts of other shard counts (other runs)
+            union = " UNION ALL ".join(f"SELECT id, user_id, token FROM {schema(s)}.photos "
+                                       f"WHERE user_id % {router.n_shards} = {s}" for s in shards)
             with psycopg.connect(dsn, autocommit=True) as src, \
                     src.cursor().copy(f"COPY ({union}) TO STDOUT") as out, \
                     home.cursor().copy("COPY public.photos_all FROM STDIN") as inp:
@@ -82,16 +84,16 @@ def prepare_feeds(router: Router, *, follows: int = 30, seed: int = 7) -> Feeds:
     single, sharded = [], []
     for fs in followees:
         single.append((single_sql, (_array(fs),)))
-        by_server: dict[int, set[int]] = {}
+        by_server: dict[int, dict[int, list[int]]] = {}
         for f in fs:
-            by_server.setdefault(router.map[int(f) % router.n_shards], set()).add(int(f) % router.n_shards)
+            s = int(f) % router.n_shards
+            by_server.setdefault(router.map[s], {}).setdefault(s, []).append(int(f))
         per = []
         for j, shards in sorted(by_server.items()):
             parts = " UNION ALL ".join(f"(SELECT id FROM {schema(s)}.photos WHERE user_id = ANY(%s::bigint[]) "
                                        f"ORDER BY id DESC LIMIT {FEED_LIMIT})" for s in sorted(shards))
-            mine = _array(f for f in fs if int(f) % router.n_shards in shards)
             per.append((j, f"SELECT id FROM ({parts}) t ORDER BY id DESC LIMIT {FEED_LIMIT}",
-                        tuple([mine] * len(shards))))
+                        tuple(_array(shards[s]) for s in sorted(shards))))
         sharded.append(per)
     return Feeds(router, followees, single, sharded)
 

@@ -42,6 +42,7 @@ from labkit.load.workload import Uniform, Workload
 
 __all__ = ["MoveResult", "check_move", "move_under_writes", "plot", "table"]
 
+_TAG = 10**12          # a write's token: run tag + client * 10^9 + its sequence number (unique per run)
 LAG_WINDOW_MS = 2000   # a write's ID is taken at insert time; it may commit up to this much later
 
 
@@ -82,10 +83,10 @@ def _copy_rows(src: psycopg.Connection, dst: psycopg.Connection, sch: str, where
                keep_ids: bool) -> int:
     """COPY the photos matching ``where`` from source to target; with ``keep_ids`` the IDs travel too
     (via a staging table, so rows copied twice are skipped rather than failing the batch)."""
-    cols = "id, user_id, caption" if keep_ids else "user_id, caption"
+    cols = "id, user_id, token" if keep_ids else "user_id, token"
     n = 0
     with dst.transaction():
-        dst.execute("CREATE TEMP TABLE IF NOT EXISTS staging (id bigint, user_id bigint, caption text) "
+        dst.execute("CREATE TEMP TABLE IF NOT EXISTS staging (id bigint, user_id bigint, token bigint) "
                     "ON COMMIT DELETE ROWS")
         with src.cursor().copy(f"COPY (SELECT {cols} FROM {sch}.photos WHERE {where}) TO STDOUT",
                                params) as out, dst.cursor().copy(f"COPY staging ({cols}) FROM STDIN") as inp:
@@ -94,7 +95,7 @@ def _copy_rows(src: psycopg.Connection, dst: psycopg.Connection, sch: str, where
         if keep_ids:
             cur = dst.execute(f"INSERT INTO {sch}.photos SELECT * FROM staging ON CONFLICT (id) DO NOTHING")
         else:  # broken on purpose: the target generates new IDs, so rows copied twice become two rows
-            cur = dst.execute(f"INSERT INTO {sch}.photos (user_id, caption) SELECT user_id, caption FROM staging")
+            cur = dst.execute(f"INSERT INTO {sch}.photos (user_id, token) SELECT user_id, token FROM staging")
         n = cur.rowcount
     return n
 
@@ -171,9 +172,9 @@ def move_under_writes(router: Router, pool: ConnectionPool, shard: int, target: 
     n = router.n_shards
     pool.reserve(writers)
     pool.warm(router)
-    sql = f"INSERT INTO {sch}.photos (user_id, caption) VALUES (%s, %s) RETURNING id"
-    run_tag = f"w{time.time_ns() % 10**9:09d}"   # tokens unique across runs, so a second move counts apart
-    acked: list[tuple[str, int]] = []
+    sql = f"INSERT INTO {sch}.photos (user_id, token) VALUES (%s, %s) RETURNING id"
+    run_tag = (time.time_ns() // 1000 % 1_000_000 + 1) * _TAG   # tokens unique across runs: moves count apart
+    acked: list[tuple[int, int]] = []
     attempted = [0]
     started_map = list(router.map)
     switched = threading.Event()
@@ -181,7 +182,7 @@ def move_under_writes(router: Router, pool: ConnectionPool, shard: int, target: 
     source = router.map[shard]
 
     async def write(ctx: Any, op: Any) -> None:
-        token = f"{run_tag}-{op.client}-{op.seq}"
+        token = run_tag + op.client * 1_000_000_000 + op.seq
         attempted[0] += 1
         while True:
             server = router.begin_write(shard)
@@ -235,8 +236,8 @@ def move_under_writes(router: Router, pool: ConnectionPool, shard: int, target: 
     acked_during = acked_at[1] - acked_at[0]
     tgt = router.dsns[target]
     with psycopg.connect(tgt, autocommit=True) as conn:
-        present = conn.execute(f"SELECT caption, id FROM {sch}.photos WHERE caption LIKE %s",
-                               (run_tag + "-%",)).fetchall()
+        present = conn.execute(f"SELECT token, id FROM {sch}.photos WHERE token BETWEEN %s AND %s",
+                               (run_tag, run_tag + _TAG - 1)).fetchall()
     with psycopg.connect(router.dsns[source], autocommit=True) as conn:
         old_rows = conn.execute(f"SELECT count(*) FROM {sch}.photos").fetchone()[0]
         conn.execute(f"TRUNCATE {sch}.photos")   # clean up: the old copy goes

@@ -127,7 +127,7 @@ def _op(router: Router, read_ratio: float) -> Callable[..., Any]:
         shard = user % n
         conn = ctx.conn[smap[shard]]
         if op.kind == "write":
-            await conn.query(inserts[shard], (user, f"c{op.client}-{op.seq}"))
+            await conn.query(inserts[shard], (user, op.seq))
         else:
             await conn.query(feeds[shard], (user,))
     return photo_op

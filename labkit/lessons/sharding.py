@@ -89,13 +89,13 @@ def _shard_ddl(shard: int) -> str:
     s = schema(shard)
     return (f"CREATE SCHEMA IF NOT EXISTS {s};" + ids.plpgsql(s, shard) +
             f"CREATE TABLE IF NOT EXISTS {s}.photos (id bigint PRIMARY KEY DEFAULT {s}.next_id(), "
-            "user_id bigint NOT NULL, caption text NOT NULL DEFAULT '');"
+            "user_id bigint NOT NULL, token bigint NOT NULL DEFAULT 0);"
             f"CREATE INDEX IF NOT EXISTS photos_user_id ON {s}.photos (user_id, id DESC);")
 
 
 def _seed_sql(shard: int, n_shards: int, users: int, photos: int) -> str:
     # users of this shard: shard, shard + n, shard + 2n, ...; each gets `photos` photos
-    return (f"INSERT INTO {schema(shard)}.photos (user_id, caption) SELECT {shard} + {n_shards} * u, 'seed' "
+    return (f"INSERT INTO {schema(shard)}.photos (user_id) SELECT {shard} + {n_shards} * u "
             f"FROM generate_series(0, {users - 1}) u, generate_series(1, {photos}) p;")
 
 
@@ -272,7 +272,7 @@ class Lab:
 
 
 def insert_sql(shard: int) -> str:
-    return f"INSERT INTO {schema(shard)}.photos (user_id, caption) VALUES (%s, %s) RETURNING id"
+    return f"INSERT INTO {schema(shard)}.photos (user_id, token) VALUES (%s, %s) RETURNING id"
 
 
 def feed_sql(shard: int, limit: int = 10) -> str:
@@ -319,7 +319,7 @@ def id_run(router: Router, pool: ConnectionPool, *, clients: int = 16, duration:
     async def insert(ctx: Any, op: Any) -> None:
         shard = op.rank
         t0 = time.time()
-        got = await ctx.conn[smap[shard]].query(sqls[shard], (shard, f"c{op.client}-{op.seq}"))
+        got = await ctx.conn[smap[shard]].query(sqls[shard], (shard, op.seq))
         rows.append((shard, int(got[0][0]), t0 * 1000.0, time.time() * 1000.0))
 
     wl = Workload(keys=Uniform(n), mix={"insert": 1.0}, clients=clients, duration=duration, ops=ops, seed=seed,
