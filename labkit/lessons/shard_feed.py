@@ -33,8 +33,8 @@ class Feeds:
 
     router: Router
     followees: list[np.ndarray]
-    single: list[tuple[str, tuple[str]]]
-    sharded: list[list[tuple[int, str, tuple[str]]]]
+    single: list[tuple[str, tuple[str, ...]]]
+    sharded: list[list[tuple[int, str, tuple[str, ...]]]]
 
     @property
     def users(self) -> int:
@@ -81,19 +81,20 @@ def prepare_feeds(router: Router, *, follows: int = 30, seed: int = 7) -> Feeds:
         home.execute("ANALYZE public.photos_all")
     single_sql = (f"SELECT id FROM public.photos_all WHERE user_id = ANY(%s::bigint[]) "
                   f"ORDER BY id DESC LIMIT {FEED_LIMIT}")
-    single, sharded = [], []
+    single: list[tuple[str, tuple[str, ...]]] = []
+    sharded: list[list[tuple[int, str, tuple[str, ...]]]] = []
     for fs in followees:
         single.append((single_sql, (_array(fs),)))
         by_server: dict[int, dict[int, list[int]]] = {}
         for f in fs:
             s = int(f) % router.n_shards
             by_server.setdefault(router.map[s], {}).setdefault(s, []).append(int(f))
-        per = []
-        for j, shards in sorted(by_server.items()):
+        per: list[tuple[int, str, tuple[str, ...]]] = []
+        for j, on_server in sorted(by_server.items()):
             parts = " UNION ALL ".join(f"(SELECT id FROM {schema(s)}.photos WHERE user_id = ANY(%s::bigint[]) "
-                                       f"ORDER BY id DESC LIMIT {FEED_LIMIT})" for s in sorted(shards))
+                                       f"ORDER BY id DESC LIMIT {FEED_LIMIT})" for s in sorted(on_server))
             per.append((j, f"SELECT id FROM ({parts}) t ORDER BY id DESC LIMIT {FEED_LIMIT}",
-                        tuple(_array(shards[s]) for s in sorted(shards))))
+                        tuple(_array(on_server[s]) for s in sorted(on_server))))
         sharded.append(per)
     return Feeds(router, followees, single, sharded)
 

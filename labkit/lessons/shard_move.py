@@ -40,7 +40,7 @@ from labkit.lessons.sharding import ConnectionPool, Router, ensure_shards, schem
 from labkit.load.runner import run
 from labkit.load.workload import Uniform, Workload
 
-__all__ = ["MoveResult", "check_move", "move_under_writes", "plot", "table"]
+__all__ = ["MoveResult", "check_move", "move_shard", "move_under_writes", "plot", "table", "view"]
 
 _TAG = 10**12          # a write's token: run tag + client * 10^9 + its sequence number (unique per run)
 LAG_WINDOW_MS = 2000   # a write's ID is taken at insert time; it may commit up to this much later
@@ -281,6 +281,11 @@ def plot(m: MoveResult) -> Any:
                  f"{m.freeze_s * 1000:.0f} ms of a {m.move_s:.2f} s move", fontsize=10)
     ax.legend()
     return ax
+
+
+def view(m: MoveResult) -> list[Any]:
+    """The panel's view of a move: the counts and the write rate through the move."""
+    return [table(m), plot(m)]
 
 
 def check_move(m: MoveResult) -> None:

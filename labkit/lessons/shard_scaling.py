@@ -26,7 +26,7 @@ from labkit.load.workload import Uniform, Workload
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["ScalingResult", "check_scaling", "cpu_caps", "plot", "scaling_sweep", "table"]
+__all__ = ["ScalingResult", "check_scaling", "cpu_caps", "plot", "scaling_sweep", "table", "view"]
 
 
 @dataclass
@@ -133,7 +133,8 @@ def _op(router: Router, read_ratio: float) -> Callable[..., Any]:
     return photo_op
 
 
-def scaling_sweep(st: Any, router: Router, pool: ConnectionPool, *, servers: int = 4, clients: int = 32, cpus_per_server: float = 0.25,
+def scaling_sweep(st: Any, router: Router, pool: ConnectionPool, *, servers: int = 4, clients: int = 32,
+                  cpus_per_server: float = 0.25,
                   duration: float = 3.0, read_ratio: float = 0.7, seed: int = 0,
                   progress: Callable[..., Any] | None = None, stop: Any = None) -> ScalingResult:
     """Run the same photo workload (``read_ratio`` feed reads, the rest photo inserts, users uniform over
@@ -213,6 +214,11 @@ def plot(res: ScalingResult) -> Any:
     ax.legend(loc="upper left")
     ax.set_title(title, fontsize=10)
     return ax
+
+
+def view(res: ScalingResult) -> list[Any]:
+    """The panel's view of a sweep: its table and its plot."""
+    return [table(res), plot(res)]
 
 
 def check_scaling(res: ScalingResult, *, four: float = 2.5, two: float = 1.6) -> None:
