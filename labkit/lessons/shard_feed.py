@@ -129,7 +129,7 @@ def feed_compare(feeds: Feeds, pool: ConnectionPool, *, clients: int = 8, durati
     """Time the feed on one server vs across the shards (same users, same data), after checking that
     both give the same photos for ``check_users`` users."""
     pool.reserve(clients)
-    pool.warm(feeds.router)
+    pool.warm(feeds.router, clients=clients)
     rng = np.random.default_rng(seed)
     sample = rng.choice(feeds.users, min(check_users, feeds.users), replace=False)
 

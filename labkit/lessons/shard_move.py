@@ -171,7 +171,7 @@ def move_under_writes(router: Router, pool: ConnectionPool, shard: int, target: 
     sch = schema(shard)
     n = router.n_shards
     pool.reserve(writers)
-    pool.warm(router)
+    pool.warm(router, clients=writers)
     sql = f"INSERT INTO {sch}.photos (user_id, token) VALUES (%s, %s) RETURNING id"
     run_tag = (time.time_ns() // 1000 % 1_000_000 + 1) * _TAG   # tokens unique across runs: moves count apart
     acked: list[tuple[int, int]] = []

@@ -96,13 +96,17 @@ class ConnectionPool:
                 self._all.append(bundle)
                 self._free.append(bundle)
 
-    def warm(self, router: Router, mappings: Sequence[Sequence[int]] | None = None) -> float:
-        """Make every connection touch each shard its server holds under ``mappings``: compile the
-        shard's ``next_id()`` and load its table. Returns the seconds it took."""
+    def warm(self, router: Router, mappings: Sequence[Sequence[int]] | None = None,
+             clients: int | None = None) -> float:
+        """Make the connections of the next ``clients`` bundles to be lent (default: all) touch each shard
+        their server holds under ``mappings``: compile the shard's ``next_id()`` and load its table.
+        Returns the seconds it took."""
         t0 = time.perf_counter()
         per_server = [{s for m in (mappings or [router.map]) for s, srv in enumerate(m) if srv == j}
                       for j in range(len(self.dsns))]
-        jobs = [(c, sorted(per_server[j] - c.warmed)) for b in self._all for j, c in enumerate(b)]  # type: ignore[attr-defined]
+        with self._lock:   # take() lends from the end of the free list: warm those first
+            bundles = list(self._all) if clients is None else self._free[-clients:]
+        jobs = [(c, sorted(per_server[j] - c.warmed)) for b in bundles for j, c in enumerate(b)]  # type: ignore[attr-defined]
 
         def warm_one(job: tuple[_Conn, list[int]]) -> None:
             conn, shards = job

@@ -150,7 +150,7 @@ def scaling_sweep(st: Any, router: Router, pool: ConnectionPool, *, servers: int
     mappings = [router.spread(k) for k in range(1, servers + 1)]
     router.ensure(mappings)      # DDL and warm-up before the caps slow them down
     pool.reserve(clients)
-    pool.warm(router, mappings)
+    pool.warm(router, mappings, clients)
     try:
         with contextlib.ExitStack() as stack:
             capped, why = True, ""

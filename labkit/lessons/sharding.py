@@ -265,7 +265,7 @@ class Lab:
         """Schemas for every map in ``mappings`` exist, and ``clients`` warmed connection bundles."""
         router.ensure(mappings)
         self.pool.reserve(clients)
-        self.pool.warm(router, mappings)
+        self.pool.warm(router, mappings, clients)
 
     def close(self) -> None:
         self.pool.close()
@@ -325,7 +325,7 @@ def id_run(router: Router, pool: ConnectionPool, *, clients: int = 16, duration:
     wl = Workload(keys=Uniform(n), mix={"insert": 1.0}, clients=clients, duration=duration, ops=ops, seed=seed,
                   value_size=0)
     pool.reserve(clients)
-    pool.warm(router)
+    pool.warm(router, clients=clients)
     res = run(insert, wl, driver=pool.driver(), name="id_run", progress=progress, stop=stop,
               use_uvloop=True)
     arr = np.array(rows, dtype=np.float64).reshape(-1, 4) if rows else np.zeros((0, 4))
