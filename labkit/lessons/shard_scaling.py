@@ -135,11 +135,14 @@ def _op(router: Router, read_ratio: float) -> Callable[..., Any]:
 
 def scaling_sweep(st: Any, router: Router, pool: ConnectionPool, *, servers: int = 4, clients: int = 32,
                   cpus_per_server: float = 0.25,
-                  duration: float = 3.0, read_ratio: float = 0.7, seed: int = 0,
+                  duration: float = 3.0, read_ratio: float = 0.7, seed: int = 0, rounds: int = 2,
                   progress: Callable[..., Any] | None = None, stop: Any = None) -> ScalingResult:
     """Run the same photo workload (``read_ratio`` feed reads, the rest photo inserts, users uniform over
     every shard) with the shards spread over 1..``servers`` servers, each server capped at
-    ``cpus_per_server`` cores. The router's map is restored afterwards."""
+    ``cpus_per_server`` cores; ``rounds=2`` measures each count twice (going up, then down) and
+    averages. The router's map is restored afterwards."""
+    if rounds not in (1, 2):
+        raise BadParameter(f"rounds={rounds}: 1 (up only) or 2 (up and back down)")
     if not 1 <= servers <= len(router.dsns):
         raise BadParameter(f"servers={servers}: the router has {len(router.dsns)} servers; use 1..{len(router.dsns)}")
     if not 0 <= read_ratio <= 1:
@@ -159,21 +162,28 @@ def scaling_sweep(st: Any, router: Router, pool: ConnectionPool, *, servers: int
                 caps = stack.enter_context(cpu_caps(st, servers, cpus_per_server))
             except ResourceLimitUnavailable as exc:
                 capped, why = False, str(exc)
-            for k in range(1, servers + 1):
+            # up and back down (1..k..1): a slow drift of the machine's other load hits every server count
+            # alike, and each count's throughput is the mean of its two runs
+            runs: dict[int, list[tuple[Any, list[float]]]] = {}
+            for k in [*range(1, servers + 1), *range(servers, 0, -1)][:2 * servers if rounds == 2 else servers]:
                 router.assign(router.spread(k))
                 before = [c.throttled_seconds() for c in caps]
                 wl = Workload(keys=Uniform(users), mix={"read": read_ratio, "write": 1 - read_ratio},
-                              clients=clients, duration=duration, seed=seed + k, value_size=0)
+                              clients=clients, duration=duration, seed=seed + k + 10 * len(runs.get(k, [])),
+                              value_size=0)
                 res = run(_op(router, read_ratio), wl, driver=pool.driver(), name=f"{k} servers",
                           progress=progress, stop=stop, use_uvloop=True)
-                throttled = [c.throttled_seconds() - b for c, b in zip(caps, before)][:k]
-                pct = res.percentiles()
-                rows.append({"servers": k, "throughput (ops/s)": res.throughput,
-                             "per server (ops/s)": res.throughput / k,
-                             "p50 (ms)": pct["p50"], "p99 (ms)": pct["p99"], "errors": res.error_count,
-                             "CPU cap (cores)": k * cpus_per_server if capped else float("nan"),
-                             "throttled (s per server)": (sum(throttled) / k) if capped else float("nan")})
+                runs.setdefault(k, []).append((res, [c.throttled_seconds() - b for c, b in zip(caps, before)][:k]))
                 results.append(res)
+            for k in sorted(runs):
+                tput = sum(r.throughput for r, _ in runs[k]) / len(runs[k])
+                pct = runs[k][0][0].percentiles()
+                throttled = sum(sum(t) / k for _, t in runs[k]) / len(runs[k])
+                rows.append({"servers": k, "throughput (ops/s)": tput, "per server (ops/s)": tput / k,
+                             "p50 (ms)": pct["p50"], "p99 (ms)": pct["p99"],
+                             "errors": sum(r.error_count for r, _ in runs[k]),
+                             "CPU cap (cores)": k * cpus_per_server if capped else float("nan"),
+                             "throttled (s per server)": throttled if capped else float("nan")})
     finally:
         router.assign(saved)
     return ScalingResult(rows, cpus_per_server if capped else None, capped, why, router.n_shards, results)
