@@ -317,7 +317,9 @@ def id_run(router: Router, pool: ConnectionPool, *, clients: int = 16, duration:
     sqls = [insert_sql(s) for s in range(n)]
 
     async def insert(ctx: Any, op: Any) -> None:
-        shard = op.rank
+        # each client walks the shards from its own starting point: after n/clients inserts per client every
+        # shard has IDs, then each shard gets them from several clients in turn
+        shard = (op.seq + op.client * max(1, n // clients)) % n
         t0 = time.time()
         got = await ctx.conn[smap[shard]].query(sqls[shard], (shard, op.seq))
         rows.append((shard, int(got[0][0]), t0 * 1000.0, time.time() * 1000.0))
