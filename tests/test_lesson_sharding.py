@@ -87,7 +87,7 @@ def test_router_rejects_bad_layouts(lab):
 @pytest.fixture(scope="module")
 def scaled(stack, router, lab):
     needs_cgroups()
-    return scaling.scaling_sweep(stack, router, lab.pool, servers=4, clients=12, cpus_per_server=0.3, duration=2,
+    return scaling.scaling_sweep(stack, router, lab.pool, servers=4, clients=12, cpus_per_server=0.2, duration=2,
                                  read_ratio=0.5, seed=3)
 
 
@@ -102,7 +102,7 @@ def test_scaling_checkpoint_fails_when_servers_add_nothing(scaled):
     flat = dataclasses.replace(scaled, rows=[{**r, "throughput (ops/s)": scaled.rows[0]["throughput (ops/s)"]}
                                              for r in scaled.rows])
     with pytest.raises(CheckpointFailed, match=r"2 capped servers give at least 1.6x the throughput of 1: 1 < "
-                                               r"expected 1.6 at 32 shards, 0.3 core per server"):
+                                               r"expected 1.6 at 32 shards, 0.2 core per server"):
         scaling.check_scaling(flat)
 
 
