@@ -5,14 +5,16 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
+LAB_ARGS ?=
 
-.PHONY: lab test lint course bench setup system-deps python-deps cassandra-jars doctor down clean
+.PHONY: lab test lint course bench setup system-deps browser-deps python-deps cassandra-jars doctor down clean
 
 lab: setup
 	-$(BIN)/labkit doctor
-	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(CI),--no-browser,) $(if $(filter 0,$(shell id -u)),--allow-root,)
+	$(BIN)/jupyter lab --notebook-dir=notebooks --ContentsManager.pre_save_hook=labkit.ui.jupyter.strip_widget_views \
+		$(if $(CI),--no-browser,) $(if $(filter 0,$(shell id -u)),--allow-root,) $(LAB_ARGS)
 
-test: setup cassandra-jars
+test: setup cassandra-jars browser-deps
 	$(BIN)/python -m pytest --nbval-lax --timeout=900 -p no:cacheprovider tests notebooks $(PYTEST_ARGS)
 
 # The codebase checks itself: lint, format and types (configured in pyproject.toml).
@@ -33,6 +35,9 @@ setup: system-deps python-deps
 
 system-deps:
 	@bash .ci/system-deps
+
+browser-deps:
+	@WITH_BROWSER=1 bash .ci/system-deps
 
 python-deps: $(VENV)/.installed
 

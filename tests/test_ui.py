@@ -204,6 +204,7 @@ def test_closed_stack_says_run_setup_again() -> None:
         assert "Traceback" not in p.status.value
         # a run that was already under way when the servers went away gets the same advice
         assert "Setup" in explain(ConnectionRefusedError(111, "refused"), g["touch"])
+        g["_4"] = g["st"]  # IPython's output history keeps the old, closed stack (the Setup cell displayed it)
         exec("st = labkit.stack('memcached', attach=False)\nMC = st.endpoint('memcached').address\n", g)
         p.start()  # Setup ran again: the same panel works, its function reads the new globals
         assert p.wait(timeout=60) == 3
@@ -215,6 +216,33 @@ def test_closed_stack_says_run_setup_again() -> None:
         assert "memcached" in p.status.value and "st.restart" in p.status.value, p.status.value
     finally:
         g["st"].close()
+
+
+def test_panels_run_one_at_a_time() -> None:
+    """Run All starts every panel's default run: they queue, so no two measure at the same time."""
+    spans = []
+
+    def slow(n: int = 1):
+        t = time.monotonic()
+        time.sleep(0.6)
+        spans.append((t, time.monotonic()))
+        return n
+
+    a, b = _panel(slow, n=(1, 3)), _panel(slow, n=(1, 3))
+    a.start()
+    b.start()
+    time.sleep(0.2)
+    assert "waiting for another panel" in b.bar_label.value
+    assert a.wait(timeout=60) == 1 and b.wait(timeout=60) == 1
+    (s1, e1), (s2, e2) = sorted(spans)
+    assert s2 >= e1, f"the runs overlapped: {spans}"
+    # Stop on a queued run ends it before it starts
+    a.start()
+    b.start()
+    b.stop_button.click()
+    with pytest.raises(Exception, match="before it started"):
+        b.wait(timeout=60)
+    a.wait(timeout=60)
 
 
 def test_claim_result_uses_the_defaults_and_says_so(capsys) -> None:

@@ -48,6 +48,7 @@ __all__ = [
     "check_ttl_model",
     "decode_card",
     "defaults",
+    "fillable_sizes_mb",
     "hit_ratio_run",
     "items_per_mb",
     "latency_compare",
@@ -68,6 +69,9 @@ __all__ = [
     "ttl_hit_ratio",
     "ttl_run",
     "ttl_sweep",
+    "ttl_table",
+    "view_sweep",
+    "view_ttl",
 ]
 
 # A rendered post card (caption, author, counts, latest likers, markup) is a few KB. The size matters
@@ -525,10 +529,25 @@ def defaults() -> dict[str, Any]:
     return {
         "reads": int(profile.pick(40_000, 8_000)), "warmup": int(profile.pick(20_000, 4_000)),
         "skews": [0.6, 0.8, 1.0, 1.1, 1.2], "small_mb": small_mb,
-        "sizes_mb": sorted({small_mb, *(int(x * small_mb) for x in (1.5, 2, 3, 5))}),
+        "sizes_mb": fillable_sizes_mb(n_posts, 1.0, int(profile.pick(40_000, 8_000)) + int(profile.pick(20_000, 4_000)),
+                                      small_mb),
         "size_skew": 1.0, "latency_reads": int(profile.pick(5_000, 1_500)), "race_trials": 5,
         "ttls": [1, 2, 4], "ttl_rate": 500.0, "ttl_seconds": float(profile.pick(8, 3)),
     }
+
+
+def fillable_sizes_mb(n_keys: int, skew: float, trace_reads: int, smallest_mb: int, points: int = 5,
+                      fill: float = 0.8) -> list[int]:
+    """Cache sizes (MB) from ``smallest_mb`` up to one that holds ``fill`` of the posts the trace touches.
+
+    A cache larger than the number of distinct posts in the trace never fills: it keeps every card
+    it is given, so its row would repeat the one before. The expected number of distinct posts in
+    ``trace_reads`` Zipf(``skew``) reads is sum_i 1 - (1 - p_i)^reads; sizes are spaced geometrically.
+    """
+    probs = instagram.zipf_probabilities(n_keys, skew)
+    distinct = float(np.sum(-np.expm1(trace_reads * np.log1p(-np.minimum(probs, 1 - 1e-12)))))
+    largest = max(smallest_mb, int(fill * distinct / items_per_mb()))
+    return sorted({int(round(x)) for x in np.geomspace(smallest_mb, largest, points)})
 
 
 @contextlib.contextmanager
@@ -549,33 +568,45 @@ def sized_cache(st: Any, memory_mb: int) -> Iterator[tuple[str, int]]:
 
 def skew_sweep(st: Any, data: instagram.InstagramData, skews: list[float] | None = None,
                memory_mb: int | None = None, reads: int | None = None,
-               warmup: int | None = None) -> pd.DataFrame:
-    """Hit ratio and DB load vs Zipf skew, on one memcached of ``memory_mb`` MB."""
+               warmup: int | None = None, progress: Callable[..., None] | None = None) -> pd.DataFrame:
+    """Hit ratio and DB load vs Zipf skew, on one memcached of ``memory_mb`` MB.
+    ``progress(fraction, text)`` is called after each point (the panel's progress bar)."""
     import pandas as pd
 
     d = defaults()
     rows = []
+    skews = skews or d["skews"]
     with sized_cache(st, memory_mb or d["small_mb"]) as addr, PostStore(st.endpoint("postgres").dsn) as store:
-        for s in skews or d["skews"]:
+        for i, s in enumerate(skews):
             rows.append(hit_ratio_run(addr, store, data, skew=s, reads=reads or d["reads"],
                                       warmup=warmup if warmup is not None else d["warmup"]))
+            if progress is not None:
+                progress((i + 1) / len(skews), f"s={s:g} done")
     return pd.DataFrame(rows)
 
 
 def size_sweep(st: Any, data: instagram.InstagramData, sizes_mb: list[int] | None = None,
                skew: float | None = None, reads: int | None = None,
-               warmup: int | None = None) -> pd.DataFrame:
-    """Hit ratio and DB load vs memcached memory size, at one Zipf skew."""
+               warmup: int | None = None, progress: Callable[..., None] | None = None) -> pd.DataFrame:
+    """Hit ratio and DB load vs memcached memory size, at one Zipf skew.
+
+    Without ``sizes_mb`` the sizes run up to the largest cache this trace can fill
+    (:func:`fillable_sizes_mb`), so every point is a different cache, not a repeat.
+    """
     import pandas as pd
 
     d = defaults()
+    skew = skew if skew is not None else d["size_skew"]
+    reads = reads or d["reads"]
+    warmup = warmup if warmup is not None else d["warmup"]
+    sizes_mb = sizes_mb or fillable_sizes_mb(len(data.posts), skew, reads + warmup, d["small_mb"])
     rows = []
     with PostStore(st.endpoint("postgres").dsn) as store:
-        for mb in sizes_mb or d["sizes_mb"]:
+        for i, mb in enumerate(sizes_mb):
             with sized_cache(st, mb) as addr:
-                rows.append(hit_ratio_run(addr, store, data, skew=skew if skew is not None else d["size_skew"],
-                                          reads=reads or d["reads"],
-                                          warmup=warmup if warmup is not None else d["warmup"]))
+                rows.append(hit_ratio_run(addr, store, data, skew=skew, reads=reads, warmup=warmup))
+            if progress is not None:
+                progress((i + 1) / len(sizes_mb), f"{mb} MB done")
     return pd.DataFrame(rows)
 
 
@@ -618,7 +649,7 @@ def plot_sweep(df: pd.DataFrame, x: str, data: instagram.InstagramData | None = 
     ax1.legend(fontsize=8, loc="lower right")
     ax2.bar(range(len(df)), 1000 * df["db_queries"] / df["reads"], color="C3", alpha=0.8)
     ax2.plot(range(len(df)), 1000 * (1 - df["hit_ratio"]), "k_", markersize=20, label="1000 × (1 − hit ratio)")
-    ax2.set_xticks(range(len(df)), [f"{v:.2f}" if x == "cache_fraction" else f"{v:g}" for v in df[x]])
+    ax2.set_xticks(range(len(df)), [f"{v:.1%}" if x == "cache_fraction" else f"{v:g}" for v in df[x]])
     ax2.set_xlabel(label)
     ax2.set_ylabel("Postgres queries per 1000 reads")
     ax2.legend(fontsize=8)
@@ -718,15 +749,22 @@ def check_latency(lat: dict[str, dict[str, float]], factor: float = 1.5) -> None
 
 
 def ttl_sweep(st: Any, data: instagram.InstagramData, ttls: list[int] | None = None, rate: float | None = None,
-              seconds: float | None = None, skew: float = 1.0) -> pd.DataFrame:
-    """Hit ratio vs TTL at a fixed read rate, on a memcached that holds every post (no evictions)."""
+              seconds: float | None = None, skew: float = 1.0,
+              progress: Callable[..., None] | None = None) -> pd.DataFrame:
+    """Hit ratio vs TTL at a fixed read rate (``rate`` reads/s, each TTL measured for ``seconds``),
+    on a memcached that holds every post (no evictions)."""
     import pandas as pd
 
     d = defaults()
     big_mb = int(len(data.posts) / items_per_mb()) + 4
+    ttls = ttls or d["ttls"]
+    rows = []
     with sized_cache(st, big_mb) as addr, PostStore(st.endpoint("postgres").dsn) as store:
-        rows = [ttl_run(addr, store, data, ttl=t, rate=rate or d["ttl_rate"], seconds=seconds or d["ttl_seconds"],
-                        skew=skew) for t in (ttls or d["ttls"])]
+        for i, t in enumerate(ttls):
+            rows.append(ttl_run(addr, store, data, ttl=t, rate=rate or d["ttl_rate"],
+                                seconds=seconds or d["ttl_seconds"], skew=skew))
+            if progress is not None:
+                progress((i + 1) / len(ttls), f"TTL {t} s done")
     return pd.DataFrame(rows)
 
 
@@ -745,6 +783,27 @@ def plot_ttl(df: pd.DataFrame) -> Any:
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+TTL_COLUMNS = {"ttl_s": "TTL (s)", "target_rate": "target reads/s", "reads_per_s": "reads/s achieved",
+               "reads": "reads measured", "hit_ratio": "hit ratio (memcached)", "ttl_model": "expiry model",
+               "db_queries": "DB queries"}
+
+
+def ttl_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The TTL sweep's figures, rounded, with readable column names."""
+    return df[list(TTL_COLUMNS)].rename(columns=TTL_COLUMNS).round(
+        {"reads/s achieved": 0, "hit ratio (memcached)": 3, "expiry model": 3})
+
+
+def view_sweep(df: pd.DataFrame, x: str, data: instagram.InstagramData | None = None) -> list[Any]:
+    """What a sweep panel shows after each run: the table, then the plot."""
+    return [table(df), plot_sweep(df, x=x, data=data)]
+
+
+def view_ttl(df: pd.DataFrame) -> list[Any]:
+    """What the TTL panel shows after each run: the table, then the plot."""
+    return [ttl_table(df), plot_ttl(df)]
 
 
 def check_ttl_model(df: pd.DataFrame, tol: float = 0.08) -> None:

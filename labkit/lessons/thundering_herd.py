@@ -58,6 +58,7 @@ __all__ = [
     "run_herd",
     "serve_stale",
     "table",
+    "view",
 ]
 
 LEASE_TTL = 10       # s: how long a lease / a stale item lives if the winner never sets
@@ -350,9 +351,16 @@ def run_herd(mc_address: Any, dsn: str, post_id: int, strategy: str | Strategy, 
 
 
 def compare(mc_address: Any, dsn: str, post_id: int, strategies: list[str] | None = None,
-            **kw: Any) -> dict[str, HerdResult]:
-    """Run :func:`run_herd` for each strategy with the same parameters."""
-    return {s: run_herd(mc_address, dsn, post_id, s, **kw) for s in (strategies or list(STRATEGIES))}
+            progress: Callable[..., None] | None = None, **kw: Any) -> dict[str, HerdResult]:
+    """Run :func:`run_herd` for each strategy with the same parameters.
+    ``progress(fraction, text)`` is called after each strategy (the panel's progress bar)."""
+    names = strategies or list(STRATEGIES)
+    out = {}
+    for i, s in enumerate(names):
+        out[s] = run_herd(mc_address, dsn, post_id, s, **kw)
+        if progress is not None:
+            progress((i + 1) / len(names), f"{s} done")
+    return out
 
 
 def protocol_demo(mc_address: Any, key: str = "demo:celebrity") -> pd.DataFrame:
@@ -521,6 +529,11 @@ def plot_timeline(results: dict[str, HerdResult], window: float = 0.1) -> Any:
     axes[-1, 0].set_xlabel("time since start (s)")
     fig.tight_layout()
     return fig
+
+
+def view(results: dict[str, HerdResult]) -> list[Any]:
+    """What the herd panel shows after each run: the table, the bars, the timeline."""
+    return [table(results), plot_results(results), plot_timeline(results)]
 
 
 def check_leases_cut_queries(none: HerdResult, leased: HerdResult, factor: float = 10.0,

@@ -22,8 +22,12 @@ class StackClosed(NotRunning):
     """A panel's run was refused because the stack its experiment uses is closed."""
 
 
+class Stopped(NotRunning):
+    """A queued run was stopped before it started."""
+
+
 def _stacks(fn: Callable[..., Any]) -> Iterator[Any]:
-    """Stacks the function can reach: names it uses first, then any Stack in its module/notebook."""
+    """Stacks the function can reach: names it uses first, then any Stack named in its module/notebook."""
     try:
         from labkit.services.stack import Stack
     except ImportError:  # pragma: no cover - the stack module is part of labkit
@@ -33,7 +37,10 @@ def _stacks(fn: Callable[..., Any]) -> Iterator[Any]:
     seen: set[int] = set()
     used = [g.get(n) for n in (code.co_names if code else ())]
     cells = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ()) if _filled(c)]
-    for obj in [*cells, *used, *list(g.values())]:
+    # names starting with "_" are IPython's output history (_4, _): an old stack displayed there is
+    # not the one the notebook uses now
+    named = [v for k, v in list(g.items()) if not k.startswith("_")]
+    for obj in [*cells, *used, *named]:
         if isinstance(obj, Stack) and id(obj) not in seen:
             seen.add(id(obj))
             yield obj
@@ -96,12 +103,14 @@ def error_html(exc: BaseException, hint: str | None) -> str:
     """The panel's status for a failed run: the hint first; the error; the traceback folded away."""
     head = f"<b>{html.escape(type(exc).__name__)}</b>: {html.escape(str(exc))}"
     parts = []
+    if isinstance(exc, (StackClosed, Stopped)):  # their message is the hint itself
+        return f"<div style='color:#b00'>{hint or html.escape(str(exc))}</div>"
     if hint:
         parts.append(f"<div style='color:#b00'>{hint}</div>")
         parts.append(f"<div style='color:#666'>({head})</div>")
     else:
         parts.append(f"<div style='color:#b00'>{head}</div>")
-    if not isinstance(exc, StackClosed) and exc.__traceback__ is not None:
+    if not isinstance(exc, (StackClosed, Stopped)) and exc.__traceback__ is not None:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-6:])
         parts.append(f"<details><summary>details (where it failed)</summary><pre>{html.escape(tb)}</pre></details>")
     return "".join(parts)

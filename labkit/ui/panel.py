@@ -43,6 +43,10 @@ __all__ = ["panel", "Panel", "Param", "claim_result", "headless", "result_of"]
 
 _RESERVED = ("progress", "stop")
 
+# One experiment at a time in a kernel: "Run All" starts every panel's default run, and runs of
+# different panels must not share the servers (and the CPU) while they measure.
+_RUN_LOCK = threading.Lock()
+
 
 def headless() -> bool:
     """True when no notebook frontend can show widgets: run with defaults instead."""
@@ -332,9 +336,19 @@ class Panel:
         self.bar_label.value = "starting"
         self.progress_box.layout.display = None
         self.status.value = f"running with {_escape(_fmt(values))} …"
-        threading.Thread(target=self._tick, args=(t0,), daemon=True, name="labkit-panel-tick").start()
         try:
-            result = _call(self.fn, values, self.extras, self._progress(t0), self._stop)
+            if not _RUN_LOCK.acquire(blocking=False):
+                self.bar_label.value = "waiting for another panel's run to finish"
+                while not _RUN_LOCK.acquire(timeout=0.5):
+                    if self._stop.is_set():
+                        raise _hints.Stopped("stopped before it started (another panel's run was going on)")
+                t0 = time.monotonic()
+                self.bar_label.value = "starting"
+            threading.Thread(target=self._tick, args=(t0,), daemon=True, name="labkit-panel-tick").start()
+            try:
+                result = _call(self.fn, values, self.extras, self._progress(t0), self._stop)
+            finally:
+                _RUN_LOCK.release()
             items = _view.apply(self.view, result) if self.view is not None else None
             self.result, self.values_of_result = result, values
             self.results.append((values, result))
@@ -383,7 +397,8 @@ class Panel:
                           "so the checks below use the run at those settings.")
                 return result
         print(f"Measuring at the lesson's settings ({_fmt(defaults)}) for the checks below …")
-        result = _call(self.fn, defaults, self.extras, None, threading.Event())
+        with _RUN_LOCK:
+            result = _call(self.fn, defaults, self.extras, None, threading.Event())
         self.results.append((defaults, result))
         return result
 
