@@ -19,6 +19,7 @@ Playwright downloads no browser here: it drives the system Chromium (``apt-get i
 through ``executable_path``. Without Chromium or Playwright the test skips, saying what to install,
 unless LABKIT_REQUIRE_BROWSER=1 (set by .ci/run), where it fails instead.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,10 +42,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 @dataclass(frozen=True)
 class Lesson:
-    notebook: str   # file in notebooks/
-    slider: str     # the first panel's control to move (its label)
-    value: float    # the value to set it to (not its default)
-    column: str     # the column of the panel's table that must show that value in every row
+    notebook: str  # file in notebooks/
+    slider: str  # the first panel's control to move (its label)
+    value: float  # the value to set it to (not its default)
+    column: str  # the column of the panel's table that must show that value in every row
 
 
 LESSONS = [
@@ -53,10 +54,18 @@ LESSONS = [
     Lesson("10-thundering-herd.ipynb", slider="readers", value=8, column="readers"),
 ]
 
-RUN_ALL_TIMEOUT = 600     # s, one notebook's Run All in the CI profile (a loaded machine included)
-PANEL_RUN_TIMEOUT = 300   # s, one panel run
-BAD_TEXT = ["Traceback", "Loading widget", "Error displaying widget", "model not found",
-            "object at 0x", "<Figure size", "RunResult(", "HerdResult("]
+RUN_ALL_TIMEOUT = 600  # s, one notebook's Run All in the CI profile (a loaded machine included)
+PANEL_RUN_TIMEOUT = 300  # s, one panel run
+BAD_TEXT = [
+    "Traceback",
+    "Loading widget",
+    "Error displaying widget",
+    "model not found",
+    "object at 0x",
+    "<Figure size",
+    "RunResult(",
+    "HerdResult(",
+]
 
 
 def _need_browser() -> str:
@@ -103,18 +112,38 @@ def lab(tmp_path_factory):
     (notes / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))  # no news toast
     port, token = _free_port(), secrets.token_hex(16)
     env = {k: v for k, v in os.environ.items() if k not in ("MPLBACKEND", "JPY_SESSION_NAME")}
-    env.update(LABKIT_HEADLESS="0", LABKIT_PROFILE="ci", JUPYTERLAB_SETTINGS_DIR=str(root / "settings"),
-               JUPYTER_RUNTIME_DIR=str(root / "runtime"), IPYTHONDIR=str(root / "ipython"),
-               JUPYTERLAB_WORKSPACES_DIR=str(root / "workspaces"),
-               PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]))
+    env.update(
+        LABKIT_HEADLESS="0",
+        LABKIT_PROFILE="ci",
+        JUPYTERLAB_SETTINGS_DIR=str(root / "settings"),
+        JUPYTER_RUNTIME_DIR=str(root / "runtime"),
+        IPYTHONDIR=str(root / "ipython"),
+        JUPYTERLAB_WORKSPACES_DIR=str(root / "workspaces"),
+        PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]),
+    )
     log = open(root / "jupyterlab.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
-         f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-         f"--ServerApp.root_dir={nbdir}", "--LabApp.expose_app_in_browser=True", "--allow-root",
-         f"--LabApp.workspaces_dir={root / 'workspaces'}",
-         "--ContentsManager.pre_save_hook=labkit.ui.jupyter.strip_widget_views"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=nbdir, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={port}",
+            "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={nbdir}",
+            "--LabApp.expose_app_in_browser=True",
+            "--allow-root",
+            f"--LabApp.workspaces_dir={root / 'workspaces'}",
+            "--ContentsManager.pre_save_hook=labkit.ui.jupyter.strip_widget_views",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=nbdir,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -145,8 +174,10 @@ def lab(tmp_path_factory):
 
 # JavaScript helpers, run in the page (window.jupyterapp: --LabApp.expose_app_in_browser)
 _NB = "window.jupyterapp.shell.currentWidget"
-_KERNEL_IDLE = (f"() => {{ const w = {_NB}; const k = w && w.sessionContext && w.sessionContext.session "
-                "&& w.sessionContext.session.kernel; return !!k && k.status === 'idle'; }")
+_KERNEL_IDLE = (
+    f"() => {{ const w = {_NB}; const k = w && w.sessionContext && w.sessionContext.session "
+    "&& w.sessionContext.session.kernel; return !!k && k.status === 'idle'; }"
+)
 _CELLS = f"""() => {{
   const cells = {_NB}.content.widgets.filter(c => c.model.type === 'code');
   return cells.map(c => ({{
@@ -171,8 +202,9 @@ def _wait_cells_ran(page, indices: list[int] | None, timeout: float, before: dic
             if c["error"]:
                 raise AssertionError(f"code cell {i} failed in JupyterLab:\n{_strip_ansi(c['error'])[-3000:]}")
         want = range(len(cells)) if indices is None else indices
-        done = all(cells[i]["count"] is not None and (before is None or cells[i]["count"] != before.get(i))
-                   for i in want)
+        done = all(
+            cells[i]["count"] is not None and (before is None or cells[i]["count"] != before.get(i)) for i in want
+        )
         if done and page.evaluate(_KERNEL_IDLE):
             return cells
         if time.monotonic() > deadline:
@@ -198,7 +230,8 @@ def _panel_state(panel):
 
 
 def _column(panel, column: str) -> list[str]:
-    return panel.evaluate("""(el, column) => {
+    return panel.evaluate(
+        """(el, column) => {
       const t = el.querySelector('.labkit-view table');
       if (!t) return null;
       // a named index adds a second header row: take the row that holds the column's name
@@ -207,7 +240,9 @@ def _column(panel, column: str) -> list[str]:
       if (!names) return {missing: rows};
       const at = names.indexOf(column);
       return [...t.querySelectorAll('tbody tr')].map(r => r.children[at].innerText.trim());
-    }""", column)
+    }""",
+        column,
+    )
 
 
 def _wait_panel(panel, page, done, timeout: float, what: str):
@@ -222,8 +257,9 @@ def _wait_panel(panel, page, done, timeout: float, what: str):
 
 
 def _set_slider(panel, name: str, value: float) -> None:
-    control = panel.locator(".labkit-control", has=panel.page.locator(".widget-label", has_text=re.compile(
-        rf"^{re.escape(name)}$")))
+    control = panel.locator(
+        ".labkit-control", has=panel.page.locator(".widget-label", has_text=re.compile(rf"^{re.escape(name)}$"))
+    )
     readout = control.locator(".widget-readout")
     readout.click()
     readout.press("Control+a")
@@ -279,8 +315,13 @@ def test_notebook_in_jupyterlab(lab, lesson: Lesson, tmp_path) -> None:
         panel.get_by_role("button", name="Run").click()
         st = _wait_panel(panel, page, lambda s: "Setup" not in s["status"], 30, "Run after Setup again")
         label = f"{lesson.slider}={lesson.value:g}"
-        st = _wait_panel(panel, page, lambda s: ("showing the run with" in s["status"] and label in s["status"])
-                         or "failed after" in s["text"], PANEL_RUN_TIMEOUT, f"a run with {label}")
+        st = _wait_panel(
+            panel,
+            page,
+            lambda s: ("showing the run with" in s["status"] and label in s["status"]) or "failed after" in s["text"],
+            PANEL_RUN_TIMEOUT,
+            f"a run with {label}",
+        )
         t_panel = time.monotonic() - t0
         panel.scroll_into_view_if_needed()
         panel.screenshot(path=str(shots / "3-after-run-with-new-value.png"))
@@ -305,11 +346,17 @@ def test_notebook_in_jupyterlab(lab, lesson: Lesson, tmp_path) -> None:
         page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
         page.wait_for_timeout(2000)
         saved = json.loads((lab["nbdir"] / lesson.notebook).read_text())
-        views = [i for i, c in enumerate(saved["cells"]) for o in c.get("outputs", [])
-                 if "application/vnd.jupyter.widget-view+json" in (o.get("data") or {})]
+        views = [
+            i
+            for i, c in enumerate(saved["cells"])
+            for o in c.get("outputs", [])
+            if "application/vnd.jupyter.widget-view+json" in (o.get("data") or {})
+        ]
         assert not views, f"widget views saved in cells {views}: reopening would show 'model not found'"
-        print(f"\n{lesson.notebook}: Run All {t_run_all:.0f} s, panel run with {label} {t_panel:.0f} s, "
-              f"screenshots in {shots}")
+        print(
+            f"\n{lesson.notebook}: Run All {t_run_all:.0f} s, panel run with {label} {t_panel:.0f} s, "
+            f"screenshots in {shots}"
+        )
     except BaseException:
         try:
             page.screenshot(path=str(shots / "failure.png"))
@@ -328,6 +375,5 @@ def _shutdown_kernel(lab, notebook: str) -> None:
         sessions = json.load(r)
     for s in sessions:
         if s.get("path", "").endswith(notebook):
-            req = urllib.request.Request(f"{lab['base']}/api/sessions/{s['id']}?token={lab['token']}",
-                                         method="DELETE")
+            req = urllib.request.Request(f"{lab['base']}/api/sessions/{s['id']}?token={lab['token']}", method="DELETE")
             urllib.request.urlopen(req, timeout=30).close()

@@ -1,5 +1,6 @@
 """What the panels of lessons 00, 09 and 10 show: their views, progress, the 09 size sweep that the trace
 can fill, and lesson 00's connect time apart from the round trip — on the real servers."""
+
 from __future__ import annotations
 
 import matplotlib
@@ -35,8 +36,9 @@ def test_fillable_sizes_stay_below_the_posts_the_trace_reads(n_keys: int, reads:
 def test_size_sweep_points_are_different_caches(stack, data) -> None:
     """Every size of the sweep fills (its capacity is below the posts read) and gives its own row."""
     seen = []
-    df = caching.size_sweep(stack, data, skew=0.8, reads=1500, warmup=1000,
-                            progress=lambda f, text=None: seen.append((round(f, 2), text)))
+    df = caching.size_sweep(
+        stack, data, skew=0.8, reads=1500, warmup=1000, progress=lambda f, text=None: seen.append((round(f, 2), text))
+    )
     assert len(df) >= 3, df
     assert df["cached_cards"].is_monotonic_increasing and df["cached_cards"].is_unique, df["cached_cards"]
     assert (df["cached_cards"] < df["keys"]).all()
@@ -58,8 +60,18 @@ def test_ttl_view_names_its_columns(stack, data) -> None:
 
 def test_herd_view_and_progress(mc, pg, data) -> None:
     seen = []
-    res = herd.compare(mc, pg.dsn, herd.hot_post(data), strategies=["none", "lease"], readers=2,
-                       invalidations=1, cost=0.01, interval=0.2, think=0.01, progress=lambda f, t=None: seen.append(f))
+    res = herd.compare(
+        mc,
+        pg.dsn,
+        herd.hot_post(data),
+        strategies=["none", "lease"],
+        readers=2,
+        invalidations=1,
+        cost=0.01,
+        interval=0.2,
+        think=0.01,
+        progress=lambda f, t=None: seen.append(f),
+    )
     assert seen == [0.5, 1.0]
     items = view.render(herd.view(res))
     assert [type(i).__name__ for i in items] == ["HTML", "Image", "Image"]

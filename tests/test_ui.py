@@ -1,4 +1,5 @@
 """The widget panel (headless and its background-run path) and the standard plots."""
+
 from __future__ import annotations
 
 import time
@@ -18,13 +19,27 @@ from labkit.load.drivers import consistency_level  # noqa: E402
 def experiment(mc):
     drv = drivers.memcached(mc)
 
-    def cache_experiment(clients: int = 4, s: float = 0.9, read_share: float = 0.9,
-                         consistency: str = "ONE", rate: float = 0.0, seconds: float = 1.0,
-                         progress=None, stop=None):
+    def cache_experiment(
+        clients: int = 4,
+        s: float = 0.9,
+        read_share: float = 0.9,
+        consistency: str = "ONE",
+        rate: float = 0.0,
+        seconds: float = 1.0,
+        progress=None,
+        stop=None,
+    ):
         consistency_level(consistency)  # validated as a Cassandra lesson would
-        wl = Workload(keys=Zipf(500, s), mix={"get": read_share, "set": 1 - read_share}, clients=clients,
-                      rate=rate or None, duration=seconds, key_format="ui:{}")
+        wl = Workload(
+            keys=Zipf(500, s),
+            mix={"get": read_share, "set": 1 - read_share},
+            clients=clients,
+            rate=rate or None,
+            duration=seconds,
+            key_format="ui:{}",
+        )
         return run(drv.get_set_op(), wl, progress=progress, stop=stop)
+
     return cache_experiment
 
 
@@ -42,6 +57,7 @@ def test_decorator_form_is_headless_too(monkeypatch) -> None:
     @ui.panel(n=(1, 10))
     def square(n: int = 3) -> int:
         return n * n
+
     assert square == 9
 
 
@@ -51,25 +67,31 @@ def test_plain_python_is_headless(monkeypatch) -> None:
     assert ui.headless()  # no IPython kernel in a pytest process
 
 
-@pytest.mark.parametrize("specs, words", [
-    ({"clients": (32, 1)}, "reversed"),
-    ({"clients": (10, 20)}, "outside its range"),  # default 4 not in [10, 20]
-    ({"nodes": (1, 3)}, "not parameters"),
-    ({"consistency": ["QUORUM", "ALL"]}, "choose one of"),
-    ({"s": "big"}, "range"),
-])
+@pytest.mark.parametrize(
+    "specs, words",
+    [
+        ({"clients": (32, 1)}, "reversed"),
+        ({"clients": (10, 20)}, "outside its range"),  # default 4 not in [10, 20]
+        ({"nodes": (1, 3)}, "not parameters"),
+        ({"consistency": ["QUORUM", "ALL"]}, "choose one of"),
+        ({"s": "big"}, "range"),
+    ],
+)
 def test_bad_panel_specs_are_clear(experiment, specs, words, monkeypatch) -> None:
     monkeypatch.setenv("LABKIT_HEADLESS", "1")
     with pytest.raises(BadParameter, match=words):
         ui.panel(experiment, **specs)
 
 
-@pytest.mark.parametrize("override, words", [
-    ({"clients": -2}, "clients"),
-    ({"s": -0.5}, ">= 0"),
-    ({"consistency": "MOSTLY"}, "unknown consistency level"),
-    ({"rate": -1.0}, "rate"),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ({"clients": -2}, "clients"),
+        ({"s": -0.5}, ">= 0"),
+        ({"consistency": "MOSTLY"}, "unknown consistency level"),
+        ({"rate": -1.0}, "rate"),
+    ],
+)
 def test_bad_experiment_values_give_clear_errors(experiment, override, words) -> None:
     with pytest.raises(BadParameter, match=words):
         experiment(**override)
@@ -83,6 +105,7 @@ def test_rate_zero_is_rejected() -> None:
 def test_interactive_panel_runs_in_background_and_stops(experiment) -> None:
     """The widget path without a browser: the run must not block the caller, Stop must end it."""
     from labkit.ui.panel import _params
+
     params, extras = _params(experiment, {"clients": (1, 16), "seconds": (0.5, 30.0)})
     p = ui.Panel(experiment, params, extras, "cache", live=True)
     p.controls["seconds"].value = 20.0
@@ -107,6 +130,7 @@ def test_interactive_panel_runs_in_background_and_stops(experiment) -> None:
 
 def _panel(fn, view=None, **specs):
     from labkit.ui.panel import _params
+
     params, extras = _params(fn, specs)
     return ui.Panel(fn, params, extras, None, live=True, view=view)
 
@@ -185,12 +209,15 @@ def test_closed_stack_says_run_setup_again() -> None:
     from labkit.ui._hints import StackClosed, explain
 
     g = {"MetaClient": MetaClient, "labkit": labkit}
-    exec("st = labkit.stack('memcached', attach=False)\nMC = st.endpoint('memcached').address\n"
-         "def touch(n: int = 2):\n"
-         "    with MetaClient(MC) as mc:\n"
-         "        for i in range(n):\n"
-         "            mc.set(f'k{i}', b'v')\n"
-         "    return n\n", g)
+    exec(
+        "st = labkit.stack('memcached', attach=False)\nMC = st.endpoint('memcached').address\n"
+        "def touch(n: int = 2):\n"
+        "    with MetaClient(MC) as mc:\n"
+        "        for i in range(n):\n"
+        "            mc.set(f'k{i}', b'v')\n"
+        "    return n\n",
+        g,
+    )
     try:
         p = _panel(g["touch"], n=(1, 5))
         p.start()
@@ -278,6 +305,7 @@ def test_view_values_render_as_tables_images_and_markdown() -> None:
     import matplotlib.pyplot as plt
     import numpy as np
     import pandas as pd
+
     from labkit.ui import view
 
     _, axes = plt.subplots(1, 2)
@@ -291,11 +319,20 @@ def test_view_values_render_as_tables_images_and_markdown() -> None:
 
 def test_pre_save_hook_strips_widget_views_only() -> None:
     from labkit.ui.jupyter import WIDGET_VIEW, strip_widget_views
+
     table = {"output_type": "display_data", "data": {"text/html": "<table></table>"}, "metadata": {}}
-    widget = {"output_type": "display_data", "data": {WIDGET_VIEW: {"model_id": "abc"}, "text/plain": "VBox()"},
-              "metadata": {}}
-    model = {"type": "notebook", "content": {"metadata": {"widgets": {"state": {}}}, "cells": [
-        {"cell_type": "code", "outputs": [widget, table]}, {"cell_type": "markdown"}]}}
+    widget = {
+        "output_type": "display_data",
+        "data": {WIDGET_VIEW: {"model_id": "abc"}, "text/plain": "VBox()"},
+        "metadata": {},
+    }
+    model = {
+        "type": "notebook",
+        "content": {
+            "metadata": {"widgets": {"state": {}}},
+            "cells": [{"cell_type": "code", "outputs": [widget, table]}, {"cell_type": "markdown"}],
+        },
+    }
     strip_widget_views(model)
     assert model["content"]["cells"][0]["outputs"] == [table]
     assert "widgets" not in model["content"]["metadata"]
@@ -311,27 +348,31 @@ def test_plots_have_units(experiment) -> None:
     assert "ops/s" in ax.get_ylabel() and "s" in ax.get_xlabel()
     ax = ui.plots.percentiles([a, b])
     assert "ms" in ax.get_ylabel()
-    ax = ui.plots.sweep([a, b], "clients", "throughput", model=lambda x: 1000 * x,
-                        xlabel="clients", ylabel="throughput (ops/s)")
+    ax = ui.plots.sweep(
+        [a, b], "clients", "throughput", model=lambda x: 1000 * x, xlabel="clients", ylabel="throughput (ops/s)"
+    )
     assert len(ax.lines) == 2
     with pytest.raises(BadParameter, match="columns are"):
         ui.plots.sweep([a, b], "clients", "nope")
 
 
 _NOTEBOOK_CELLS = [
-    ("import os\n"
-     "import labkit.ui as ui\n"
-     "from labkit.load import Workload, Zipf, drivers, run\n"
-     "mc = drivers.memcached(os.environ['LABKIT_TEST_MC'])"),
-    ("def experiment(clients: int = 3, s: float = 0.9, seconds: float = 1.0, progress=None, stop=None):\n"
-     "    wl = Workload(keys=Zipf(200, s), mix={'get': 0.9, 'set': 0.1}, clients=clients, duration=seconds)\n"
-     "    return run(mc.get_set_op(), wl, progress=progress, stop=stop)\n"
-     "shown = ui.panel(experiment, clients=(1, 16), s=(0.0, 1.5, 0.05))\n"
-     "res = ui.result_of(shown, timeout=60)\n"
-     "assert res.ops > 0 and res.error_count == 0, res.summary()\n"
-     "print(res.summary())"),
-    ("# NBVAL_CHECK_OUTPUT\n"
-     "print('panel returned', type(shown).__name__, '| clients', res.params['clients'])"),
+    (
+        "import os\n"
+        "import labkit.ui as ui\n"
+        "from labkit.load import Workload, Zipf, drivers, run\n"
+        "mc = drivers.memcached(os.environ['LABKIT_TEST_MC'])"
+    ),
+    (
+        "def experiment(clients: int = 3, s: float = 0.9, seconds: float = 1.0, progress=None, stop=None):\n"
+        "    wl = Workload(keys=Zipf(200, s), mix={'get': 0.9, 'set': 0.1}, clients=clients, duration=seconds)\n"
+        "    return run(mc.get_set_op(), wl, progress=progress, stop=stop)\n"
+        "shown = ui.panel(experiment, clients=(1, 16), s=(0.0, 1.5, 0.05))\n"
+        "res = ui.result_of(shown, timeout=60)\n"
+        "assert res.ops > 0 and res.error_count == 0, res.summary()\n"
+        "print(res.summary())"
+    ),
+    ("# NBVAL_CHECK_OUTPUT\nprint('panel returned', type(shown).__name__, '| clients', res.params['clients'])"),
 ]
 
 
@@ -344,17 +385,40 @@ def test_panel_in_a_notebook_run_by_nbval(mc, tmp_path, headless_flag: str, retu
     import sys
 
     import nbformat
+
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(src, execution_count=i + 1) for i, src in enumerate(_NOTEBOOK_CELLS)]
-    nb.cells[-1].outputs = [nbformat.v4.new_output(
-        "stream", name="stdout", text=f"panel returned {returned} | clients 3\n")]
+    nb.cells[-1].outputs = [
+        nbformat.v4.new_output("stream", name="stdout", text=f"panel returned {returned} | clients 3\n")
+    ]
     path = tmp_path / "panel_smoke.ipynb"
     nbformat.write(nb, path)
-    env = {**os.environ, "LABKIT_HEADLESS": headless_flag, "LABKIT_TEST_MC": f"{mc.host}:{mc.port}",
-           "PYTHONPATH": os.pathsep.join([str(__import__("pathlib").Path(__file__).resolve().parents[1]),
-                                          os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "--nbval-lax", str(path), "-p", "no:cacheprovider",
-                           "--rootdir", str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=180)
+    env = {
+        **os.environ,
+        "LABKIT_HEADLESS": headless_flag,
+        "LABKIT_TEST_MC": f"{mc.host}:{mc.port}",
+        "PYTHONPATH": os.pathsep.join(
+            [str(__import__("pathlib").Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "--nbval-lax",
+            str(path),
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(tmp_path),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "3 passed" in proc.stdout, proc.stdout[-2000:]  # the checked cell compared equal

@@ -5,6 +5,7 @@ exchange; for Cassandra the driver's discovery of the cluster) costs far more th
 an open connection, and later lessons compare round trips (a memcached hit, a Postgres read), not
 connects. The round trip is the median of ``repeats`` questions on the same connection.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,10 +49,14 @@ def real_query(st: Stack, name: str, repeats: int = 1) -> tuple[str, float, list
 
     t0 = time.perf_counter()
     if svc.kind == "postgres":
-        with psycopg.connect(ep.dsn, connect_timeout=5) as conn:
+        with psycopg.connect(str(ep.dsn), connect_timeout=5) as conn:
             connect_ms = (time.perf_counter() - t0) * 1000
-            answer, times = _timed(lambda: "SELECT 6*7 -> " + str(conn.execute("SELECT 6*7").fetchone()[0]),
-                                   repeats)
+
+            def select() -> str:
+                row = conn.execute("SELECT 6*7").fetchone()
+                return f"SELECT 6*7 -> {row[0] if row else None}"
+
+            answer, times = _timed(select, repeats)
         return answer, connect_ms, times
     if svc.kind == "memcached":
         with MetaClient(ep.address, timeout=3) as mc:
@@ -62,6 +67,7 @@ def real_query(st: Stack, name: str, repeats: int = 1) -> tuple[str, float, list
                 mc.set("labkit:setup", token)
                 got = mc.get("labkit:setup").value
                 return f"set+get -> {'same value' if got == token else repr(got)}"
+
             answer, times = _timed(set_get, repeats)
         return answer, connect_ms, times
     if svc.kind == "cassandra":
@@ -73,6 +79,7 @@ def real_query(st: Stack, name: str, repeats: int = 1) -> tuple[str, float, list
             def ask() -> str:
                 row = session.execute("SELECT cluster_name, release_version FROM system.local").one()
                 return f"system.local -> {row.cluster_name} {row.release_version}"
+
             answer, times = _timed(ask, repeats)
         finally:
             cluster.shutdown()
@@ -92,12 +99,19 @@ def survey(st: Stack, repeats: int = 5) -> pd.DataFrame:
             ok = True
         except Exception as e:  # noqa: BLE001 - shown in the table: the learner sees what failed
             answer, connect_ms, times, ok = f"FAILED: {e}", float("nan"), [], False
-        rows.append({"service": name, "provider": svc.provider,
-                     "address": f"{svc.endpoint.host}:{svc.endpoint.port}",
-                     "version": svc.version() if ok else "?", "real query": answer, "answered": ok,
-                     "connect (ms)": round(connect_ms, 2),
-                     "round trip (ms, median)": round(statistics.median(times), 3) if times else float("nan"),
-                     "round trips": len(times)})
+        rows.append(
+            {
+                "service": name,
+                "provider": svc.provider,
+                "address": f"{svc.endpoint.host}:{svc.endpoint.port}",
+                "version": svc.version() if ok else "?",
+                "real query": answer,
+                "answered": ok,
+                "connect (ms)": round(connect_ms, 2),
+                "round trip (ms, median)": round(statistics.median(times), 3) if times else float("nan"),
+                "round trips": len(times),
+            }
+        )
     return pd.DataFrame(rows).set_index("service")
 
 
@@ -109,8 +123,12 @@ def plot_times(table: pd.DataFrame) -> Any:
     fig, ax = plt.subplots(figsize=(6.5, 0.5 + 0.7 * len(table)))
     pos = np.arange(len(table))
     ax.barh(pos - 0.2, table["connect (ms)"], 0.4, label="connect")
-    ax.barh(pos + 0.2, table["round trip (ms, median)"], 0.4,
-            label=f"round trip (median of {int(table['round trips'].max())})")
+    ax.barh(
+        pos + 0.2,
+        table["round trip (ms, median)"],
+        0.4,
+        label=f"round trip (median of {int(table['round trips'].max())})",
+    )
     ax.set_yticks(pos, table.index)
     ax.set_xscale("log")
     ax.set_xlabel("time (ms, log scale)")

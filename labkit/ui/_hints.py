@@ -6,16 +6,20 @@ the closed stack (``st``) or to addresses of its stopped servers (``MC``, ``DSN`
 the stack in the function's globals and says to run the Setup cell again, which rebinds those
 names to new servers — the panel's function looks them up at call time, so Run then works.
 """
+
 from __future__ import annotations
 
 import html
 import traceback
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from labkit.errors import NotRunning
 
-SETUP_AGAIN = ("The servers were stopped by the notebook's cleanup cell (<code>st.close()</code>): "
-               "run the <b>Setup</b> cell(s) again — they start new servers — then press Run.")
+SETUP_AGAIN = (
+    "The servers were stopped by the notebook's cleanup cell (<code>st.close()</code>): "
+    "run the <b>Setup</b> cell(s) again — they start new servers — then press Run."
+)
 
 
 class StackClosed(NotRunning):
@@ -48,7 +52,7 @@ def _stacks(fn: Callable[..., Any]) -> Iterator[Any]:
 
 def _filled(cell: Any) -> bool:
     try:
-        cell.cell_contents
+        _ = cell.cell_contents
     except ValueError:
         return False
     return True
@@ -63,8 +67,14 @@ def closed_stack_message(fn: Callable[..., Any]) -> str | None:
 
 
 def _connection_error(exc: BaseException) -> bool:
-    names = {"OperationalError", "NoHostAvailable", "MemcacheUnexpectedCloseError", "MemcacheServerError",
-             "OperationTimedOut", "InterfaceError"}
+    names = {
+        "OperationalError",
+        "NoHostAvailable",
+        "MemcacheUnexpectedCloseError",
+        "MemcacheServerError",
+        "OperationTimedOut",
+        "InterfaceError",
+    }
     seen = 0
     e: BaseException | None = exc
     while e is not None and seen < 10:
@@ -92,11 +102,15 @@ def explain(exc: BaseException, fn: Callable[..., Any]) -> str | None:
             except Exception:  # noqa: BLE001 - a health probe that raises is a server that does not answer
                 ok = False
             if not ok:
-                return (f"<b>{html.escape(name)}</b> does not answer (killed, paused or crashed?): "
-                        f"<code>st.restart({name!r})</code> starts it again (or <code>st.service({name!r})"
-                        ".resume()</code> after a pause), or run the <b>Setup</b> cell(s) again; then press Run.")
-    return ("A server this experiment talks to refused the connection. If you stopped or restarted servers, "
-            "run the <b>Setup</b> cell(s) again, then press Run.")
+                return (
+                    f"<b>{html.escape(name)}</b> does not answer (killed, paused or crashed?): "
+                    f"<code>st.restart({name!r})</code> starts it again (or <code>st.service({name!r})"
+                    ".resume()</code> after a pause), or run the <b>Setup</b> cell(s) again; then press Run."
+                )
+    return (
+        "A server this experiment talks to refused the connection. If you stopped or restarted servers, "
+        "run the <b>Setup</b> cell(s) again, then press Run."
+    )
 
 
 def error_html(exc: BaseException, hint: str | None) -> str:

@@ -10,6 +10,7 @@ every other output — tables, plots, checkpoint lines — is kept.
 
     jupyter lab --ContentsManager.pre_save_hook=labkit.ui.jupyter.strip_widget_views
 """
+
 from __future__ import annotations
 
 from typing import Any

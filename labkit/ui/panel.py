@@ -25,6 +25,7 @@ callback and a threading.Event set by the Stop button. ``progress`` takes a labk
 A run against servers that the notebook's cleanup cell stopped, or that died, does not start (or
 fails) with a message saying what to do, instead of a bare ConnectionRefusedError.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -32,8 +33,9 @@ import io
 import os
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from labkit.errors import BadParameter
 from labkit.ui import _hints
@@ -57,6 +59,7 @@ def headless() -> bool:
         return False
     try:
         from labkit import profile
+
         if profile.current() == "ci":
             return True
     except Exception:  # a bad LABKIT_PROFILE is reported where profiles are used, not here
@@ -65,6 +68,7 @@ def headless() -> bool:
         return True
     try:
         from IPython import get_ipython
+
         ip = get_ipython()
     except ImportError:
         return True
@@ -103,14 +107,19 @@ class Param:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise BadParameter(f"{self.name}={value!r}: must be a number in [{self.low}, {self.high}]")
             if not self.low <= value <= self.high:  # type: ignore[operator]
-                raise BadParameter(f"{self.name}={value!r} is outside its range [{self.low}, {self.high}]: "
-                                   "pick a value inside it or widen the range")
+                raise BadParameter(
+                    f"{self.name}={value!r} is outside its range [{self.low}, {self.high}]: "
+                    "pick a value inside it or widen the range"
+                )
         return value
 
     @property
     def integer(self) -> bool:
-        return (isinstance(self.default, int) and not isinstance(self.default, bool)
-                and all(isinstance(v, int) for v in (self.low, self.high, self.step or 1)))
+        return (
+            isinstance(self.default, int)
+            and not isinstance(self.default, bool)
+            and all(isinstance(v, int) for v in (self.low, self.high, self.step or 1))
+        )
 
 
 def _spec_to_param(name: str, spec: Any, default: Any) -> Param:
@@ -127,8 +136,11 @@ def _spec_to_param(name: str, spec: Any, default: Any) -> Param:
         return p
     if isinstance(spec, bool):
         return Param(name, spec if default is inspect.Parameter.empty else default)
-    if isinstance(spec, tuple) and len(spec) in (2, 3) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                              for v in spec):
+    if (
+        isinstance(spec, tuple)
+        and len(spec) in (2, 3)
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec)
+    ):
         low, high = spec[0], spec[1]
         if low > high:
             raise BadParameter(f"{name}=({low}, {high}): the range is reversed; write ({high}, {low})")
@@ -139,8 +151,9 @@ def _spec_to_param(name: str, spec: Any, default: Any) -> Param:
         p = Param(name, d, low, high, step)
         p.check(d)
         return p
-    raise BadParameter(f"{name}={spec!r}: give a range (low, high[, step]), a list of choices, a bool, "
-                       "or labkit.ui.Param")
+    raise BadParameter(
+        f"{name}={spec!r}: give a range (low, high[, step]), a list of choices, a bool, or labkit.ui.Param"
+    )
 
 
 def _params(fn: Callable[..., Any], specs: dict[str, Any]) -> tuple[list[Param], set[str]]:
@@ -148,8 +161,9 @@ def _params(fn: Callable[..., Any], specs: dict[str, Any]) -> tuple[list[Param],
     names = set(sig.parameters)
     unknown = set(specs) - names
     if unknown:
-        raise BadParameter(f"{sorted(unknown)} not parameters of {fn.__name__}{sig}: fix the name or add the "
-                           "parameter to the function")
+        raise BadParameter(
+            f"{sorted(unknown)} not parameters of {fn.__name__}{sig}: fix the name or add the parameter to the function"
+        )
     params: list[Param] = []
     for name, p in sig.parameters.items():
         if name in _RESERVED or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
@@ -157,8 +171,10 @@ def _params(fn: Callable[..., Any], specs: dict[str, Any]) -> tuple[list[Param],
         if name in specs:
             params.append(_spec_to_param(name, specs[name], p.default))
         elif p.default is inspect.Parameter.empty:
-            raise BadParameter(f"parameter {name!r} of {fn.__name__} has no default and no range: give it a "
-                               "default in the signature or a spec to panel()")
+            raise BadParameter(
+                f"parameter {name!r} of {fn.__name__} has no default and no range: give it a "
+                "default in the signature or a spec to panel()"
+            )
         elif isinstance(p.default, bool):
             params.append(Param(name, p.default))
         else:
@@ -188,8 +204,15 @@ class Panel:
     replaced in place after every run.
     """
 
-    def __init__(self, fn: Callable[..., Any], params: list[Param], extras: set[str], title: str | None,
-                 live: bool, view: Callable[[Any], Any] | None = None) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        params: list[Param],
+        extras: set[str],
+        title: str | None,
+        live: bool,
+        view: Callable[[Any], Any] | None = None,
+    ) -> None:
         self.fn, self.params, self.extras, self.live, self.view = fn, params, extras, live, view
         self.title = title or fn.__name__.replace("_", " ")
         self.result: Any = None
@@ -197,6 +220,8 @@ class Panel:
         self.results: list[tuple[dict[str, Any], Any]] = []
         self.error: BaseException | None = None
         self.last_seconds: float | None = None
+        self._reported = False
+        self._live_rows: list[dict[str, Any]] | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._done = threading.Event()
@@ -206,6 +231,7 @@ class Panel:
     # -- widgets --------------------------------------------------------------------------------
     def _build(self) -> None:
         import ipywidgets as w
+
         self.controls: dict[str, Any] = {}
         for p in self.params:
             desc = p.description or p.name
@@ -215,12 +241,26 @@ class Panel:
             elif isinstance(p.default, bool):
                 c = w.Checkbox(value=p.default, description=desc, style=style)
             elif p.low is not None and p.integer:
-                c = w.IntSlider(value=p.default, min=p.low, max=p.high, step=p.step or 1, description=desc,
-                                style=style, continuous_update=False)
+                c = w.IntSlider(
+                    value=p.default,
+                    min=p.low,
+                    max=p.high,
+                    step=p.step or 1,
+                    description=desc,
+                    style=style,
+                    continuous_update=False,
+                )
             elif p.low is not None:
                 step = p.step or (p.high - p.low) / 100 or 0.01  # type: ignore[operator]
-                c = w.FloatSlider(value=p.default, min=p.low, max=p.high, step=step, description=desc,
-                                  style=style, continuous_update=False)
+                c = w.FloatSlider(
+                    value=p.default,
+                    min=p.low,
+                    max=p.high,
+                    step=step,
+                    description=desc,
+                    style=style,
+                    continuous_update=False,
+                )
             else:
                 c = w.Text(value=repr(p.default), description=desc, disabled=True, style=style)
             c.add_class("labkit-control")
@@ -240,13 +280,22 @@ class Panel:
         self.image.add_class("labkit-live")
         self.output = w.Output()
         self.output.add_class("labkit-view")
-        self.widget = w.VBox([w.HTML(f"<b>{_escape(self.title)}</b>"), w.VBox(list(self.controls.values())),
-                              w.HBox([self.run_button, self.stop_button]), self.progress_box, self.status,
-                              self.image, self.output])
+        self.widget = w.VBox(
+            [
+                w.HTML(f"<b>{_escape(self.title)}</b>"),
+                w.VBox(list(self.controls.values())),
+                w.HBox([self.run_button, self.stop_button]),
+                self.progress_box,
+                self.status,
+                self.image,
+                self.output,
+            ]
+        )
         self.widget.add_class("labkit-panel")
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
+
         display(self.widget)
 
     def defaults(self) -> dict[str, Any]:
@@ -285,6 +334,7 @@ class Panel:
         It only records: the live plot is drawn by the panel's ticker thread, so a slow PNG never
         stalls the load generator that calls this.
         """
+
         def progress(p: Any, text: str | None = None) -> None:
             fraction = getattr(p, "fraction", p)
             try:
@@ -301,6 +351,7 @@ class Panel:
             rows = getattr(p, "rows", None)
             if self.live and rows:
                 self._live_rows = list(rows)
+
         return progress
 
     def _show_live(self, rows: list[dict[str, Any]]) -> None:
@@ -331,7 +382,7 @@ class Panel:
     def _run(self, values: dict[str, Any]) -> None:
         t0 = time.monotonic()
         self._reported = False
-        self._live_rows: list[dict[str, Any]] | None = None
+        self._live_rows = None
         self.bar.value, self.bar.bar_style = 0.0, "info"
         self.bar_label.value = "starting"
         self.progress_box.layout.display = None
@@ -392,9 +443,11 @@ class Panel:
         for values, result in reversed(self.results):
             if values == defaults:
                 if self.values_of_result != defaults:
-                    print(f"Note: your last Run used {_fmt(_changed(self.values_of_result or {}, defaults))}; "
-                          f"the claims are stated at {_fmt(_changed(defaults, self.values_of_result or {}))}, "
-                          "so the checks below use the run at those settings.")
+                    print(
+                        f"Note: your last Run used {_fmt(_changed(self.values_of_result or {}, defaults))}; "
+                        f"the claims are stated at {_fmt(_changed(defaults, self.values_of_result or {}))}, "
+                        "so the checks below use the run at those settings."
+                    )
                 return result
         print(f"Measuring at the lesson's settings ({_fmt(defaults)}) for the checks below …")
         with _RUN_LOCK:
@@ -409,11 +462,13 @@ def _changed(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 def _escape(text: str) -> str:
     import html
+
     return html.escape(text)
 
 
 def _png(rows: list[dict[str, Any]], title: str) -> bytes:
     from labkit.ui.plots import live_figure
+
     buf = io.BytesIO()
     live_figure(rows, title).savefig(buf, format="png", dpi=80)
     return buf.getvalue()
@@ -430,8 +485,16 @@ def _in_kernel() -> bool:
     return ip is not None and type(ip).__name__ != "InteractiveShell"
 
 
-def panel(fn: Callable[..., Any] | None = None, /, *, title: str | None = None, live: bool = True,
-          autorun: bool = True, view: Callable[[Any], Any] | None = None, **specs: Any) -> Any:
+def panel(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    title: str | None = None,
+    live: bool = True,
+    autorun: bool = True,
+    view: Callable[[Any], Any] | None = None,
+    **specs: Any,
+) -> Any:
     """Build a panel for ``fn`` (or use as ``@panel(clients=(1, 64))``).
 
     ``view(result)`` returns the lesson's view of a result: a DataFrame, a matplotlib Figure/Axes, a
@@ -446,8 +509,10 @@ def panel(fn: Callable[..., Any] | None = None, /, *, title: str | None = None, 
     if not callable(fn):
         raise BadParameter(f"panel() needs the experiment function first, got {fn!r}")
     if view is not None and not callable(view):
-        raise BadParameter(f"view={view!r}: give a function of the result that returns tables/figures, "
-                           "e.g. view=lambda df: [lesson.table(df), lesson.plot(df)]")
+        raise BadParameter(
+            f"view={view!r}: give a function of the result that returns tables/figures, "
+            "e.g. view=lambda df: [lesson.table(df), lesson.plot(df)]"
+        )
     params, extras = _params(fn, specs)
     if headless():
         values = {p.name: p.check(p.default) for p in params}
@@ -455,10 +520,12 @@ def panel(fn: Callable[..., Any] | None = None, /, *, title: str | None = None, 
         if view is not None and _in_kernel():
             for item in _view.apply(view, result):
                 from IPython.display import display
+
                 display(item)
         return result
     p = Panel(fn, params, extras, title, live, view)
     from IPython.display import display
+
     display(p.widget)
     if autorun:
         p.start()

@@ -1,9 +1,11 @@
 """Standard plots: latency CDF and percentiles, throughput over time, a metric vs a swept
 parameter with a model curve. Each function takes results (RunResult or a list of them, or a
 DataFrame for sweeps), draws on ``ax`` (a new figure when None) and returns the Axes."""
+
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -16,6 +18,7 @@ def _axes(ax: Any = None, figsize: tuple[float, float] = (6.4, 3.6)) -> Any:
     if ax is not None:
         return ax
     import matplotlib.pyplot as plt
+
     _, ax = plt.subplots(figsize=figsize, layout="constrained")
     return ax
 
@@ -42,8 +45,9 @@ def cdf_points(hist: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(vals), np.asarray(cum)
 
 
-def latency_cdf(results: Any, *, ax: Any = None, labels: Sequence[str] | None = None, kind: str | None = None,
-                tail: bool = False) -> Any:
+def latency_cdf(
+    results: Any, *, ax: Any = None, labels: Sequence[str] | None = None, kind: str | None = None, tail: bool = False
+) -> Any:
     """Latency CDF per result. ``tail=True`` plots 1-CDF on a log scale (where p99/p999 live)."""
     ax = _axes(ax)
     for i, res in enumerate(_as_list(results)):
@@ -66,8 +70,13 @@ def latency_cdf(results: Any, *, ax: Any = None, labels: Sequence[str] | None = 
     return ax
 
 
-def percentiles(results: Any, *, ax: Any = None, labels: Sequence[str] | None = None,
-                which: Sequence[str] = ("p50", "p90", "p99", "p999", "max")) -> Any:
+def percentiles(
+    results: Any,
+    *,
+    ax: Any = None,
+    labels: Sequence[str] | None = None,
+    which: Sequence[str] = ("p50", "p90", "p99", "p999", "max"),
+) -> Any:
     """Latency percentiles per result as grouped bars (ms, log scale)."""
     ax = _axes(ax)
     res_list = _as_list(results)
@@ -86,8 +95,9 @@ def percentiles(results: Any, *, ax: Any = None, labels: Sequence[str] | None = 
     return ax
 
 
-def throughput(results: Any, *, ax: Any = None, labels: Sequence[str] | None = None, errors: bool = True,
-               latency: bool = False) -> Any:
+def throughput(
+    results: Any, *, ax: Any = None, labels: Sequence[str] | None = None, errors: bool = True, latency: bool = False
+) -> Any:
     """Successful ops/s per interval over time; failed ops/s in red; optionally p99 on a second axis."""
     ax = _axes(ax)
     for i, res in enumerate(_as_list(results)):
@@ -97,8 +107,14 @@ def throughput(results: Any, *, ax: Any = None, labels: Sequence[str] | None = N
         t = df["t"] + df["seconds"] / 2 if "seconds" in df else df["t"]
         ax.plot(t, df["ops_per_s"], marker=".", label=f"{_label(res, labels, i)} ok")
         if errors and df["errors"].sum() > 0:
-            ax.plot(t, df["errors"] / df["seconds"], color="tab:red", marker="x", linestyle="--",
-                    label=f"{_label(res, labels, i)} errors")
+            ax.plot(
+                t,
+                df["errors"] / df["seconds"],
+                color="tab:red",
+                marker="x",
+                linestyle="--",
+                label=f"{_label(res, labels, i)} errors",
+            )
         if latency:
             ax2 = getattr(ax, "_labkit_twin", None) or ax.twinx()
             ax._labkit_twin = ax2
@@ -113,10 +129,19 @@ def throughput(results: Any, *, ax: Any = None, labels: Sequence[str] | None = N
     return ax
 
 
-def sweep(data: Any, x: str, y: str, *, ax: Any = None, model: Callable[[np.ndarray], np.ndarray] |
-          tuple[Iterable[float], Iterable[float]] | None = None, model_label: str = "model",
-          hue: str | None = None, xlabel: str | None = None, ylabel: str | None = None,
-          logx: bool = False) -> Any:
+def sweep(
+    data: Any,
+    x: str,
+    y: str,
+    *,
+    ax: Any = None,
+    model: Callable[[np.ndarray], np.ndarray] | tuple[Iterable[float], Iterable[float]] | None = None,
+    model_label: str = "model",
+    hue: str | None = None,
+    xlabel: str | None = None,
+    ylabel: str | None = None,
+    logx: bool = False,
+) -> Any:
     """A measured metric ``y`` vs a swept parameter ``x`` (points) with a model curve (line).
 
     data: a DataFrame, a list of dicts, or a list of RunResult (their ``row()``).
@@ -124,6 +149,7 @@ def sweep(data: Any, x: str, y: str, *, ax: Any = None, model: Callable[[np.ndar
     Give xlabel/ylabel with units, e.g. ylabel="throughput (ops/s)".
     """
     import pandas as pd
+
     if isinstance(data, list) and data and hasattr(data[0], "row"):
         data = [r.row() for r in data]
     df = data if isinstance(data, pd.DataFrame) else pd.DataFrame(list(data))
@@ -134,7 +160,7 @@ def sweep(data: Any, x: str, y: str, *, ax: Any = None, model: Callable[[np.ndar
     groups = df.groupby(hue) if hue else [(None, df)]
     for key, g in groups:
         g = g.sort_values(x)
-        ax.plot(g[x], g[y], "o", label=f"measured ({hue}={key})" if hue else "measured")
+        ax.plot(g[x], g[y], "o", label=f"measured ({hue}={key!s})" if hue else "measured")
     if model is not None:
         if callable(model):
             lo, hi = float(df[x].min()), float(df[x].max())
@@ -155,6 +181,7 @@ def sweep(data: Any, x: str, y: str, *, ax: Any = None, model: Callable[[np.ndar
 def live_figure(rows: list[dict[str, Any]], title: str = "") -> Any:
     """The panel's live view: throughput and p99 per interval so far (a new Figure, not shown)."""
     from matplotlib.figure import Figure
+
     fig = Figure(figsize=(7, 2.8), layout="constrained")
     ax = fig.add_subplot(1, 2, 1)
     ax2 = fig.add_subplot(1, 2, 2)

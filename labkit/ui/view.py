@@ -10,10 +10,12 @@ renders in every frontend without a plotting extension (JupyterLab, Colab, VS Co
 and a pyplot figure left open by a background run would otherwise be flushed by the inline backend
 into whichever cell the learner runs next.
 """
+
 from __future__ import annotations
 
 import io
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["apply", "as_outputs", "render", "show"]
 
@@ -33,6 +35,7 @@ def _figure_of(obj: Any) -> Any | None:
         return obj.figure
     try:
         import numpy as np
+
         if isinstance(obj, np.ndarray) and obj.size and all(isinstance(a, Axes) for a in obj.flat):
             return obj.flat[0].figure
     except ImportError:
@@ -45,6 +48,7 @@ def _png(fig: Any) -> bytes:
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     try:
         import matplotlib.pyplot as plt
+
         plt.close(fig)
     except Exception:  # a Figure made without pyplot is not registered: nothing to close
         pass
@@ -66,11 +70,13 @@ def render(obj: Any) -> list[Any]:
         return [Markdown(obj)]
     try:
         import pandas as pd
+
         if isinstance(obj, pd.DataFrame):
             return [HTML(obj.to_html(classes="labkit-table", border=0, na_rep="–"))]
         if isinstance(obj, pd.Series):
             return [HTML(obj.to_frame().to_html(classes="labkit-table", border=0, na_rep="–"))]
         from pandas.io.formats.style import Styler
+
         if isinstance(obj, Styler):
             return [HTML(obj.to_html())]
     except ImportError:
@@ -106,14 +112,11 @@ def show(obj: Any) -> None:
 def apply(view: Callable[[Any], Any], result: Any) -> list[Any]:
     """``render(view(result))``, closing any pyplot figure the view opened but did not return
     (so it never pops up later under another cell)."""
-    try:
-        import matplotlib.pyplot as plt
-        before = set(plt.get_fignums())
-    except ImportError:
-        plt, before = None, set()
+    import matplotlib.pyplot as plt  # a dependency of labkit
+
+    before = set(plt.get_fignums())
     try:
         return render(view(result))
     finally:
-        if plt is not None:
-            for num in set(plt.get_fignums()) - before:
-                plt.close(num)
+        for num in set(plt.get_fignums()) - before:
+            plt.close(num)
