@@ -276,6 +276,7 @@ def test_notebook_in_jupyterlab(lab, lesson: Lesson, tmp_path) -> None:
     shots = Path(os.environ.get("LABKIT_BROWSER_SHOTS") or tmp_path) / lesson.notebook.removesuffix(".ipynb")
     shots.mkdir(parents=True, exist_ok=True)
     page = lab["browser"].new_page(viewport={"width": 1400, "height": 1400})
+    page.set_default_timeout(120_000)  # loading JupyterLab and screenshots of a long page, on a loaded machine
     t_start = time.monotonic()
     try:
         page.goto(f"{lab['base']}/lab/tree/{lesson.notebook}?reset&token={lab['token']}")  # reset: no other tabs
