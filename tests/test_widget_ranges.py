@@ -78,11 +78,11 @@ def test_lesson_09_size_panel_at_both_ends(stack, data, ranges):
 def test_lesson_09_ttl_panel_at_both_ends(stack, data, ranges):
     d = caching.defaults()
     r = ranges["hit_ratio_vs_ttl"]
-    assert set(r) == {"rate", "seconds"}
-    for rate in ends(r["rate"]):
+    assert set(r) == {"reads_per_s", "seconds_per_ttl"}
+    for rate in ends(r["reads_per_s"]):
         df = caching.ttl_sweep(stack, data, ttls=[1], rate=rate, seconds=d["ttl_seconds"])
         assert 0 < df["reads_per_s"].iloc[0] <= rate * 1.1 and 0 <= df["hit_ratio"].iloc[0] <= 1
-    for seconds in ends(r["seconds"]):
+    for seconds in ends(r["seconds_per_ttl"]):
         df = caching.ttl_sweep(stack, data, ttls=[1], rate=d["ttl_rate"], seconds=seconds)
         assert df["reads"].iloc[0] > 0 and 0 <= df["hit_ratio"].iloc[0] <= 1
 
@@ -91,7 +91,7 @@ def test_lesson_10_widgets_at_both_ends(mc, pg, data, ranges, capsys):
     """The herd at every end of its three sliders, all four strategies; at 200 readers the claims still hold."""
     d = herd.defaults()
     r = ranges["herd_experiment"]
-    assert set(r) == {"readers", "cost", "invalidations"}
+    assert set(r) == {"readers", "recompute_s", "invalidations"}
     hot = herd.hot_post(data)
 
     def run(readers: int = d["readers"], cost: float = d["cost"], invalidations: int = d["invalidations"]):
@@ -109,7 +109,7 @@ def test_lesson_10_widgets_at_both_ends(mc, pg, data, ranges, capsys):
     print_figures("200 readers", big)
     for res in run(readers=lo, invalidations=2).values():  # one reader: exactly one recompute per invalidation
         assert res.db_queries == res.invalidations == 2 and res.stale_reads == 0
-    for cost in ends(r["cost"]):
+    for cost in ends(r["recompute_s"]):
         for res in run(readers=8, cost=cost, invalidations=1).values():
             assert res.invalidations == 1 and res.db_queries >= 1
     for n in ends(r["invalidations"]):
