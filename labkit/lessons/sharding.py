@@ -65,7 +65,7 @@ def defaults() -> dict[str, Any]:
 
     return {"n_shards": int(profile.pick(1024, 256, 128)), "servers": 4,
             "writers": int(profile.pick(16, 8)), "readers": int(profile.pick(16, 8)),
-            "cpus_per_server": 0.25, "duration": float(profile.pick(4, 2)),
+            "cpus_per_server": 0.2, "duration": float(profile.pick(4, 2)),
             "id_clients": int(profile.pick(32, 16)), "id_duration": float(profile.pick(5, 3)),
             "move_writers": 16, "move_duration": float(profile.pick(4, 2)),
             "follows": 30, "feed_clients": 8, "feed_duration": float(profile.pick(5, 2))}
