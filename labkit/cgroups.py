@@ -67,6 +67,8 @@ def available(controller: str = "cpu") -> tuple[bool, str]:
     try:
         base = _base(controller)
         base.mkdir(exist_ok=True)
+        if controller == "cpu" and not _v2():
+            _weigh_parent(base)
         if _v2():
             _enable_v2_controller(controller)
         probe = base / f"probe-{os.getpid()}"
@@ -78,6 +80,20 @@ def available(controller: str = "cpu") -> tuple[bool, str]:
             "(Binder and most containers do not allow it)"
         )
     return True, ""
+
+
+def _weigh_parent(base: Path) -> None:
+    """Give labkit's parent group the weight of one process per core per capped server it may hold.
+
+    On cgroup v1 a group competes for CPU like ONE process of the root group (cpu.shares 1024): on a
+    busy machine every capped server of every lesson would share one process's worth of CPU, and a
+    cap of 0.25 core could never be reached. The caps (quotas), not this weight, bound each group."""
+    shares = base / "cpu.shares"
+    try:
+        if int(shares.read_text()) < 16384:
+            shares.write_text("16384")
+    except (OSError, ValueError):
+        pass  # the caps still hold; only the share under contention stays the default
 
 
 def _enable_v2_controller(controller: str) -> None:
