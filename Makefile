@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 LAB_ARGS ?=
 
-.PHONY: lab test lint course bench setup system-deps browser-deps python-deps cassandra-jars doctor down clean
+.PHONY: lab test lint docker-test course bench setup system-deps browser-deps python-deps cassandra-jars doctor down clean
 
 lab: setup
 	-$(BIN)/labkit doctor
@@ -22,6 +22,11 @@ lint: python-deps
 	$(BIN)/ruff check labkit tests benchmarks conftest.py
 	$(BIN)/ruff format --check labkit tests benchmarks conftest.py
 	$(BIN)/mypy
+
+# The docker provider on a real engine (root, Linux): a private dockerd in its own network namespace, images
+# built locally with the official images' contract, the Docker tests and notebooks 00, 09, 10; always torn down.
+docker-test: setup cassandra-jars
+	PY=$(abspath $(BIN))/python bash .ci/docker-test
 
 # Headless course: every notebook executed, rendered to HTML in course-output/, checkpoints summarised.
 course: setup cassandra-jars

@@ -52,11 +52,10 @@ import psutil
 from labkit import config
 from labkit.errors import (BadParameter, BinaryNotFound, InsufficientResources, NotRunning, ProviderUnavailable,
                            ServiceFailed)
-from labkit.services import _docker
 from labkit.services._cassandra_jars import cassandra_classpath
 from labkit.services._process import (LOOPBACK, LocalService, ManagedProcess, free_port, port_is_free, reap,
                                       same_process, tail, tcp_open, wait_for)
-from labkit.services.base import Endpoint, Health, Service
+from labkit.services.base import Endpoint, Health
 
 JAVA_HINT = ("Java 17 not found: apt-get install openjdk-17-jre-headless (Debian/Ubuntu/Colab), "
              "conda install -c conda-forge openjdk=17 (conda, Binder), or use Docker (LABKIT_PROVIDER=docker). "
@@ -817,144 +816,8 @@ _LOGBACK = """<configuration scan="false">
 """
 
 
-# ---------------------------------------------------------------------------------------------------------------
-class DockerCassandra(Service):
-    """Cassandra in containers (testcontainers): one CassandraContainer, or several on a Docker network.
-
-    Same endpoint shape as LocalCassandra; each node's CQL port is published on 127.0.0.1 (``extra["nodes"]``).
-    The contact point is the first node; the driver then finds the others at their container addresses, which
-    the host reaches on Linux (Docker Desktop on macOS/Windows: use one node, or run the notebook in Docker).
-    Inter-DC delay is not injected here (containers share a bridge network): use the local provider for it.
-    """
-
-    kind = "cassandra"
-    provider = "docker"
-    IMAGE = "cassandra:5.0"
-
-    def __init__(self, name: str = "cassandra", *, nodes: str | dict[str, int] = "dc1:1", profile: str = "light",
-                 heap_mb: int | None = None, image: str | None = None, **_: Any) -> None:
-        super().__init__(name)
-        self.datacenters = parse_nodes(nodes)
-        if profile not in PROFILES:
-            raise BadParameter(f"profile={profile!r}: use one of {', '.join(PROFILES)}")
-        self.profile = profile
-        self.heap_mb = int(heap_mb or PROFILES[profile]["heap_mb"])
-        self.image = image or self.IMAGE
-        self.containers: list[tuple[str, str, Any]] = []  # (node name, dc, container)
-        self.network: Any = None
-
-    def _env(self, dc: str, token: int, seeds: str | None) -> dict[str, str]:
-        env = {"CASSANDRA_DC": dc, "CASSANDRA_RACK": "rack1", "CASSANDRA_ENDPOINT_SNITCH": "GossipingPropertyFileSnitch",
-               "CASSANDRA_CLUSTER_NAME": f"labkit-{self.name}", "CASSANDRA_NUM_TOKENS": "1",
-               "MAX_HEAP_SIZE": f"{self.heap_mb}M", "HEAP_NEWSIZE": "64M",
-               # CassandraContainer sets initial_token=0 for every container: a cluster needs distinct tokens
-               "JVM_OPTS": f"-Dcassandra.skip_wait_for_gossip_to_settle=0 -Dcassandra.ring_delay_ms=1000 "
-                           f"-Dcassandra.initial_token={token} -Dcassandra.consistent.rangemovement=false"}
-        if seeds:
-            env["CASSANDRA_SEEDS"] = seeds
-        return env
-
-    def start(self) -> Endpoint:
-        try:
-            from testcontainers.community.cassandra import CassandraContainer
-        except ImportError:  # testcontainers < 4.8
-            from testcontainers.cassandra import CassandraContainer
-
-        _docker.require_docker()
-        count = sum(self.datacenters.values())
-        check_memory(count, PROFILES[self.profile]["footprint_mb"])
-        names = [(f"{dc}_{i + 1}" if dc[-1].isdigit() else f"{dc}{i + 1}", dc, _initial_token(d, i, n))
-                 for d, (dc, n) in enumerate(self.datacenters.items()) for i in range(n)]
-        try:
-            if count > 1:
-                from testcontainers.core.network import Network
-
-                self.network = Network().create()
-            seeds = ",".join(f"labkit-{self.name}-{nm}" for nm, dc, _ in names if nm in (f"{dc}1", f"{dc}_1"))
-            for nm, dc, token in names:  # one after another: each start() waits for "Startup complete"
-                c = CassandraContainer(self.image)
-                for k, v in self._env(dc, token, seeds if count > 1 else None).items():
-                    c.with_env(k, v)
-                if self.network is not None:
-                    c.with_network(self.network).with_network_aliases(f"labkit-{self.name}-{nm}")
-                _docker.start_on_loopback(c, 9042)
-                self.containers.append((nm, dc, c))
-            self._endpoint = self._make_endpoint()
-            for nm, _dc, c in self.containers:
-                host, port = _docker.loopback_address(c, 9042)
-                wait_for(f"Cassandra container {nm} to answer CQL",
-                         lambda h=host, p=port: _query_one(h, p, "SELECT release_version FROM system.local"),
-                         180, on_fail=lambda c=c: _docker.container_logs(c), interval=1.0)
-        except BaseException:
-            self.stop()
-            raise
-        return self._endpoint
-
-    def _make_endpoint(self) -> Endpoint:
-        nodes = []
-        for nm, dc, c in self.containers:
-            host, port = _docker.loopback_address(c, 9042)
-            nodes.append({"name": nm, "dc": dc, "address": host, "native_port": port})
-        dcs: dict[str, list[str]] = {}
-        for n in nodes:
-            dcs.setdefault(n["dc"], []).append(f"{n['address']}:{n['native_port']}")
-        first = nodes[0]
-        return Endpoint(kind=self.kind, name=self.name, provider=self.provider, host=first["address"],
-                        port=first["native_port"], extra={
-                            "contact_points": [first["address"]], "local_dc": first["dc"], "datacenters": dcs,
-                            "nodes": nodes, "port": first["native_port"]})
-
-    def stop(self) -> None:
-        for _nm, _dc, c in self.containers:
-            _docker.stop(c)
-        self.containers = []
-        if self.network is not None:
-            try:
-                self.network.remove()
-            except Exception:  # noqa: BLE001 - already gone
-                pass
-            self.network = None
-
-    def _container(self, which: int | str) -> Any:
-        for i, (nm, _dc, c) in enumerate(self.containers):
-            if which in (i, nm):
-                return c
-        raise BadParameter(f"no node {which!r}: nodes are {', '.join(nm for nm, _, _ in self.containers)}")
-
-    def health(self) -> Health:
-        try:
-            return Health(True, f"answers CQL (Cassandra {self.version()})")
-        except Exception as e:  # noqa: BLE001
-            return Health(False, f"no CQL answer: {e}")
-
-    def version(self) -> str:
-        ep = self.endpoint
-        return str(_query_one(ep.host, ep.port, "SELECT release_version FROM system.local")[0][0])
-
-    def logs(self, lines: int = 50) -> str:
-        return "\n".join(f"--- {nm} ---\n{_docker.container_logs(c, lines)}" for nm, _, c in self.containers)
-
-    def kill_node(self, which: int | str) -> None:
-        _docker.signal(self._container(which), "SIGKILL")
-
-    def pause_node(self, which: int | str) -> None:
-        _docker.pause(self._container(which))
-
-    def resume_node(self, which: int | str) -> None:
-        _docker.unpause(self._container(which))
-
-    def kill(self) -> None:
-        for i in range(len(self.containers)):
-            self.kill_node(i)
-
-    def pause(self) -> None:
-        for i in range(len(self.containers)):
-            self.pause_node(i)
-
-    def resume(self) -> None:
-        for i in range(len(self.containers)):
-            self.resume_node(i)
-
+# the docker provider lives in its own module (it needs the helpers above)
+from labkit.services._cassandra_docker import DockerCassandra
 
 LOCAL = LocalCassandra
 DOCKER = DockerCassandra

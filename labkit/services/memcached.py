@@ -126,29 +126,34 @@ class LocalMemcached(LocalService):
 
 
 class DockerMemcached(_docker.DockerService):
-    """testcontainers' MemcachedContainer, published on 127.0.0.1 only."""
+    """testcontainers' MemcachedContainer on the configured image (LABKIT_IMAGE_MEMCACHED, default the official
+    memcached image), published on 127.0.0.1 only; memory and item size go to memcached as arguments."""
 
     kind = "memcached"
+    IMAGE_KIND = "memcached"
 
     def __init__(self, name: str = "memcached", *, memory_mb: int | None = None, max_item_mb: int | None = None,
                  threads: int = 2, port: int | None = None, extra_args: list[str] | None = None,
-                 image: str = "memcached:1.6-alpine") -> None:
-        super().__init__(name)
+                 image: str | None = None) -> None:
+        super().__init__(name, image)
         # port: the container's is published on a free host port (port= is for the local provider)
         self.memory_mb, self.max_item_mb, self.threads = check_sizes(memory_mb, max_item_mb, threads, port,
                                                                      extra_args)
         self.extra_args = list(extra_args or [])
-        if not isinstance(image, str) or not image:
-            raise BadParameter(f"image={image!r}: give an image name, e.g. 'memcached:1.6-alpine'")
-        self.image = image
 
     def start(self) -> Endpoint:
         _docker.require_docker()  # testcontainers talks to the daemon as soon as a container is built
-        from testcontainers.memcached import MemcachedContainer
+        again = self._restart_stopped(11211, "`version`", 30)
+        if again is not None:
+            return again
+        try:
+            from testcontainers.community.memcached import MemcachedContainer
+        except ImportError:  # testcontainers < 4.8
+            from testcontainers.memcached import MemcachedContainer
 
         c = MemcachedContainer(self.image).with_command(
-            " ".join(["memcached", "-m", str(self.memory_mb), "-I", f"{self.max_item_mb}m", "-t", str(self.threads),
-                      *self.extra_args]))
+            ["memcached", "-m", str(self.memory_mb), "-I", f"{self.max_item_mb}m", "-t", str(self.threads),
+             "-c", "4096", "-U", "0", *self.extra_args])
         return self._launch(c, 11211, "`version`", 30, extra={"memory_mb": self.memory_mb})
 
     def query_health(self) -> Health:

@@ -175,31 +175,39 @@ class LocalPostgres(LocalService):
 
 
 class DockerPostgres(_docker.DockerService):
-    """testcontainers' PostgresContainer, published on 127.0.0.1 only, with a generated password."""
+    """testcontainers' PostgresContainer on the configured image (LABKIT_IMAGE_POSTGRES, default the official
+    postgres image), published on 127.0.0.1 only, with a generated password. The official image's contract:
+    POSTGRES_USER/PASSWORD/DB, initdb on the first start, port 5432; server settings as `-c` arguments."""
 
     kind = "postgres"
+    IMAGE_KIND = "postgres"
 
     def __init__(self, name: str = "postgres", *, port: int | None = None, shared_buffers_mb: int | None = None,
                  max_connections: int = 200, settings: dict[str, str] | None = None, password: str | None = None,
-                 image: str = "postgres:16-alpine") -> None:
-        super().__init__(name)
+                 image: str | None = None) -> None:
+        super().__init__(name, image)
         # port: the container's is published on a free host port (port= is for the local provider)
         self.shared_buffers_mb, self.max_connections, self.settings = check_options(
             port, shared_buffers_mb, max_connections, settings, password)
-        if not isinstance(image, str) or not image:
-            raise BadParameter(f"image={image!r}: give an image name, e.g. 'postgres:16-alpine'")
-        self.image = image
         self.password = password or new_password()
 
     def start(self) -> Endpoint:
         _docker.require_docker()  # testcontainers talks to the daemon as soon as a container is built
-        from testcontainers.postgres import PostgresContainer
+        again = self._restart_stopped(5432, "a query", 120)
+        if again is not None:
+            return again
+        try:
+            from testcontainers.community.postgres import PostgresContainer
+        except ImportError:  # testcontainers < 4.8
+            from testcontainers.postgres import PostgresContainer
 
-        c = PostgresContainer(self.image, username=USER, password=self.password, dbname=DATABASE, driver=None)
+        # as the local provider: pg_stat_statements preloaded (the official image and CI's both ship it)
         settings = {"max_connections": str(self.max_connections), "shared_buffers": f"{self.shared_buffers_mb}MB",
-                    **self.settings}
-        c = c.with_command(" ".join(["postgres", *(f"-c {k}={v}" for k, v in settings.items())]))
-        return self._launch(c, 5432, "a query", 60, user=USER, password=self.password, database=DATABASE)
+                    "shared_preload_libraries": "pg_stat_statements", **self.settings}
+        args = ["postgres"] + [a for k, v in settings.items() for a in ("-c", f"{k}={v}")]
+        c = PostgresContainer(self.image, username=USER, password=self.password, dbname=DATABASE, driver=None)
+        c.with_command(args)
+        return self._launch(c, 5432, "a query", 120, user=USER, password=self.password, database=DATABASE)
 
     def query_health(self) -> Health:
         return query_health(self.endpoint)

@@ -127,6 +127,8 @@ def reap_record(record: dict[str, Any], remove_data: bool = True) -> list[int]:
     for s in record["services"].values():
         for name in s.get("containers", []):
             _remove_container(name)
+        for name in s.get("networks", []):
+            _remove_network(name)
     if remove_data:
         for d in dirs:
             shutil.rmtree(d, ignore_errors=True)
@@ -145,6 +147,15 @@ def _remove_container(name: str) -> None:
         pass
 
 
+def _remove_network(name: str) -> None:
+    try:
+        from labkit.services import _docker
+
+        _docker.client().networks.get(name).remove()
+    except Exception:  # noqa: BLE001 - gone already, or no daemon
+        pass
+
+
 def reap_orphans() -> list[int]:
     """Reap the servers of private stacks whose owner process died (a killed kernel or test run)."""
     stopped: list[int] = []
@@ -159,7 +170,7 @@ def reap_orphans() -> list[int]:
 
 def down(remove_data: bool = True) -> dict[str, Any]:
     """Stop everything labkit started under this home: every stack, corrupt records' servers, strays."""
-    report: dict[str, Any] = {"stacks": [], "pids": [], "corrupt": [], "strays": []}
+    report: dict[str, Any] = {"stacks": [], "pids": [], "corrupt": [], "strays": [], "containers": []}
     with _locked():
         for path, rec in all_records():
             if isinstance(rec, StateError):
@@ -168,6 +179,10 @@ def down(remove_data: bool = True) -> dict[str, Any]:
                 report["pids"] += reap_record(rec, remove_data=remove_data)
                 report["stacks"].append(rec.get("id", path.stem))
             path.unlink(missing_ok=True)
+        from labkit.services import _docker
+
+        # containers and networks labelled with this home that no record names (a crash mid-start)
+        report["containers"] = _docker.remove_labelled()["containers"]
         leftover = strays([str(paths.instances_dir())])
         report["strays"] = reap([proc_ref(p.pid) for p in leftover if p.is_running()])
         if remove_data:
