@@ -1,7 +1,11 @@
 """How long until a server answers: labkit's cold start per service, attaching to a running stack, and the
 same servers started by hand with their own tools (the peer), measured in the same run.
 
-    python benchmarks/stack_start.py [--runs 5] [--no-cassandra]
+    python benchmarks/stack_start.py [--runs 5] [--no-cassandra] [--docker]
+
+--docker adds the docker provider's cold start per service beside the local provider's (ratio docker/local),
+where a Docker daemon answers; CI: `.ci/docker-up && .ci/docker-exec .venv/bin/python benchmarks/stack_start.py
+--docker --no-cassandra; .ci/docker-down` (inside its engine's network namespace, on its local images).
 
 Prints a table: median, min-max spread, and the ratio labkit/peer. Targets on a 2-core machine: Postgres
 ready < 2 s, memcached < 0.5 s, attach < 1 s; Cassandra one node < 30 s, 3 nodes < 90 s, < 700 MB per node.
@@ -43,13 +47,13 @@ def labkit_cold(kind: str) -> Callable[[], None]:
     return run
 
 
-def measure_labkit_cold(kind: str, runs: int) -> list[float]:
+def measure_labkit_cold(kind: str, runs: int, provider: str = "local") -> list[float]:
     import labkit
 
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        st = labkit.stack(kind, attach=False)
+        st = labkit.stack(kind, attach=False, provider=provider)
         times.append(time.perf_counter() - start)
         st.close()
     return times
@@ -147,11 +151,33 @@ def cassandra_row(r: dict) -> list[str]:
             f"< {target:g}" if target else "-", ok, rss]
 
 
+def docker_rows(args: argparse.Namespace, local: dict[str, list[float]]) -> list[list[str]]:
+    """Container cold start (create, start, first real answer) per service; the ratio column is docker/local."""
+    from labkit.services import _docker
+
+    ok, why = _docker.docker_available()
+    refusal = _docker.host_namespace_refusal()
+    if not ok or refusal:
+        print(f"(docker rows skipped: {refusal or why})")
+        return []
+    rows = []
+    for kind in ("postgres", "memcached"):
+        rows.append(row(f"{kind} docker cold start (s)", measure_labkit_cold(kind, args.runs, "docker"), local[kind],
+                        None, f"ratio: docker/local; image {_docker.image(kind)}"))
+    if not args.no_cassandra:
+        runs = max(1, args.cassandra_runs)
+        rows.append(row("cassandra 1 node docker (s)", measure_labkit_cold("cassandra", runs, "docker"),
+                        measure_labkit_cold("cassandra", runs, "local"), None,
+                        f"ratio: docker/local; image {_docker.image('cassandra')}"))
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--no-cassandra", action="store_true", help="skip the Cassandra rows (they take minutes)")
     ap.add_argument("--cassandra-runs", type=int, default=3)
+    ap.add_argument("--docker", action="store_true", help="also the docker provider's cold start per service")
     args = ap.parse_args()
     if args.runs < 1:
         ap.error("--runs must be 1 or more")
@@ -162,12 +188,15 @@ def main() -> int:
     os.environ.setdefault("LABKIT_CACHE", str(paths.cache_dir()))
     os.environ["LABKIT_HOME"] = home
     print(f"stack_start: {args.runs} runs each, {os.cpu_count()} cores, state in {home}\n", flush=True)
+    local = {k: measure_labkit_cold(k, args.runs, "local") for k in ("postgres", "memcached")}
     rows = [
-        row("postgres cold start (s)", measure_labkit_cold("postgres", args.runs), peer_postgres(args.runs), 2.0,
+        row("postgres cold start (s)", local["postgres"], peer_postgres(args.runs), 2.0,
             "peer: initdb + pg_ctl start -w"),
-        row("memcached cold start (s)", measure_labkit_cold("memcached", args.runs), peer_memcached(args.runs), 0.5,
+        row("memcached cold start (s)", local["memcached"], peer_memcached(args.runs), 0.5,
             "peer: memcached spawned by hand"),
     ]
+    if args.docker:
+        rows += docker_rows(args, local)
     inproc, fresh = measure_attach(args.runs)
     rows.append(row("attach to labkit up (s)", inproc, None, 1.0, "postgres+memcached, in-process"))
     rows.append(row("attach, fresh python (s)", fresh, None, None, "interpreter + import + attach"))

@@ -146,6 +146,38 @@ VARIABLES: tuple[Variable, ...] = (
         "`/sys/fs/cgroup`",
         "where the cgroup file system is mounted (CPU caps and memory limits)",
     ),
+    Variable(
+        "LABKIT_IMAGE_POSTGRES",
+        "image_postgres",
+        "text",
+        "`postgres:16-alpine`",
+        "docker provider: the Postgres image (any with the official image's contract; CI builds its own)",
+    ),
+    Variable(
+        "LABKIT_IMAGE_MEMCACHED",
+        "image_memcached",
+        "text",
+        "`memcached:1.6-alpine`",
+        "docker provider: the memcached image",
+    ),
+    Variable(
+        "LABKIT_IMAGE_CASSANDRA", "image_cassandra", "text", "`cassandra:5.0`", "docker provider: the Cassandra image"
+    ),
+    Variable(
+        "LABKIT_IMAGE_PYTHON",
+        "image_python",
+        "text",
+        "`python:3.12-slim`",
+        "docker provider: the image that runs the inter-DC latency proxy of multi-datacenter Cassandra",
+    ),
+    Variable(
+        "LABKIT_NETNS",
+        "netns",
+        "text",
+        "unset",
+        "set by `.ci/docker-exec`: the network namespace of CI's private Docker engine (Docker tests "
+        "refuse to run outside it on a machine with a /.dockerenv)",
+    ),
 )
 _BY_FIELD = {v.field: v for v in VARIABLES}
 
@@ -175,6 +207,11 @@ class Config:
     cassandra_dc: str | None = None
     namespace: str | None = None
     cgroup_root: Path = Path("/sys/fs/cgroup")
+    image_postgres: str | None = None
+    image_memcached: str | None = None
+    image_cassandra: str | None = None
+    image_python: str | None = None
+    netns: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:

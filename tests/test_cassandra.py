@@ -22,7 +22,7 @@ import pytest
 from labkit.errors import BadParameter, BinaryNotFound, InsufficientResources, LabkitError, ServiceFailed
 from labkit.services import _cassandra_jars as jars
 from labkit.services import cassandra as cmod
-from labkit.services.cassandra import DockerCassandra, LocalCassandra, parse_nodes
+from labkit.services.cassandra import LocalCassandra, parse_nodes
 
 pytestmark = pytest.mark.cassandra
 
@@ -411,21 +411,5 @@ def test_cluster_of_a_killed_owner_is_reaped(cassandra_jars, tmp_path):
     assert wait_gone(pids, 30) == []
 
 
-# --- docker ------------------------------------------------------------------------------------------------------
-@pytest.mark.docker
-def test_docker_single_node_and_two_dc_cluster():
-    from labkit.services import docker_available
-
-    ok, why = docker_available()
-    if not ok:
-        pytest.skip(f"Docker provider test skipped: {why}")
-    with DockerCassandra("dock-one") as one:
-        assert one.version().startswith("5.0") and one.endpoint.host == "127.0.0.1"
-    with DockerCassandra("dock-2dc", nodes="us:1,eu:1") as two:
-        ep = two.endpoint
-        assert ep.extra["datacenters"].keys() == {"us", "eu"} and ep.local_dc == "us"
-        cl, s = session_for(ep, "us")
-        try:
-            assert sorted(h.datacenter for h in cl.metadata.all_hosts()) == ["eu", "us"]
-        finally:
-            cl.shutdown()
+# The docker provider's Cassandra tests (one node; two datacenters through the latency proxy) are in
+# tests/test_docker_cassandra.py (CI: `make docker-test`).

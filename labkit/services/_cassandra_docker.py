@@ -212,6 +212,8 @@ class DockerCassandra(Service):
                 self._write_proxy_configs()
                 for n in self.nodes:
                     self._run(self._proxy_container(n, src), n["proxy_container"], n["proxy"])
+                for n in self.nodes:
+                    self._wait_proxy(n, deadline)
             first, rest = self.nodes[:1], self.nodes[1:]
             for group in (first, rest):
                 for n in group:
@@ -238,6 +240,20 @@ class DockerCassandra(Service):
             self._wait_node(n, deadline)
         self._endpoint = self._make_endpoint()
         return self._endpoint
+
+    def _wait_proxy(self, n: dict[str, Any], deadline: float) -> None:
+        """A proxy is up when it has bound its route: it then writes <config>.ready (latency_proxy._serve)."""
+        ready = self.dir / "proxy-conf" / f"{n['name']}.ready"
+
+        def up() -> bool:
+            st = _docker.state(n["proxy_container"])
+            if st not in ("running", "created"):
+                raise ServiceFailed(f"latency proxy container of {n['name']} is {st}:\n"
+                                    f"{_docker.logs_by_name(n['proxy_container'])}")
+            return ready.exists()
+
+        wait_for(f"the latency proxy of Cassandra node {n['name']} to listen", up,
+                 max(5.0, min(60.0, deadline - time.monotonic())), interval=0.2)
 
     def _cql_address(self, n: dict[str, Any]) -> tuple[str, int]:
         if self.multi_node:

@@ -36,7 +36,9 @@ LABEL_SERVICE = "labkit.service"
 
 def image(kind: str) -> str:
     """The image for `kind`: LABKIT_IMAGE_<KIND> when set, else the pinned official image."""
-    return os.environ.get(f"LABKIT_IMAGE_{kind.upper()}", "").strip() or DEFAULT_IMAGES[kind]
+    from labkit import config
+
+    return getattr(config.current(), f"image_{kind}") or DEFAULT_IMAGES[kind]
 
 
 @functools.lru_cache(maxsize=1)
@@ -77,7 +79,9 @@ def host_namespace_refusal() -> str | None:
         mine = os.stat("/proc/self/ns/net").st_ino
     except OSError:
         mine = None
-    netns = os.environ.get("LABKIT_NETNS", "")
+    from labkit import config
+
+    netns = config.current().netns or ""
     if mine is not None and netns:
         try:
             if os.stat(f"/var/run/netns/{netns}").st_ino == mine:

@@ -816,8 +816,13 @@ _LOGBACK = """<configuration scan="false">
 """
 
 
-# the docker provider lives in its own module (it needs the helpers above)
-from labkit.services._cassandra_docker import DockerCassandra
-
 LOCAL = LocalCassandra
-DOCKER = DockerCassandra
+
+
+def __getattr__(name: str) -> Any:
+    """The docker provider lives in its own module, which needs the helpers above: imported on first use."""
+    if name in ("DOCKER", "DockerCassandra"):
+        from labkit.services._cassandra_docker import DockerCassandra
+
+        return DockerCassandra
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

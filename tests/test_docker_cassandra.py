@@ -1,0 +1,158 @@
+"""Cassandra on the docker provider: one node, and a two-datacenter cluster whose inter-DC links cross labkit's
+latency proxy (proxy containers), with the same claims as the local provider's tests (tests/test_cassandra.py).
+
+CI runs these inside its private engine's namespace (`make docker-test`), on an image with the official image's
+contract that carries the local provider's jars and JVM flags.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import pytest
+
+from labkit.services import _docker
+from labkit.services._cassandra_docker import DockerCassandra
+from labkit.services._cassandra_jars import cassandra_classpath
+
+pytestmark = pytest.mark.docker
+D_MS = 40.0  # one-way inter-DC delay
+
+
+def _guard() -> None:
+    from labkit.services import docker_available
+
+    refusal = _docker.host_namespace_refusal()
+    if refusal and docker_available()[0]:
+        pytest.fail(refusal)
+    ok, why = docker_available()
+    if not ok:
+        import os
+
+        if os.environ.get("LABKIT_REQUIRE_DOCKER"):
+            pytest.fail(f"LABKIT_REQUIRE_DOCKER is set but {why}")
+        pytest.skip(f"Docker provider test skipped: {why}")
+
+
+def session_for(ep, dc: str):  # noqa: ANN001, ANN201 - driver objects
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+    from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+
+    profile = ExecutionProfile(load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=dc)),
+                               request_timeout=15)
+    cluster = Cluster(ep.contact_points, port=ep.port, protocol_version=5,
+                      execution_profiles={EXEC_PROFILE_DEFAULT: profile})
+    return cluster, cluster.connect()
+
+
+def median_ms(session, cql: str, cl, n: int) -> float:  # noqa: ANN001
+    from cassandra.query import SimpleStatement
+
+    st = SimpleStatement(cql, consistency_level=cl)
+    session.execute(st)  # warm the path
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        session.execute(st)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
+def jar_version() -> str:
+    jar = next(p for p in cassandra_classpath() if p.name.startswith("cassandra-all-"))
+    return jar.name[len("cassandra-all-"):-len(".jar")]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    _guard()
+    c = DockerCassandra("dock-2dc", nodes="us:2,eu:1", inter_dc_delay_ms=0)
+    t0 = time.monotonic()
+    c.start()
+    c.ready_s = time.monotonic() - t0
+    cu, su = session_for(c.endpoint, "us")
+    ce, se = session_for(c.endpoint, "eu")
+    su.execute("CREATE KEYSPACE app WITH replication = {'class': 'NetworkTopologyStrategy', 'us': 2, 'eu': 1}")
+    su.execute("CREATE TABLE app.kv (k int PRIMARY KEY, v text)")
+    cu.control_connection.wait_for_schema_agreement(wait_time=60)
+    c.sessions = {"us": su, "eu": se}
+    yield c
+    cu.shutdown()
+    ce.shutdown()
+    c.stop()
+
+
+def test_single_node_real_version_and_restart_after_kill():
+    _guard()
+    with DockerCassandra("dock-one") as one:
+        ep = one.endpoint
+        assert ep.host == "127.0.0.1" and ep.local_dc == "dc1" and one.health().ok
+        # the server's own answer, and the same Cassandra the local provider runs (same jars in the image)
+        if "labkit-local" in one.image:
+            assert one.version() == jar_version()
+        assert one.version().startswith("5.0.")
+        one.kill()
+        assert _docker.state(one.nodes[0]["container"]) == "exited" and not one.health().ok
+        one.start()  # the same container again, on its data
+        assert one.health().ok
+
+
+def test_cluster_layout_and_datacenters(cluster):
+    ep = cluster.endpoint
+    assert ep.local_dc == "us" and set(ep.extra["datacenters"]) == {"us", "eu"}
+    cl, s = session_for(ep, "us")
+    try:
+        hosts = sorted((h.datacenter, h.is_up) for h in cl.metadata.all_hosts())
+        assert hosts == [("eu", True), ("us", True), ("us", True)]
+        # every node knows the others by their proxy (broadcast) address: the proxies are in the gossip path
+        peers = {str(r.peer) for r in s.execute("SELECT peer FROM system.peers_v2")}
+        assert peers <= {n["proxy"] for n in cluster.nodes} and len(peers) == 2
+    finally:
+        cl.shutdown()
+    assert len([n for n in _docker.labelled() if "dock-2dc" in n]) == 6  # 3 nodes + 3 proxies, all labelled
+
+
+def test_cross_dc_quorum_pays_the_proxy_delay_and_local_quorum_does_not(cluster):
+    from cassandra import ConsistencyLevel as CL
+
+    cluster.sessions["us"].execute("INSERT INTO app.kv (k, v) VALUES (2, 'x')")
+    q = "SELECT v FROM app.kv WHERE k = 2"
+    try:
+        cluster.set_inter_dc_delay(D_MS)
+        eu_local = median_ms(cluster.sessions["eu"], q, CL.LOCAL_QUORUM, 11)  # the eu replica
+        eu_quorum = median_ms(cluster.sessions["eu"], q, CL.QUORUM, 11)  # 2 of 3: needs a us replica
+        us_local = median_ms(cluster.sessions["us"], q, CL.LOCAL_QUORUM, 11)  # us1 + us2, both in us
+    finally:
+        cluster.set_inter_dc_delay(0)
+    eu_quorum_0 = median_ms(cluster.sessions["eu"], q, CL.QUORUM, 11)
+    print(f"\nD={D_MS:.0f} ms one-way: eu LOCAL_QUORUM {eu_local:.1f} ms, eu QUORUM {eu_quorum:.1f} ms "
+          f"(at 0 ms: {eu_quorum_0:.1f} ms), us LOCAL_QUORUM (2 replicas in us) {us_local:.1f} ms")
+    assert eu_quorum - eu_local >= 2 * D_MS, (
+        f"cross-DC QUORUM {eu_quorum:.1f} ms is not >= 2*{D_MS:.0f} ms slower than LOCAL_QUORUM {eu_local:.1f} ms")
+    assert us_local < 2 * D_MS, f"us LOCAL_QUORUM {us_local:.1f} ms: intra-DC traffic crossed the latency proxy"
+    assert eu_quorum - eu_quorum_0 >= 2 * D_MS * 0.9, "set_inter_dc_delay(0) did not take the delay away"
+
+
+def test_paused_node_fails_local_quorum_and_recovers_after_resume(cluster):
+    from cassandra import ConsistencyLevel as CL
+    from cassandra.query import SimpleStatement
+
+    us = cluster.sessions["us"]
+    us.execute("INSERT INTO app.kv (k, v) VALUES (3, 'p')")
+    local_quorum = SimpleStatement("SELECT v FROM app.kv WHERE k = 3", consistency_level=CL.LOCAL_QUORUM)
+    cluster.pause_node("us2")
+    try:
+        assert _docker.state(cluster._node("us2")["container"]) == "paused"
+        with pytest.raises(Exception) as err:  # LOCAL_QUORUM in us needs both us replicas
+            us.execute(local_quorum, timeout=10)
+        assert type(err.value).__name__ in ("ReadTimeout", "Unavailable", "OperationTimedOut", "NoHostAvailable",
+                                            "ReadFailure"), repr(err.value)
+    finally:
+        cluster.resume_node("us2")
+    deadline, ok = time.monotonic() + 60, False
+    while not ok and time.monotonic() < deadline:
+        try:
+            ok = us.execute(local_quorum, timeout=10).one()[0] == "p"
+        except Exception:  # noqa: BLE001 - until gossip marks us2 up again
+            time.sleep(0.5)
+    assert ok, "LOCAL_QUORUM did not recover within 60 s after resume"
