@@ -203,7 +203,7 @@ class DockerCassandra(Service):
         check_memory(sum(self.datacenters.values()), PROFILES[self.profile]["footprint_mb"])
         self._plan()
         self.dir.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + 120 + 60 * len(self.nodes)
+        deadline = time.monotonic() + 180 + 90 * len(self.nodes)  # JVMs on a busy 2-core machine
         try:
             if self.multi_node:
                 self._create_network()
@@ -229,7 +229,7 @@ class DockerCassandra(Service):
         return self._endpoint
 
     def _restart_stopped(self) -> Endpoint:
-        deadline = time.monotonic() + 120 + 60 * len(self.nodes)
+        deadline = time.monotonic() + 180 + 90 * len(self.nodes)  # JVMs on a busy 2-core machine
         for n in self.nodes:
             for name in (n["proxy_container"], n["container"]):
                 if name and _docker.state(name) == "paused":
