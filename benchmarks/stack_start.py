@@ -10,6 +10,7 @@ where a Docker daemon answers; CI: `.ci/docker-up && .ci/docker-exec .venv/bin/p
 Prints a table: median, min-max spread, and the ratio labkit/peer. Targets on a 2-core machine: Postgres
 ready < 2 s, memcached < 0.5 s, attach < 1 s; Cassandra one node < 30 s, 3 nodes < 90 s, < 700 MB per node.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -44,6 +45,7 @@ def labkit_cold(kind: str) -> Callable[[], None]:
 
         st = labkit.stack(kind, attach=False)
         st.close()  # stop time is not part of "ready", but keeps the next run cold and clean
+
     return run
 
 
@@ -71,18 +73,47 @@ def peer_postgres(runs: int) -> list[float]:
         os.chmod(d, 0o777)
         port = free_port()
         start = time.perf_counter()
-        subprocess.run(prefix + [str(pg_binary("initdb")), "-D", str(d / "data"), "-U", "bench", "--auth=trust",
-                                 "--no-sync", "-E", "UTF8", "--locale=C"], check=True, capture_output=True)
-        subprocess.run(prefix + [str(pg_binary("pg_ctl")), "-D", str(d / "data"), "-w", "-l", str(d / "log"),
-                                 "-o", f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=",
-                                 "start"], check=True, capture_output=True)
+        subprocess.run(
+            prefix
+            + [
+                str(pg_binary("initdb")),
+                "-D",
+                str(d / "data"),
+                "-U",
+                "bench",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            prefix
+            + [
+                str(pg_binary("pg_ctl")),
+                "-D",
+                str(d / "data"),
+                "-w",
+                "-l",
+                str(d / "log"),
+                "-o",
+                f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+        )
         import psycopg
 
-        wait_for("peer postgres", lambda: psycopg.connect(f"host=127.0.0.1 port={port} user=bench dbname=postgres"),
-                 30)
+        dsn = f"host=127.0.0.1 port={port} user=bench dbname=postgres"
+        wait_for("peer postgres", lambda dsn=dsn: psycopg.connect(dsn), 30)
         times.append(time.perf_counter() - start)
-        subprocess.run(prefix + [str(pg_binary("pg_ctl")), "-D", str(d / "data"), "-m", "fast", "-w", "stop"],
-                       capture_output=True)
+        subprocess.run(
+            prefix + [str(pg_binary("pg_ctl")), "-D", str(d / "data"), "-m", "fast", "-w", "stop"], capture_output=True
+        )
         shutil.rmtree(d, ignore_errors=True)
     return times
 
@@ -95,9 +126,10 @@ def peer_memcached(runs: int) -> list[float]:
     for _ in range(runs):
         port = free_port()
         start = time.perf_counter()
-        proc = subprocess.Popen([binary, "-l", "127.0.0.1", "-p", str(port), "-m", "64"]
-                                + (["-u", user.pw_name] if user else []))
-        wait_for("peer memcached", lambda: tcp_open("127.0.0.1", port), 10)
+        proc = subprocess.Popen(
+            [binary, "-l", "127.0.0.1", "-p", str(port), "-m", "64"] + (["-u", user.pw_name] if user else [])
+        )
+        wait_for("peer memcached", lambda port=port: tcp_open("127.0.0.1", port), 10)
         times.append(time.perf_counter() - start)
         proc.terminate()
         proc.wait()
@@ -118,20 +150,33 @@ def measure_attach(runs: int) -> tuple[list[float], list[float]]:
             inproc.append(time.perf_counter() - start)
             assert not st.owned, "expected to attach, but the stack started its own servers"
             st.close()
-        fresh = timed(lambda: subprocess.run([sys.executable, "-c", "import labkit; labkit.stack('postgres','memcached')"],
-                                             check=True), runs)
+        fresh = timed(
+            lambda: subprocess.run(
+                [sys.executable, "-c", "import labkit; labkit.stack('postgres','memcached')"], check=True
+            ),
+            runs,
+        )
     finally:
         cli(["down"])
     return inproc, fresh
 
 
-def row(what: str, times: list[float], peer: list[float] | None = None, target: float | None = None,
-        extra: str = "") -> list[str]:
+def row(
+    what: str, times: list[float], peer: list[float] | None = None, target: float | None = None, extra: str = ""
+) -> list[str]:
     med = statistics.median(times)
     ratio = f"{med / statistics.median(peer):.2f}" if peer else "-"
     ok = "-" if target is None else ("yes" if med < target else "NO")
-    return [what, f"{med:.3f}", f"{min(times):.3f}-{max(times):.3f}", ratio,
-            f"{statistics.median(peer):.3f}" if peer else "-", f"< {target:g}" if target else "-", ok, extra]
+    return [
+        what,
+        f"{med:.3f}",
+        f"{min(times):.3f}-{max(times):.3f}",
+        ratio,
+        f"{statistics.median(peer):.3f}" if peer else "-",
+        f"< {target:g}" if target else "-",
+        ok,
+        extra,
+    ]
 
 
 CASSANDRA_TARGETS = {"single node": 30.0, "3-node": 90.0}  # seconds to ready; RSS target below
@@ -143,12 +188,28 @@ def cassandra_row(r: dict) -> list[str]:
     rss = f"RSS/node {r['rss_mb']:.0f} MB" if r.get("rss_mb") else ""
     if r["median_s"] is None:  # the memory row
         ok = "yes" if r["rss_mb"] < RSS_TARGET_MB else "NO"
-        return [r["what"], f"{r['rss_mb']:.0f} MB", f"max {r.get('max_rss_mb', r['rss_mb']):.0f} MB", "-", "-",
-                f"< {RSS_TARGET_MB:.0f} MB", ok, ""]
+        return [
+            r["what"],
+            f"{r['rss_mb']:.0f} MB",
+            f"max {r.get('max_rss_mb', r['rss_mb']):.0f} MB",
+            "-",
+            "-",
+            f"< {RSS_TARGET_MB:.0f} MB",
+            ok,
+            "",
+        ]
     target = next((t for key, t in CASSANDRA_TARGETS.items() if key in r["what"]), None)
     ok = "-" if target is None else ("yes" if r["median_s"] < target else "NO")
-    return [r["what"], f"{r['median_s']:.1f}", f"{r['min_s']:.1f}-{r['max_s']:.1f}", "-", "-",
-            f"< {target:g}" if target else "-", ok, rss]
+    return [
+        r["what"],
+        f"{r['median_s']:.1f}",
+        f"{r['min_s']:.1f}-{r['max_s']:.1f}",
+        "-",
+        "-",
+        f"< {target:g}" if target else "-",
+        ok,
+        rss,
+    ]
 
 
 def docker_rows(args: argparse.Namespace, local: dict[str, list[float]]) -> list[list[str]]:
@@ -162,13 +223,26 @@ def docker_rows(args: argparse.Namespace, local: dict[str, list[float]]) -> list
         return []
     rows = []
     for kind in ("postgres", "memcached"):
-        rows.append(row(f"{kind} docker cold start (s)", measure_labkit_cold(kind, args.runs, "docker"), local[kind],
-                        None, f"ratio: docker/local; image {_docker.image(kind)}"))
+        rows.append(
+            row(
+                f"{kind} docker cold start (s)",
+                measure_labkit_cold(kind, args.runs, "docker"),
+                local[kind],
+                None,
+                f"ratio: docker/local; image {_docker.image(kind)}",
+            )
+        )
     if not args.no_cassandra:
         runs = max(1, args.cassandra_runs)
-        rows.append(row("cassandra 1 node docker (s)", measure_labkit_cold("cassandra", runs, "docker"),
-                        measure_labkit_cold("cassandra", runs, "local"), None,
-                        f"ratio: docker/local; image {_docker.image('cassandra')}"))
+        rows.append(
+            row(
+                "cassandra 1 node docker (s)",
+                measure_labkit_cold("cassandra", runs, "docker"),
+                measure_labkit_cold("cassandra", runs, "local"),
+                None,
+                f"ratio: docker/local; image {_docker.image('cassandra')}",
+            )
+        )
     return rows
 
 
@@ -190,10 +264,20 @@ def main() -> int:
     print(f"stack_start: {args.runs} runs each, {os.cpu_count()} cores, state in {home}\n", flush=True)
     local = {k: measure_labkit_cold(k, args.runs, "local") for k in ("postgres", "memcached")}
     rows = [
-        row("postgres cold start (s)", local["postgres"], peer_postgres(args.runs), 2.0,
-            "peer: initdb + pg_ctl start -w"),
-        row("memcached cold start (s)", local["memcached"], peer_memcached(args.runs), 0.5,
-            "peer: memcached spawned by hand"),
+        row(
+            "postgres cold start (s)",
+            local["postgres"],
+            peer_postgres(args.runs),
+            2.0,
+            "peer: initdb + pg_ctl start -w",
+        ),
+        row(
+            "memcached cold start (s)",
+            local["memcached"],
+            peer_memcached(args.runs),
+            0.5,
+            "peer: memcached spawned by hand",
+        ),
     ]
     if args.docker:
         rows += docker_rows(args, local)

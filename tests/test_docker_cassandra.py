@@ -4,6 +4,7 @@ latency proxy (proxy containers), with the same claims as the local provider's t
 CI runs these inside its private engine's namespace (`make docker-test`), on an image with the official image's
 contract that carries the local provider's jars and JVM flags.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -38,10 +39,12 @@ def session_for(ep, dc: str):  # noqa: ANN001, ANN201 - driver objects
     from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
     from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 
-    profile = ExecutionProfile(load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=dc)),
-                               request_timeout=15)
-    cluster = Cluster(ep.contact_points, port=ep.port, protocol_version=5,
-                      execution_profiles={EXEC_PROFILE_DEFAULT: profile})
+    profile = ExecutionProfile(
+        load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=dc)), request_timeout=15
+    )
+    cluster = Cluster(
+        ep.contact_points, port=ep.port, protocol_version=5, execution_profiles={EXEC_PROFILE_DEFAULT: profile}
+    )
     return cluster, cluster.connect()
 
 
@@ -60,7 +63,7 @@ def median_ms(session, cql: str, cl, n: int) -> float:  # noqa: ANN001
 
 def jar_version() -> str:
     jar = next(p for p in cassandra_classpath() if p.name.startswith("cassandra-all-"))
-    return jar.name[len("cassandra-all-"):-len(".jar")]
+    return jar.name[len("cassandra-all-") : -len(".jar")]
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +112,20 @@ def test_cluster_layout_and_datacenters(cluster):
         assert peers <= {n["proxy"] for n in cluster.nodes} and len(peers) == 2
     finally:
         cl.shutdown()
+    # prefer_local (the rackdc file labkit mounts, read through -Dcassandra-rackdc.properties): us1 reaches its
+    # same-DC peer us2 at us2's private address, and eu1 only through eu1's proxy
+    from labkit.services.cassandra import _query_one
+
+    us1, us2, eu1 = (cluster._node(n) for n in ("us1", "us2", "eu1"))
+    deadline, pref = time.monotonic() + 60, {}
+    while time.monotonic() < deadline:
+        rows = _query_one(us1["address"], 9042, "SELECT peer, preferred_ip FROM system.peers_v2")
+        pref = {str(r[0]): (str(r[1]) if r[1] else None) for r in rows}
+        if pref.get(us2["proxy"]) == us2["address"]:
+            break
+        time.sleep(1)
+    assert pref.get(us2["proxy"]) == us2["address"], pref
+    assert pref.get(eu1["proxy"]) in (None, eu1["proxy"]), pref
     assert len([n for n in _docker.labelled() if "dock-2dc" in n]) == 6  # 3 nodes + 3 proxies, all labelled
 
 
@@ -125,10 +142,13 @@ def test_cross_dc_quorum_pays_the_proxy_delay_and_local_quorum_does_not(cluster)
     finally:
         cluster.set_inter_dc_delay(0)
     eu_quorum_0 = median_ms(cluster.sessions["eu"], q, CL.QUORUM, 11)
-    print(f"\nD={D_MS:.0f} ms one-way: eu LOCAL_QUORUM {eu_local:.1f} ms, eu QUORUM {eu_quorum:.1f} ms "
-          f"(at 0 ms: {eu_quorum_0:.1f} ms), us LOCAL_QUORUM (2 replicas in us) {us_local:.1f} ms")
+    print(
+        f"\nD={D_MS:.0f} ms one-way: eu LOCAL_QUORUM {eu_local:.1f} ms, eu QUORUM {eu_quorum:.1f} ms "
+        f"(at 0 ms: {eu_quorum_0:.1f} ms), us LOCAL_QUORUM (2 replicas in us) {us_local:.1f} ms"
+    )
     assert eu_quorum - eu_local >= 2 * D_MS, (
-        f"cross-DC QUORUM {eu_quorum:.1f} ms is not >= 2*{D_MS:.0f} ms slower than LOCAL_QUORUM {eu_local:.1f} ms")
+        f"cross-DC QUORUM {eu_quorum:.1f} ms is not >= 2*{D_MS:.0f} ms slower than LOCAL_QUORUM {eu_local:.1f} ms"
+    )
     assert us_local < 2 * D_MS, f"us LOCAL_QUORUM {us_local:.1f} ms: intra-DC traffic crossed the latency proxy"
     assert eu_quorum - eu_quorum_0 >= 2 * D_MS * 0.9, "set_inter_dc_delay(0) did not take the delay away"
 
@@ -145,8 +165,13 @@ def test_paused_node_fails_local_quorum_and_recovers_after_resume(cluster):
         assert _docker.state(cluster._node("us2")["container"]) == "paused"
         with pytest.raises(Exception) as err:  # LOCAL_QUORUM in us needs both us replicas
             us.execute(local_quorum, timeout=10)
-        assert type(err.value).__name__ in ("ReadTimeout", "Unavailable", "OperationTimedOut", "NoHostAvailable",
-                                            "ReadFailure"), repr(err.value)
+        assert type(err.value).__name__ in (
+            "ReadTimeout",
+            "Unavailable",
+            "OperationTimedOut",
+            "NoHostAvailable",
+            "ReadFailure",
+        ), repr(err.value)
     finally:
         cluster.resume_node("us2")
     deadline, ok = time.monotonic() + 60, False

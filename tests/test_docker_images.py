@@ -1,5 +1,6 @@
 """CI's local Cassandra image is launched like the local provider: the files baked into it come from the local
 provider's own code (labkit/services/_docker_images.py). Runs without Docker (no engine needed)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -16,8 +17,17 @@ def test_cassandra_image_gets_the_local_providers_flags_and_yaml(tmp_path):
     c = LocalCassandra("ref", instance_dir=tmp_path / "ref")
     c.classpath = [Path("/x/jamm.jar")]
     c.native_port, c.storage_port = 9042, 7000
-    n = CassandraNode(name="n", dc="dc1", rack="rack1", address="127.0.0.1", proxy_address="127.0.0.1",
-                      jmx_port=7199, token=0, dir=tmp_path / "ref" / "n", cluster=c)
+    n = CassandraNode(
+        name="n",
+        dc="dc1",
+        rack="rack1",
+        address="127.0.0.1",
+        proxy_address="127.0.0.1",
+        jmx_port=7199,
+        token=0,
+        dir=tmp_path / "ref" / "n",
+        cluster=c,
+    )
     local = c._jvm_args(n, tmp_path / "conf")
     flags = [a for a in local if not a.startswith(("-Xms", "-Xmx", "-D", "-javaagent"))]
     image_flags = [a for a in args if not a.startswith(("-D", "-javaagent")) and a != "@HEAP@"]

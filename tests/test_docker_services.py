@@ -5,6 +5,7 @@ with the official images' contract; elsewhere they run wherever a Docker daemon 
 from the host's namespace of a machine with a /.dockerenv (see _docker.host_namespace_refusal), and with
 LABKIT_REQUIRE_DOCKER=1 (CI) a missing engine fails them instead of skipping them.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,8 @@ from pymemcache.client.base import Client
 
 import labkit
 from labkit.services import _docker, docker_available
-from labkit.services.memcached import query_stats, query_version as mc_version
+from labkit.services.memcached import query_stats
+from labkit.services.memcached import query_version as mc_version
 
 pytestmark = pytest.mark.docker
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,7 +61,9 @@ def test_images_come_from_configuration(monkeypatch):
     monkeypatch.setenv("LABKIT_IMAGE_MEMCACHED", "example/memcached:9")
     assert _docker.image("memcached") == "example/memcached:9"
     monkeypatch.delenv("LABKIT_IMAGE_MEMCACHED")
-    assert _docker.image("memcached") == _docker.DEFAULT_IMAGES["memcached"] and ":" in _docker.DEFAULT_IMAGES["memcached"]
+    assert (
+        _docker.image("memcached") == _docker.DEFAULT_IMAGES["memcached"] and ":" in _docker.DEFAULT_IMAGES["memcached"]
+    )
 
 
 def _in_container(name: str, *cmd: str) -> str:
@@ -131,8 +135,10 @@ def test_several_postgres_servers_in_one_stack():
 
 
 def test_two_stacks_side_by_side():
-    with labkit.stack("memcached", provider="docker", attach=False) as a, \
-            labkit.stack("memcached", provider="docker", attach=False) as b:
+    with (
+        labkit.stack("memcached", provider="docker", attach=False) as a,
+        labkit.stack("memcached", provider="docker", attach=False) as b,
+    ):
         ea, eb = a.endpoint("memcached"), b.endpoint("memcached")
         assert ea.port != eb.port
         Client(ea.address).set("k", b"from-a", noreply=False)
@@ -151,8 +157,9 @@ time.sleep(600)
 
 def _start_kernel(home: Path) -> tuple[subprocess.Popen, dict]:
     env = {**os.environ, "LABKIT_HOME": str(home), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", _KERNEL], stdout=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KERNEL], stdout=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
     line = proc.stdout.readline()
     assert line, "the kernel did not start its stack"
     return proc, json.loads(line)
@@ -188,13 +195,18 @@ def test_sigkilled_kernel_and_watchdog_labkit_down_removes_containers(tmp_path):
     proc.wait()
     # a container created and labelled for this home but never recorded
     _docker.configure_testcontainers()
-    stray = _docker.client().containers.run(_docker.image("memcached"), ["memcached"], detach=True,
-                                            name=_docker.container_name("stray"),
-                                            labels={_docker.LABEL_HOME: str(home.resolve())})
+    stray = _docker.client().containers.run(
+        _docker.image("memcached"),
+        ["memcached"],
+        detach=True,
+        name=_docker.container_name("stray"),
+        labels={_docker.LABEL_HOME: str(home.resolve())},
+    )
     assert len(_docker.labelled(str(home.resolve()))) == 2
     env = {**os.environ, "LABKIT_HOME": str(home), "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-m", "labkit.cli", "down"], env=env, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "labkit.cli", "down"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert _docker.labelled(str(home.resolve())) == [] and _docker.state(stray.name) == "missing"
     assert _docker.state(info["container"]) == "missing"

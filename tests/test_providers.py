@@ -1,6 +1,7 @@
 """Choosing a provider, and the external provider: same endpoints and contract as the local one.
 
 The docker provider's tests on a real engine are in tests/test_docker_*.py (CI: `make docker-test`)."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,6 @@ import os
 
 import psycopg
 import pytest
-from pymemcache.client.base import Client
 
 import labkit
 from labkit.errors import BadParameter, NotRunning, ProviderUnavailable
@@ -103,8 +103,17 @@ def test_setup_files_list_what_the_local_provider_needs():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for path in ("environment.yml", "binder/environment.yml"):
         text = open(os.path.join(root, path)).read()
-        for pkg in ("postgresql", "memcached", "openjdk=17", "maven", "jupyterlab", "ipywidgets",
-                    "psycopg", "pymemcache", "cassandra-driver"):
+        for pkg in (
+            "postgresql",
+            "memcached",
+            "openjdk=17",
+            "maven",
+            "jupyterlab",
+            "ipywidgets",
+            "psycopg",
+            "pymemcache",
+            "cassandra-driver",
+        ):
             assert f"- {pkg}" in text, f"{path} does not list {pkg}"
     assert "LABKIT_PROFILE=light" in open(os.path.join(root, "binder/start")).read()
     assert "labkit fetch cassandra" in open(os.path.join(root, "binder/postBuild")).read()

@@ -19,6 +19,7 @@ Layout, the same idea as the local provider's (labkit/services/cassandra.py):
 
 Nodes start the way the local provider starts them: the first seed alone, then every other node at once.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -38,8 +39,10 @@ from labkit.services.cassandra import PROFILES, _initial_token, _query_one, chec
 CQL, STORAGE = 9042, 7000
 _NODE_OFFSET, _PROXY_OFFSET = 10, 100
 # the local provider's fast dev start (cassandra.py _jvm_args), given to any image through JVM_OPTS
-_FAST_START = ("-Dcassandra.skip_wait_for_gossip_to_settle=0 -Dcassandra.ring_delay_ms=1000 "
-               "-Dcassandra.consistent.rangemovement=false -Dcassandra.superuser_setup_delay_ms=0")
+_FAST_START = (
+    "-Dcassandra.skip_wait_for_gossip_to_settle=0 -Dcassandra.ring_delay_ms=1000 "
+    "-Dcassandra.consistent.rangemovement=false -Dcassandra.superuser_setup_delay_ms=0"
+)
 
 
 class DockerCassandra(Service):
@@ -48,9 +51,18 @@ class DockerCassandra(Service):
     kind = "cassandra"
     provider = "docker"
 
-    def __init__(self, name: str = "cassandra", *, nodes: str | dict[str, int] = "dc1:1", profile: str = "light",
-                 heap_mb: int | None = None, image: str | None = None, inter_dc_delay_ms: float = 0.0,
-                 jitter_ms: float = 0.0, **_: Any) -> None:
+    def __init__(
+        self,
+        name: str = "cassandra",
+        *,
+        nodes: str | dict[str, int] = "dc1:1",
+        profile: str = "light",
+        heap_mb: int | None = None,
+        image: str | None = None,
+        inter_dc_delay_ms: float = 0.0,
+        jitter_ms: float = 0.0,
+        **_: Any,
+    ) -> None:
         super().__init__(name)
         self.datacenters = parse_nodes(nodes)
         if profile not in PROFILES:
@@ -76,18 +88,30 @@ class DockerCassandra(Service):
         return len(self.datacenters) > 1
 
     def options(self) -> dict[str, Any]:
-        return {"nodes": format_nodes(self.datacenters), "profile": self.profile, "heap_mb": self.heap_mb,
-                "inter_dc_delay_ms": self.inter_dc_delay_ms, "jitter_ms": self.jitter_ms}
+        return {
+            "nodes": format_nodes(self.datacenters),
+            "profile": self.profile,
+            "heap_mb": self.heap_mb,
+            "inter_dc_delay_ms": self.inter_dc_delay_ms,
+            "jitter_ms": self.jitter_ms,
+        }
 
     def _plan(self) -> None:
         self.nodes = []
         for d, (dc, n) in enumerate(self.datacenters.items()):
             for i in range(n):
                 nm = f"{dc}_{i + 1}" if dc[-1].isdigit() else f"{dc}{i + 1}"
-                self.nodes.append({"name": nm, "dc": dc, "token": _initial_token(d, i, n),
-                                   "container": _docker.container_name(self.name, nm),
-                                   "proxy_container": _docker.container_name(self.name, f"{nm}-proxy")
-                                   if self.multi_dc else None, "address": None, "proxy": None})
+                self.nodes.append(
+                    {
+                        "name": nm,
+                        "dc": dc,
+                        "token": _initial_token(d, i, n),
+                        "container": _docker.container_name(self.name, nm),
+                        "proxy_container": _docker.container_name(self.name, f"{nm}-proxy") if self.multi_dc else None,
+                        "address": None,
+                        "proxy": None,
+                    }
+                )
 
     def _create_network(self) -> None:
         """A labelled bridge network on a free 10.x.y.0/24 (fixed addresses need a subnet of our own)."""
@@ -99,8 +123,11 @@ class DockerCassandra(Service):
             subnet = ipaddress.ip_network(f"10.{random.randint(100, 250)}.{random.randint(0, 255)}.0/24")
             try:
                 _docker.client().networks.create(
-                    name, driver="bridge", labels=_docker.labels(self.name),
-                    ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=str(subnet))]))
+                    name,
+                    driver="bridge",
+                    labels=_docker.labels(self.name),
+                    ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=str(subnet))]),
+                )
             except Exception as e:  # noqa: BLE001 - the subnet overlaps another network: try another one
                 last = e
                 continue
@@ -142,13 +169,24 @@ class DockerCassandra(Service):
 
         c = DockerContainer(self.image)
         jvm = f"{_FAST_START} -Dcassandra.initial_token={n['token']}"
-        env = {"CASSANDRA_CLUSTER_NAME": f"labkit-{self.name}", "CASSANDRA_DC": n["dc"], "CASSANDRA_RACK": "rack1",
-               "CASSANDRA_ENDPOINT_SNITCH": "GossipingPropertyFileSnitch", "CASSANDRA_NUM_TOKENS": "1",
-               "MAX_HEAP_SIZE": f"{self.heap_mb}M", "HEAP_NEWSIZE": "64M"}
+        env = {
+            "CASSANDRA_CLUSTER_NAME": f"labkit-{self.name}",
+            "CASSANDRA_DC": n["dc"],
+            "CASSANDRA_RACK": "rack1",
+            "CASSANDRA_ENDPOINT_SNITCH": "GossipingPropertyFileSnitch",
+            "CASSANDRA_NUM_TOKENS": "1",
+            "MAX_HEAP_SIZE": f"{self.heap_mb}M",
+            "HEAP_NEWSIZE": "64M",
+        }
         if self.multi_node:
-            env.update({"CASSANDRA_SEEDS": self._seeds(), "CASSANDRA_LISTEN_ADDRESS": n["address"],
-                        "CASSANDRA_BROADCAST_ADDRESS": self._broadcast(n),
-                        "CASSANDRA_BROADCAST_RPC_ADDRESS": n["address"]})
+            env.update(
+                {
+                    "CASSANDRA_SEEDS": self._seeds(),
+                    "CASSANDRA_LISTEN_ADDRESS": n["address"],
+                    "CASSANDRA_BROADCAST_ADDRESS": self._broadcast(n),
+                    "CASSANDRA_BROADCAST_RPC_ADDRESS": n["address"],
+                }
+            )
         if self.multi_dc:
             # dc, rack and prefer_local in a file of our own: same-DC peers then bypass the proxies
             rackdc = self.dir / "rackdc"
@@ -178,9 +216,17 @@ class DockerCassandra(Service):
         conf = self.dir / "proxy-conf"
         conf.mkdir(parents=True, exist_ok=True)
         for n in self.nodes:
-            write_config(conf / f"{n['name']}.json", [{
-                "listen": [n["proxy"], STORAGE], "target": [n["address"], STORAGE],
-                "delay_ms": self.inter_dc_delay_ms, "jitter_ms": self.jitter_ms}])
+            write_config(
+                conf / f"{n['name']}.json",
+                [
+                    {
+                        "listen": [n["proxy"], STORAGE],
+                        "target": [n["address"], STORAGE],
+                        "delay_ms": self.inter_dc_delay_ms,
+                        "jitter_ms": self.jitter_ms,
+                    }
+                ],
+            )
 
     def _proxy_container(self, n: dict[str, Any], src: Path) -> Any:
         from testcontainers.core.container import DockerContainer
@@ -189,8 +235,9 @@ class DockerCassandra(Service):
         c.with_volume_mapping(str(src), "/labkit-proxy-src", "ro")
         c.with_volume_mapping(str(self.dir / "proxy-conf"), "/labkit-proxy-conf", "rw")
         c.with_env("PYTHONPATH", "/labkit-proxy-src")
-        c.with_command(["python3", "-m", "labkit.services.latency_proxy", "--config",
-                        f"/labkit-proxy-conf/{n['name']}.json"])
+        c.with_command(
+            ["python3", "-m", "labkit.services.latency_proxy", "--config", f"/labkit-proxy-conf/{n['name']}.json"]
+        )
         return c
 
     def start(self) -> Endpoint:
@@ -248,12 +295,17 @@ class DockerCassandra(Service):
         def up() -> bool:
             st = _docker.state(n["proxy_container"])
             if st not in ("running", "created"):
-                raise ServiceFailed(f"latency proxy container of {n['name']} is {st}:\n"
-                                    f"{_docker.logs_by_name(n['proxy_container'])}")
+                raise ServiceFailed(
+                    f"latency proxy container of {n['name']} is {st}:\n{_docker.logs_by_name(n['proxy_container'])}"
+                )
             return ready.exists()
 
-        wait_for(f"the latency proxy of Cassandra node {n['name']} to listen", up,
-                 max(5.0, min(60.0, deadline - time.monotonic())), interval=0.2)
+        wait_for(
+            f"the latency proxy of Cassandra node {n['name']} to listen",
+            up,
+            max(5.0, min(60.0, deadline - time.monotonic())),
+            interval=0.2,
+        )
 
     def _cql_address(self, n: dict[str, Any]) -> tuple[str, int]:
         if self.multi_node:
@@ -272,9 +324,13 @@ class DockerCassandra(Service):
             except Exception:  # noqa: BLE001 - not listening yet
                 return False
 
-        wait_for(f"Cassandra container {n['name']} ({host}:{port}) to answer CQL", ready,
-                 max(5.0, deadline - time.monotonic()), on_fail=lambda: _docker.logs_by_name(n["container"], 30),
-                 interval=1.0)
+        wait_for(
+            f"Cassandra container {n['name']} ({host}:{port}) to answer CQL",
+            ready,
+            max(5.0, deadline - time.monotonic()),
+            on_fail=lambda: _docker.logs_by_name(n["container"], 30),
+            interval=1.0,
+        )
 
     def _wait_converged(self, deadline: float) -> None:
         """Every node lists every other as a peer (schema changes then reach everyone)."""
@@ -287,23 +343,38 @@ class DockerCassandra(Service):
                     return False
             return True
 
-        wait_for(f"Cassandra cluster '{self.name}' to see all {len(self.nodes)} nodes", converged,
-                 max(5.0, deadline - time.monotonic()), interval=1.0)
+        wait_for(
+            f"Cassandra cluster '{self.name}' to see all {len(self.nodes)} nodes",
+            converged,
+            max(5.0, deadline - time.monotonic()),
+            interval=1.0,
+        )
 
     def _make_endpoint(self) -> Endpoint:
         nodes = []
         for n in self.nodes:
             host, port = self._cql_address(n)
-            nodes.append({"name": n["name"], "dc": n["dc"], "address": host, "native_port": port,
-                          "container": n["container"]})
+            nodes.append(
+                {"name": n["name"], "dc": n["dc"], "address": host, "native_port": port, "container": n["container"]}
+            )
         dcs: dict[str, list[str]] = {}
         for n in nodes:
             dcs.setdefault(n["dc"], []).append(n["address"])
         first = nodes[0]
-        return Endpoint(kind=self.kind, name=self.name, provider=self.provider, host=first["address"],
-                        port=first["native_port"], extra={
-                            "contact_points": [n["address"] for n in nodes], "local_dc": first["dc"],
-                            "datacenters": dcs, "nodes": nodes, "port": first["native_port"]})
+        return Endpoint(
+            kind=self.kind,
+            name=self.name,
+            provider=self.provider,
+            host=first["address"],
+            port=first["native_port"],
+            extra={
+                "contact_points": [n["address"] for n in nodes],
+                "local_dc": first["dc"],
+                "datacenters": dcs,
+                "nodes": nodes,
+                "port": first["native_port"],
+            },
+        )
 
     # -- delay, stop, records ---------------------------------------------------------------------------------------
     def set_inter_dc_delay(self, delay_ms: float, jitter_ms: float = 0.0) -> None:
@@ -311,8 +382,10 @@ class DockerCassandra(Service):
         if delay_ms < 0 or jitter_ms < 0:
             raise BadParameter("delay_ms and jitter_ms must be >= 0 (milliseconds, one way)")
         if self.nodes and not self.multi_dc and delay_ms:
-            raise BadParameter(f"cassandra '{self.name}' has one datacenter, so there is no inter-DC link to slow "
-                               'down: start it with two, e.g. nodes="us:1,eu:1"')
+            raise BadParameter(
+                f"cassandra '{self.name}' has one datacenter, so there is no inter-DC link to slow "
+                'down: start it with two, e.g. nodes="us:1,eu:1"'
+            )
         self.inter_dc_delay_ms, self.jitter_ms = float(delay_ms), float(jitter_ms)
         if self.nodes and self.multi_dc:
             self._write_proxy_configs()
@@ -334,9 +407,13 @@ class DockerCassandra(Service):
 
     def to_record(self) -> dict[str, Any]:
         rec = super().to_record()
-        rec.update(containers=self._names(), networks=[self.network_name] if self.network_name else [],
-                   dir=str(self.dir), options=self.options(), layout={"nodes": self.nodes,
-                                                                      "network": self.network_name})
+        rec.update(
+            containers=self._names(),
+            networks=[self.network_name] if self.network_name else [],
+            dir=str(self.dir),
+            options=self.options(),
+            layout={"nodes": self.nodes, "network": self.network_name},
+        )
         return rec
 
     def _adopt(self, record: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ and `remove_labelled()` catches any that a crash left unrecorded. labkit reaps i
 testcontainers' Ryuk (a reaper container that removes everything when the starting Python exits, which would
 also kill the background stack of `labkit up`) is turned off.
 """
+
 from __future__ import annotations
 
 import functools
@@ -64,8 +65,10 @@ def docker_available() -> tuple[bool, str]:
 def require_docker() -> None:
     ok, why = docker_available()
     if not ok:
-        raise ProviderUnavailable(f"the docker provider needs a running Docker daemon: {why}. "
-                                  "Start Docker, or use LABKIT_PROVIDER=local (real servers as local processes).")
+        raise ProviderUnavailable(
+            f"the docker provider needs a running Docker daemon: {why}. "
+            "Start Docker, or use LABKIT_PROVIDER=local (real servers as local processes)."
+        )
     configure_testcontainers()
 
 
@@ -88,9 +91,11 @@ def host_namespace_refusal() -> str | None:
                 return None
         except OSError:
             pass
-    return ("refusing to run Docker tests: this machine has a /.dockerenv file and this process is not inside "
-            "labkit's Docker network namespace. Run them with `make docker-test` (or .ci/docker-up, then "
-            ".ci/docker-exec COMMAND, then .ci/docker-down).")
+    return (
+        "refusing to run Docker tests: this machine has a /.dockerenv file and this process is not inside "
+        "labkit's Docker network namespace. Run them with `make docker-test` (or .ci/docker-up, then "
+        ".ci/docker-exec COMMAND, then .ci/docker-down)."
+    )
 
 
 def configure_testcontainers() -> None:
@@ -99,7 +104,8 @@ def configure_testcontainers() -> None:
     testcontainers would otherwise guess: inside something that looks like a container (a /.dockerenv file) it
     aims at the bridge gateway, an address that is not this machine's loopback. Ryuk is off (see the module doc).
     """
-    from testcontainers.core.config import ConnectionMode, testcontainers_config as cfg
+    from testcontainers.core.config import ConnectionMode
+    from testcontainers.core.config import testcontainers_config as cfg
 
     cfg.tc_host_override = LOOPBACK
     cfg.connection_mode_override = ConnectionMode.docker_host
@@ -216,8 +222,9 @@ def labelled(home: str | None = None) -> list[str]:
     """Names of the containers labelled with this labkit home (running or not)."""
     if not docker_available()[0]:
         return []
-    return sorted(c.name for c in client().containers.list(all=True, filters={
-        "label": f"{LABEL_HOME}={home or home_label()}"}))
+    return sorted(
+        c.name for c in client().containers.list(all=True, filters={"label": f"{LABEL_HOME}={home or home_label()}"})
+    )
 
 
 def signal(name: str, sig: str) -> None:
@@ -266,10 +273,15 @@ class DockerService(Service):
 
         self.container = start_on_loopback(prepare(container, self.container_name, self.name), port)
         host, host_port = LOOPBACK, published_port(self.container_name, port)
-        self._endpoint = Endpoint(kind=self.kind, name=self.name, provider=self.provider, host=host,
-                                  port=host_port, **endpoint)
-        wait_for(f"{self.kind} container '{self.name}' to answer {what}", lambda: self.query_health().ok, timeout,
-                 on_fail=lambda: container_logs(self.container))
+        self._endpoint = Endpoint(
+            kind=self.kind, name=self.name, provider=self.provider, host=host, port=host_port, **endpoint
+        )
+        wait_for(
+            f"{self.kind} container '{self.name}' to answer {what}",
+            lambda: self.query_health().ok,
+            timeout,
+            on_fail=lambda: container_logs(self.container),
+        )
         return self._endpoint
 
     def query_version(self) -> str:
@@ -287,10 +299,15 @@ class DockerService(Service):
         elif st != "running":
             client().containers.get(self.container_name).start()
         # a restarted container may get another host port
-        self._endpoint = Endpoint.from_dict({**self._endpoint.to_dict(),
-                                             "port": published_port(self.container_name, port)})
-        wait_for(f"{self.kind} container '{self.name}' to answer {what} again", lambda: self.query_health().ok,
-                 timeout, on_fail=lambda: logs_by_name(self.container_name))
+        self._endpoint = Endpoint.from_dict(
+            {**self._endpoint.to_dict(), "port": published_port(self.container_name, port)}
+        )
+        wait_for(
+            f"{self.kind} container '{self.name}' to answer {what} again",
+            lambda: self.query_health().ok,
+            timeout,
+            on_fail=lambda: logs_by_name(self.container_name),
+        )
         return self._endpoint
 
     def _names(self) -> list[str]:

@@ -11,6 +11,7 @@ The image's entrypoint then applies the official image's environment contract (C
 _RACK, _SEEDS, _ENDPOINT_SNITCH, _LISTEN_ADDRESS, _BROADCAST_ADDRESS, _BROADCAST_RPC_ADDRESS, _NUM_TOKENS,
 MAX_HEAP_SIZE, JVM_OPTS) on top of these files.
 """
+
 from __future__ import annotations
 
 import sys
@@ -29,8 +30,17 @@ def cassandra_image_files(dest: Path) -> list[str]:
     c = LocalCassandra("image", nodes="dc1:1", instance_dir=dest / "instance")
     c.classpath = [IMAGE_LIB / "jamm.jar"]  # the build script links the real jamm jar to this name
     c.native_port, c.storage_port = 9042, 7000
-    n = CassandraNode(name="node", dc="datacenter1", rack="rack1", address="127.0.0.1", proxy_address="127.0.0.1",
-                      jmx_port=7199, token=0, dir=work, cluster=c)
+    n = CassandraNode(
+        name="node",
+        dc="datacenter1",
+        rack="rack1",
+        address="127.0.0.1",
+        proxy_address="127.0.0.1",
+        jmx_port=7199,
+        token=0,
+        dir=work,
+        cluster=c,
+    )
     c.nodes = [n]
     conf = c._write_config(n)
     args = c._jvm_args(n, IMAGE_CONF)
