@@ -9,6 +9,7 @@ import os
 
 import psycopg
 import pytest
+from pymemcache.client.base import Client
 
 import labkit
 from labkit.errors import BadParameter, NotRunning, ProviderUnavailable
