@@ -15,6 +15,8 @@ lab: setup
 		$(if $(CI),--no-browser,) $(if $(filter 0,$(shell id -u)),--allow-root,) $(LAB_ARGS)
 
 test: setup cassandra-jars browser-deps
+	$(BIN)/ruff check labkit tests benchmarks conftest.py
+	$(BIN)/ruff format --check labkit tests benchmarks conftest.py
 	$(BIN)/python -m pytest --nbval-lax --timeout=900 -p no:cacheprovider tests notebooks $(PYTEST_ARGS)
 
 # The codebase checks itself: lint, format and types (configured in pyproject.toml).

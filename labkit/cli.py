@@ -1,15 +1,16 @@
 """The `labkit` command: doctor, up, down, status, logs, fetch, course.
 
-    labkit doctor                        what this machine can run, and what to install for the rest
-    labkit up [postgres memcached cassandra ...] [--nodes us:3,eu:2] [--inter-dc-delay-ms 40]
-              [--postgres-servers 3] [--memory-mb 64]
-    labkit status [--json]               running services and their endpoints
-    labkit logs SERVICE [-n 50]
-    labkit down [--keep-data] [--purge]  stop everything labkit started (also orphans of killed kernels);
-                                         --purge also removes your namespace from external (class) servers
-    labkit fetch cassandra               download Cassandra's jars from Maven Central ahead of time
-    labkit course [NOTEBOOK...]          run the course headless: execute, render HTML, summarise checkpoints
+labkit doctor                        what this machine can run, and what to install for the rest
+labkit up [postgres memcached cassandra ...] [--nodes us:3,eu:2] [--inter-dc-delay-ms 40]
+          [--postgres-servers 3] [--memory-mb 64]
+labkit status [--json]               running services and their endpoints
+labkit logs SERVICE [-n 50]
+labkit down [--keep-data] [--purge]  stop everything labkit started (also orphans of killed kernels);
+                                     --purge also removes your namespace from external (class) servers
+labkit fetch cassandra               download Cassandra's jars from Maven Central ahead of time
+labkit course [NOTEBOOK...]          run the course headless: execute, render HTML, summarise checkpoints
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,9 +41,16 @@ def status_data() -> list[dict[str, Any]]:
             continue
         for name, srec in rec["services"].items():
             ep = srec.get("endpoint") or {}
-            entry = {"stack": rec["id"], "shared": rec.get("shared", False), "name": name, "kind": srec["kind"],
-                     "provider": srec["provider"], "host": ep.get("host"), "port": ep.get("port"),
-                     "pids": [r["pid"] for r in srec.get("pids", [])]}
+            entry = {
+                "stack": rec["id"],
+                "shared": rec.get("shared", False),
+                "name": name,
+                "kind": srec["kind"],
+                "provider": srec["provider"],
+                "host": ep.get("host"),
+                "port": ep.get("port"),
+                "pids": [r["pid"] for r in srec.get("pids", [])],
+            }
             if srec["kind"] == "postgres":
                 entry["dsn"] = ep.get("dsn")
             if srec["kind"] == "cassandra":
@@ -71,8 +79,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         if "error" in e:
             print(f"! {e['error']}")
             continue
-        rows.append([e["stack"], e["name"], e["provider"], f"{e['host']}:{e['port']}",
-                     "up" if e["healthy"] else "DOWN", " ".join(map(str, e["pids"])) or "-"])
+        rows.append(
+            [
+                e["stack"],
+                e["name"],
+                e["provider"],
+                f"{e['host']}:{e['port']}",
+                "up" if e["healthy"] else "DOWN",
+                " ".join(map(str, e["pids"])) or "-",
+            ]
+        )
     if rows:
         _print_table(rows, ["stack", "service", "provider", "address", "health", "pids"])
     for e in data:
@@ -95,18 +111,23 @@ def plan_up(args: argparse.Namespace) -> tuple[str, list[tuple[str, str, dict[st
 
     kinds = [check_kind(k) for k in (args.services or ["postgres", "memcached"])]
     if len(set(kinds)) != len(kinds):
-        raise BadParameter(f"`labkit up {' '.join(args.services)}` names a service twice: name each once "
-                           "(more Postgres servers: --postgres-servers N)")
+        raise BadParameter(
+            f"`labkit up {' '.join(args.services)}` names a service twice: name each once "
+            "(more Postgres servers: --postgres-servers N)"
+        )
     provider = choose_provider(args.provider)
     servers = check_int("--postgres-servers", args.postgres_servers, 1, MAX_POSTGRES_SERVERS)
-    given = (("--nodes", args.nodes, "cassandra"),
-             ("--inter-dc-delay-ms", args.inter_dc_delay_ms or None, "cassandra"),
-             ("--memory-mb", args.memory_mb, "memcached"),
-             ("--postgres-servers", None if servers == 1 else 1, "postgres"))
+    given = (
+        ("--nodes", args.nodes, "cassandra"),
+        ("--inter-dc-delay-ms", args.inter_dc_delay_ms or None, "cassandra"),
+        ("--memory-mb", args.memory_mb, "memcached"),
+        ("--postgres-servers", None if servers == 1 else 1, "postgres"),
+    )
     for flag, value, kind in given:
         if value is not None and kind not in kinds:
-            raise BadParameter(f"{flag} applies to {kind}, which is not among the services to start: "
-                               f"`labkit up {kind} {flag} ...`")
+            raise BadParameter(
+                f"{flag} applies to {kind}, which is not among the services to start: `labkit up {kind} {flag} ...`"
+            )
     if not math.isfinite(args.inter_dc_delay_ms) or not 0 <= args.inter_dc_delay_ms <= 10_000:
         raise BadParameter(f"--inter-dc-delay-ms {args.inter_dc_delay_ms}: use 0 to 10000 ms (e.g. 40)")
     plan = []
@@ -135,8 +156,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     for kind, name, opts in plan:
         if name in st.services:
             if st.services[name].health().ok:
-                print(f"{name}: already running at {st.services[name].endpoint.host}:"
-                      f"{st.services[name].endpoint.port}")
+                print(f"{name}: already running at {st.services[name].endpoint.host}:{st.services[name].endpoint.port}")
                 continue
             st.remove(name)
         print(f"{name}: starting ({st.provider}) ...", flush=True)
@@ -173,24 +193,28 @@ def _purge() -> None:
     if not any(removed.values()):
         print(f"purge: nothing of namespace {ns} on the external servers")
         return
-    print(f"purge: removed namespace {ns} from the external servers: {len(removed['schemas'])} Postgres schema(s) "
-          f"{' '.join(removed['schemas'])}, {len(removed['keys'])} memcached key(s), "
-          f"{len(removed['keyspaces'])} Cassandra keyspace(s) {' '.join(removed['keyspaces'])}".rstrip())
+    print(
+        f"purge: removed namespace {ns} from the external servers: {len(removed['schemas'])} Postgres schema(s) "
+        f"{' '.join(removed['schemas'])}, {len(removed['keys'])} memcached key(s), "
+        f"{len(removed['keyspaces'])} Cassandra keyspace(s) {' '.join(removed['keyspaces'])}".rstrip()
+    )
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
     from labkit.errors import UnknownService
     from labkit.services import stack as stacks
 
-    for path, rec in stacks.all_records():
+    for _path, rec in stacks.all_records():
         if isinstance(rec, Exception):
             continue
         if args.service in rec["services"]:
             print(stacks.restore(rec["services"][args.service]).logs(args.lines))
             return 0
     names = sorted({n for _, r in stacks.all_records() if isinstance(r, dict) for n in r["services"]})
-    raise UnknownService(f"no running service named '{args.service}' (running: {', '.join(names) or 'none'}). "
-                         "`labkit status` lists them.")
+    raise UnknownService(
+        f"no running service named '{args.service}' (running: {', '.join(names) or 'none'}). "
+        "`labkit status` lists them."
+    )
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
@@ -225,22 +249,33 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("doctor", help="what this machine can run, and how to install the rest")
     s.add_argument("--json", action="store_true")
-    s.add_argument("--platform", choices=["debian", "colab", "macos", "conda", "binder"], default=None,
-                   help="show the install commands for this platform instead of the detected one")
+    s.add_argument(
+        "--platform",
+        choices=["debian", "colab", "macos", "conda", "binder"],
+        default=None,
+        help="show the install commands for this platform instead of the detected one",
+    )
     s.set_defaults(func=cmd_doctor)
     s = sub.add_parser("up", help="start the shared stack in the background")
     s.add_argument("services", nargs="*", help="postgres memcached cassandra (default: postgres memcached)")
     s.add_argument("--provider", choices=["local", "docker", "external"], default=None)
     s.add_argument("--nodes", help="Cassandra datacenters and node counts, e.g. us:3,eu:2 (default dc1:1)")
-    s.add_argument("--inter-dc-delay-ms", type=float, default=0.0,
-                   help="one-way latency injected between Cassandra datacenters (userspace proxy)")
+    s.add_argument(
+        "--inter-dc-delay-ms",
+        type=float,
+        default=0.0,
+        help="one-way latency injected between Cassandra datacenters (userspace proxy)",
+    )
     s.add_argument("--postgres-servers", type=int, default=1, help="how many Postgres servers (sharding lab: 2-4)")
     s.add_argument("--memory-mb", type=int, default=None, help="memcached memory (-m)")
     s.set_defaults(func=cmd_up)
     s = sub.add_parser("down", help="stop every server labkit started")
     s.add_argument("--keep-data", action="store_true", help="keep the data directories")
-    s.add_argument("--purge", action="store_true",
-                   help="also drop your own namespace (schema, memcached keys, keyspaces) on external servers")
+    s.add_argument(
+        "--purge",
+        action="store_true",
+        help="also drop your own namespace (schema, memcached keys, keyspaces) on external servers",
+    )
     s.set_defaults(func=cmd_down)
     s = sub.add_parser("status", help="running services and endpoints")
     s.add_argument("--json", action="store_true", help="machine-readable output")

@@ -31,6 +31,7 @@ Rules (each violation lists the operations that prove it):
   strong consistency level after the faults are healed, the way Jepsen reads everything at the end.
 - **phantom read**: a read returned a value that no write wrote, or one whose write failed.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -77,8 +78,10 @@ class Operation:
         val = "(no value)" if self.value is None else repr(self.value)
         err = f" ({self.error})" if self.error else ""
         tags = "".join(f" {k}={v}" for k, v in self.tags.items())
-        return (f"#{self.index} client {self.client} {self.kind} {self.key} {'=' if self.kind == 'write' else '->'} "
-                f"{val}  {self.outcome}{err}  [{self.invoke - t0:.3f} s .. {end}]{tags}")
+        return (
+            f"#{self.index} client {self.client} {self.kind} {self.key} {'=' if self.kind == 'write' else '->'} "
+            f"{val}  {self.outcome}{err}  [{self.invoke - t0:.3f} s .. {end}]{tags}"
+        )
 
 
 def precedes(x: Operation | None, w: Operation) -> bool:
@@ -101,8 +104,11 @@ def default_classify(exc: BaseException) -> str:
 class History:
     """A thread-safe, append-only list of operations, shared by all clients of an experiment."""
 
-    def __init__(self, classify: Callable[[BaseException], str] = default_classify,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        classify: Callable[[BaseException], str] = default_classify,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.ops: list[Operation] = []
         self.classify = classify
         self.clock = clock
@@ -192,10 +198,23 @@ class History:
     def to_frame(self) -> Any:
         import pandas as pd
 
-        return pd.DataFrame([{"index": o.index, "client": o.client, "kind": o.kind, "key": o.key, "value": o.value,
-                              "invoke_s": o.invoke - self.t0,
-                              "complete_s": None if o.complete is None else o.complete - self.t0,
-                              "outcome": o.outcome, "error": o.error, **o.tags} for o in self.ops])
+        return pd.DataFrame(
+            [
+                {
+                    "index": o.index,
+                    "client": o.client,
+                    "kind": o.kind,
+                    "key": o.key,
+                    "value": o.value,
+                    "invoke_s": o.invoke - self.t0,
+                    "complete_s": None if o.complete is None else o.complete - self.t0,
+                    "outcome": o.outcome,
+                    "error": o.error,
+                    **o.tags,
+                }
+                for o in self.ops
+            ]
+        )
 
 
 @dataclass
@@ -236,15 +255,23 @@ class Report:
         return 1000.0 * len(self.stale_reads) / self.reads_ok if self.reads_ok else 0.0
 
     def row(self) -> dict[str, Any]:
-        return {"reads ok": self.reads_ok, "writes ok": self.writes_ok, "indeterminate": self.indeterminate,
-                "failed": self.failed, "stale reads": len(self.stale_reads),
-                "stale / 1000 reads": round(self.stale_per_1000_reads, 1), "lost writes": len(self.lost_writes),
-                "phantom reads": len(self.phantom_reads)}
+        return {
+            "reads ok": self.reads_ok,
+            "writes ok": self.writes_ok,
+            "indeterminate": self.indeterminate,
+            "failed": self.failed,
+            "stale reads": len(self.stale_reads),
+            "stale / 1000 reads": round(self.stale_per_1000_reads, 1),
+            "lost writes": len(self.lost_writes),
+            "phantom reads": len(self.phantom_reads),
+        }
 
     def __str__(self) -> str:
-        head = (f"{self.reads_ok} reads ok, {self.writes_ok} writes ok, {self.indeterminate} indeterminate "
-                f"(timeouts), {self.failed} failed: {len(self.stale_reads)} stale reads, {len(self.lost_writes)} "
-                f"lost writes, {len(self.phantom_reads)} phantom reads")
+        head = (
+            f"{self.reads_ok} reads ok, {self.writes_ok} writes ok, {self.indeterminate} indeterminate "
+            f"(timeouts), {self.failed} failed: {len(self.stale_reads)} stale reads, {len(self.lost_writes)} "
+            f"lost writes, {len(self.phantom_reads)} phantom reads"
+        )
         parts = [head + (" - valid" if self.valid else "")]
         for vs in (self.stale_reads, self.lost_writes, self.phantom_reads):
             for v in vs[: self.show]:
@@ -293,15 +320,18 @@ def check(history: History | Iterable[Operation], *, show: int = 3) -> Report:
             if w.value is None:
                 raise BadParameter(f"write {w.describe(t0)} has no value: every write must write a value")
             if w.value in by_value:
-                raise BadParameter(f"two writes of {w.value!r} to key {key!r} (#{by_value[w.value].index} and "
-                                   f"#{w.index}): values must be unique per key so a read names its write")
+                raise BadParameter(
+                    f"two writes of {w.value!r} to key {key!r} (#{by_value[w.value].index} and "
+                    f"#{w.index}): values must be unique per key so a read names its write"
+                )
             by_value[w.value] = w
         acked = sorted((w for w in writes if w.outcome == "ok" and w.complete is not None), key=lambda w: w.complete)
         completes = [w.complete for w in acked]
         latest_invoked: list[Operation] = []  # prefix: among acked[:i+1], the write invoked last
         for w in acked:
-            latest_invoked.append(w if not latest_invoked or w.invoke > latest_invoked[-1].invoke
-                                  else latest_invoked[-1])
+            latest_invoked.append(
+                w if not latest_invoked or w.invoke > latest_invoked[-1].invoke else latest_invoked[-1]
+            )
         reads = [o for o in kops if o.kind == "read" and o.outcome == "ok"]
 
         sources = {}
@@ -316,11 +346,16 @@ def check(history: History | Iterable[Operation], *, show: int = 3) -> Report:
             w = latest_invoked[i - 1]
             if precedes(x, w):
                 got = "no value" if x is None else f"{x.value!r}"
-                stale.append(Violation(
-                    "stale read", r, [w] + ([x] if x is not None else []),
-                    f"read of {key!r} returned {got} although write of {w.value!r} was acknowledged "
-                    f"{(r.invoke - w.complete) * 1000:.0f} ms before the read began"
-                    + ("" if x is None else f" and the write of {x.value!r} had completed before it started")))
+                stale.append(
+                    Violation(
+                        "stale read",
+                        r,
+                        [w] + ([x] if x is not None else []),
+                        f"read of {key!r} returned {got} although write of {w.value!r} was acknowledged "
+                        f"{(r.invoke - w.complete) * 1000:.0f} ms before the read began"
+                        + ("" if x is None else f" and the write of {x.value!r} had completed before it started"),
+                    )
+                )
         if reads and acked:
             last = max(reads, key=lambda r: r.invoke)
             known, x = sources[last.index]
@@ -328,12 +363,24 @@ def check(history: History | Iterable[Operation], *, show: int = 3) -> Report:
                 for w in acked[: bisect.bisect_left(completes, last.invoke)]:
                     if precedes(x, w):
                         got = "no value" if x is None else f"{x.value!r}"
-                        lost.append(Violation(
-                            "lost write", w, [last] + ([x] if x is not None else []),
-                            f"acknowledged write of {w.value!r} to {key!r} is gone: the last read, begun "
-                            f"{(last.invoke - w.complete) * 1000:.0f} ms after it completed, returned {got}"))
+                        lost.append(
+                            Violation(
+                                "lost write",
+                                w,
+                                [last] + ([x] if x is not None else []),
+                                f"acknowledged write of {w.value!r} to {key!r} is gone: the last read, begun "
+                                f"{(last.invoke - w.complete) * 1000:.0f} ms after it completed, returned {got}",
+                            )
+                        )
     indeterminate = sum(1 for o in ops if o.outcome == "timeout")
-    return Report(reads_ok=sum(1 for o in ops if o.kind == "read" and o.outcome == "ok"),
-                  writes_ok=sum(1 for o in ops if o.kind == "write" and o.outcome == "ok"),
-                  indeterminate=indeterminate, failed=sum(1 for o in ops if o.outcome == "fail"),
-                  stale_reads=stale, lost_writes=lost, phantom_reads=phantom, t0=t0, show=show)
+    return Report(
+        reads_ok=sum(1 for o in ops if o.kind == "read" and o.outcome == "ok"),
+        writes_ok=sum(1 for o in ops if o.kind == "write" and o.outcome == "ok"),
+        indeterminate=indeterminate,
+        failed=sum(1 for o in ops if o.outcome == "fail"),
+        stale_reads=stale,
+        lost_writes=lost,
+        phantom_reads=phantom,
+        t0=t0,
+        show=show,
+    )

@@ -15,6 +15,7 @@ installs; :func:`encode`/:func:`decode` are the same arithmetic in Python, bit f
     >>> decode(encode(1387263000, 1341, 5001 % 1024, since_epoch=True)).shard
     1341
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -36,7 +37,7 @@ __all__ = [
     "post_example",
 ]
 
-EPOCH_MS = 1314220021721      # Instagram's custom epoch in the post's function: 2011-08-24 21:07:01.721 UTC
+EPOCH_MS = 1314220021721  # Instagram's custom epoch in the post's function: 2011-08-24 21:07:01.721 UTC
 TIME_BITS, SHARD_BITS, SEQ_BITS = 41, 13, 10
 MAX_SHARDS = 1 << SHARD_BITS  # 8192 logical shards
 _SEQ_MASK = (1 << SEQ_BITS) - 1
@@ -86,7 +87,7 @@ def encode(ms: int, shard: int, seq: int, *, epoch_ms: int = EPOCH_MS, since_epo
 def decode(id_: int, *, epoch_ms: int = EPOCH_MS) -> DecodedId:
     """Split an ID into milliseconds since the epoch, logical shard and sequence."""
     _int("id", id_, -(1 << 63), (1 << 63) - 1)
-    id_ &= (1 << 64) - 1      # a negative bigint is the same 64 bits
+    id_ &= (1 << 64) - 1  # a negative bigint is the same 64 bits
     return DecodedId(id_ >> (SHARD_BITS + SEQ_BITS), (id_ >> SEQ_BITS) & _SHARD_MASK, id_ & _SEQ_MASK, epoch_ms)
 
 
@@ -129,5 +130,14 @@ def post_example() -> dict[str, int]:
     step2 = step1 | shard << (64 - 41 - 13)
     step3 = step2 | seq
     assert step3 == encode(ms, shard, seq, since_epoch=True)
-    return {"ms since epoch": ms, "user id": user, "logical shards": shards, "shard": shard, "nextval": nextval,
-            "seq": seq, "id after time bits": step1, "id after shard bits": step2, "id": step3}
+    return {
+        "ms since epoch": ms,
+        "user id": user,
+        "logical shards": shards,
+        "shard": shard,
+        "nextval": nextval,
+        "seq": seq,
+        "id after time bits": step1,
+        "id after shard bits": step2,
+        "id": step3,
+    }

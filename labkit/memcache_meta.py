@@ -13,6 +13,7 @@ Example::
         mc.set("user:1", b"alice", ttl=60)
         mc.delete("user:1", invalidate=True) # mark stale: the next get sees r.stale and r.win
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,26 +22,44 @@ import collections
 import functools
 import re
 import socket
-import time
 import threading
+import time
 from dataclasses import dataclass, field
-from typing import Any, Deque
+from typing import Any
 
 from labkit.errors import BadParameter, LabkitError
 
 __all__ = [
-    "MetaResult", "MetaError", "MetaClient", "AsyncMetaClient", "ResponseReader",
-    "validate_key", "encode_get", "encode_set", "encode_delete", "encode_noop", "register_prefix",
+    "MetaResult",
+    "MetaError",
+    "MetaClient",
+    "AsyncMetaClient",
+    "ResponseReader",
+    "validate_key",
+    "encode_get",
+    "encode_set",
+    "encode_delete",
+    "encode_noop",
+    "register_prefix",
     "key_prefix_for",
 ]
 
 MAX_KEY_LENGTH = 250
 _BAD_KEY_BYTE = re.compile(rb"[\x00-\x20\x7f]")  # memcached splits tokens on space; controls break lines
-_SET_MODES = {"set": "S", "add": "E", "append": "A", "prepend": "P", "replace": "R",
-              "S": "S", "E": "E", "A": "A", "P": "P", "R": "R"}
+_SET_MODES = {
+    "set": "S",
+    "add": "E",
+    "append": "A",
+    "prepend": "P",
+    "replace": "R",
+    "S": "S",
+    "E": "E",
+    "A": "A",
+    "P": "P",
+    "R": "R",
+}
 # Tokens of a returned flag that carry integers; the rest stay strings.
-_INT_FLAGS = {"c": "cas", "t": "ttl", "s": "size", "f": "client_flags", "h": "hit_before",
-              "l": "last_access"}
+_INT_FLAGS = {"c": "cas", "t": "ttl", "s": "size", "f": "client_flags", "h": "hit_before", "l": "last_access"}
 
 
 class MetaError(LabkitError):
@@ -85,17 +104,23 @@ def validate_key(key: str | bytes, *, binary: bool = False) -> bytes:
             raise BadParameter("memcached key is empty: pass a non-empty key")
         raw = _b64.b64encode(raw)
         if len(raw) > MAX_KEY_LENGTH:
-            raise BadParameter(f"memcached key is {len(raw)} bytes once base64-encoded (max "
-                               f"{MAX_KEY_LENGTH}): use a shorter key or hash it (e.g. sha1 hex)")
+            raise BadParameter(
+                f"memcached key is {len(raw)} bytes once base64-encoded (max "
+                f"{MAX_KEY_LENGTH}): use a shorter key or hash it (e.g. sha1 hex)"
+            )
         return raw
     if not raw:
         raise BadParameter("memcached key is empty: pass a non-empty key")
     if len(raw) > MAX_KEY_LENGTH:
-        raise BadParameter(f"memcached key is {len(raw)} bytes (max {MAX_KEY_LENGTH}): use a shorter "
-                           "key or hash it (e.g. hashlib.sha1(key).hexdigest())")
+        raise BadParameter(
+            f"memcached key is {len(raw)} bytes (max {MAX_KEY_LENGTH}): use a shorter "
+            "key or hash it (e.g. hashlib.sha1(key).hexdigest())"
+        )
     if _BAD_KEY_BYTE.search(raw):
-        raise BadParameter(f"memcached key {raw[:40]!r} contains a space or control character: "
-                           "remove it, or pass binary=True to send the key base64-encoded")
+        raise BadParameter(
+            f"memcached key {raw[:40]!r} contains a space or control character: "
+            "remove it, or pass binary=True to send the key base64-encoded"
+        )
     return raw
 
 
@@ -103,8 +128,9 @@ def _ttl_token(name: str, ttl: int | None) -> int | None:
     if ttl is None:
         return None
     if not isinstance(ttl, int) or ttl < -1:
-        raise BadParameter(f"{name}={ttl!r}: a TTL is an integer number of seconds >= -1 "
-                           "(0 = never expires, -1 = expire now)")
+        raise BadParameter(
+            f"{name}={ttl!r}: a TTL is an integer number of seconds >= -1 (0 = never expires, -1 = expire now)"
+        )
     return ttl
 
 
@@ -116,27 +142,63 @@ def _line(cmd: str, key: bytes, parts: list[str], datalen: int | None = None) ->
     return b" ".join(head) + b"\r\n"
 
 
-def encode_get(key: str | bytes, *, value: bool = True, cas: bool = False, ttl: bool = False,
-               size: bool = False, return_key: bool = False, client_flags: bool = False,
-               vivify: int | None = None, recache: int | None = None, touch: int | None = None,
-               no_bump: bool = False, quiet: bool = False, opaque: str | None = None,
-               binary: bool = False) -> bytes:
+def encode_get(
+    key: str | bytes,
+    *,
+    value: bool = True,
+    cas: bool = False,
+    ttl: bool = False,
+    size: bool = False,
+    return_key: bool = False,
+    client_flags: bool = False,
+    vivify: int | None = None,
+    recache: int | None = None,
+    touch: int | None = None,
+    no_bump: bool = False,
+    quiet: bool = False,
+    opaque: str | None = None,
+    binary: bool = False,
+) -> bytes:
     """Build an ``mg`` request. vivify=N<ttl> (lease on miss), recache=R<ttl>, touch=T<ttl>."""
     k = validate_key(key, binary=binary)
-    return b"mg " + k + _get_flags(value, cas, ttl, size, return_key, client_flags, vivify, recache, touch,
-                                   no_bump, quiet, opaque, binary)
+    return (
+        b"mg "
+        + k
+        + _get_flags(
+            value, cas, ttl, size, return_key, client_flags, vivify, recache, touch, no_bump, quiet, opaque, binary
+        )
+    )
 
 
 @functools.lru_cache(maxsize=1024)
-def _get_flags(value: bool, cas: bool, ttl: bool, size: bool, return_key: bool, client_flags: bool,
-               vivify: int | None, recache: int | None, touch: int | None, no_bump: bool, quiet: bool,
-               opaque: str | None, binary: bool) -> bytes:
+def _get_flags(
+    value: bool,
+    cas: bool,
+    ttl: bool,
+    size: bool,
+    return_key: bool,
+    client_flags: bool,
+    vivify: int | None,
+    recache: int | None,
+    touch: int | None,
+    no_bump: bool,
+    quiet: bool,
+    opaque: str | None,
+    binary: bool,
+) -> bytes:
     # cached: a load run asks for the same few flag sets millions of times
     parts: list[str] = []
     if binary:
         parts.append("b")
-    for on, flag in ((cas, "c"), (ttl, "t"), (size, "s"), (return_key, "k"), (client_flags, "f"),
-                     (no_bump, "u"), (quiet, "q")):
+    for on, flag in (
+        (cas, "c"),
+        (ttl, "t"),
+        (size, "s"),
+        (return_key, "k"),
+        (client_flags, "f"),
+        (no_bump, "u"),
+        (quiet, "q"),
+    ):
         if on:
             parts.append(flag)
     for name, tok, flag in (("vivify", vivify, "N"), ("recache", recache, "R"), ("touch", touch, "T")):
@@ -150,10 +212,20 @@ def _get_flags(value: bool, cas: bool, ttl: bool, size: bool, return_key: bool, 
     return ("".join(" " + p for p in parts) + "\r\n").encode()
 
 
-def encode_set(key: str | bytes, value: bytes | str, *, ttl: int = 0, cas: int | None = None,
-               invalidate: bool = False, mode: str = "set", client_flags: int | None = None,
-               return_cas: bool = False, quiet: bool = False, opaque: str | None = None,
-               binary: bool = False) -> bytes:
+def encode_set(
+    key: str | bytes,
+    value: bytes | str,
+    *,
+    ttl: int = 0,
+    cas: int | None = None,
+    invalidate: bool = False,
+    mode: str = "set",
+    client_flags: int | None = None,
+    return_cas: bool = False,
+    quiet: bool = False,
+    opaque: str | None = None,
+    binary: bool = False,
+) -> bytes:
     """Build an ``ms`` request. cas=C<token> compare-and-set; invalidate=I (with cas: stale-if-older)."""
     k = validate_key(key, binary=binary)
     data = value.encode() if isinstance(value, str) else bytes(value)
@@ -178,9 +250,16 @@ def encode_set(key: str | bytes, value: bytes | str, *, ttl: int = 0, cas: int |
     return _line("ms", k, parts, len(data)) + data + b"\r\n"
 
 
-def encode_delete(key: str | bytes, *, invalidate: bool = False, ttl: int | None = None,
-                  cas: int | None = None, quiet: bool = False, opaque: str | None = None,
-                  binary: bool = False) -> bytes:
+def encode_delete(
+    key: str | bytes,
+    *,
+    invalidate: bool = False,
+    ttl: int | None = None,
+    cas: int | None = None,
+    quiet: bool = False,
+    opaque: str | None = None,
+    binary: bool = False,
+) -> bytes:
     """Build an ``md`` request. invalidate=I marks the item stale (next mg sees X); ttl=T with I."""
     k = validate_key(key, binary=binary)
     if ttl is not None and not invalidate:
@@ -230,7 +309,16 @@ def _result(status: str, tokens: list[bytes], value: bytes | None) -> MetaResult
         else:
             flags[name] = rest if rest else True
     win, stale, taken = "W" in flags, "X" in flags, "Z" in flags
-    return MetaResult(status=status, value=value, flags=flags, win=win, stale=stale, lease_taken=taken, cas=flags.get("c"), ttl=flags.get("t"))
+    return MetaResult(
+        status=status,
+        value=value,
+        flags=flags,
+        win=win,
+        stale=stale,
+        lease_taken=taken,
+        cas=flags.get("c"),
+        ttl=flags.get("t"),
+    )
 
 
 class ResponseReader:
@@ -250,7 +338,7 @@ class ResponseReader:
             self._buf.clear()
             self._pos = 0
         elif self._pos > 65536:
-            del self._buf[:self._pos]
+            del self._buf[: self._pos]
             self._pos = 0
         self._buf += data
 
@@ -270,7 +358,7 @@ class ResponseReader:
                 need = end + 2 + size + 2
                 if len(buf) < need:
                     return None
-                value = bytes(buf[end + 2:end + 2 + size])
+                value = bytes(buf[end + 2 : end + 2 + size])
                 self._pos = need
                 return _result("VA", parts[2:], value)
             self._pos = end + 2
@@ -291,8 +379,10 @@ class ResponseReader:
             if code == "VERSION":
                 return ("VERSION", line[8:].decode().strip())
             if code in ("ERROR", "CLIENT_ERROR", "SERVER_ERROR"):
-                return MetaError(f"memcached answered {line.decode(errors='replace')!r}: check the "
-                                 "command's flags and key (see memcached doc/protocol.txt, Meta Commands)")
+                return MetaError(
+                    f"memcached answered {line.decode(errors='replace')!r}: check the "
+                    "command's flags and key (see memcached doc/protocol.txt, Meta Commands)"
+                )
             return MetaError(f"unexpected line from memcached: {line[:80]!r}")
 
 
@@ -364,14 +454,16 @@ class _Commands:
             raise BadParameter(
                 f"flush_all would empty a memcached other learners share (this client keys under "
                 f"{self.key_prefix.decode(errors='replace')!r}): delete your own keys instead, or run the "
-                "experiment on a private memcached: st.add('memcached', name='private', provider='local')")
+                "experiment on a private memcached: st.add('memcached', name='private', provider='local')"
+            )
 
 
 class MetaClient(_Commands):
     """Blocking meta-protocol client over one TCP connection (thread-safe via a lock)."""
 
-    def __init__(self, address: tuple[str, int] | str | Any, *, timeout: float = 5.0,
-                 key_prefix: str | bytes | None = None) -> None:
+    def __init__(
+        self, address: tuple[str, int] | str | Any, *, timeout: float = 5.0, key_prefix: str | bytes | None = None
+    ) -> None:
         self.address = _address(address)
         self.timeout = timeout
         self._init_prefix(address, key_prefix)
@@ -379,7 +471,7 @@ class MetaClient(_Commands):
         self._reader = ResponseReader()
         self._lock = threading.Lock()
 
-    def connect(self) -> "MetaClient":
+    def connect(self) -> MetaClient:
         if self._sock is None:
             s = socket.create_connection(self.address, timeout=self.timeout)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -394,7 +486,7 @@ class MetaClient(_Commands):
             finally:
                 self._sock = None
 
-    def __enter__(self) -> "MetaClient":
+    def __enter__(self) -> MetaClient:
         return self.connect()
 
     def __exit__(self, *exc: object) -> None:
@@ -409,8 +501,10 @@ class MetaClient(_Commands):
             chunk = self._sock.recv(65536)
             if not chunk:
                 self.close()
-                raise ConnectionError(f"memcached at {self.address[0]}:{self.address[1]} closed "
-                                      "the connection (server stopped or killed?)")
+                raise ConnectionError(
+                    f"memcached at {self.address[0]}:{self.address[1]} closed "
+                    "the connection (server stopped or killed?)"
+                )
             self._reader.feed(chunk)
 
     def _call(self, request: bytes, quiet: bool = False) -> Any:
@@ -479,7 +573,7 @@ class MetaClient(_Commands):
 class _MetaProtocol(asyncio.Protocol):
     """Feeds bytes from the socket straight into the client's parser (no StreamReader layer)."""
 
-    def __init__(self, client: "AsyncMetaClient") -> None:
+    def __init__(self, client: AsyncMetaClient) -> None:
         self.client = client
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -499,21 +593,22 @@ class AsyncMetaClient(_Commands):
     on the connection (written together once per loop iteration) and answers matched in order
     (memcached replies in request order)."""
 
-    def __init__(self, address: tuple[str, int] | str | Any, *, timeout: float = 5.0,
-                 key_prefix: str | bytes | None = None) -> None:
+    def __init__(
+        self, address: tuple[str, int] | str | Any, *, timeout: float = 5.0, key_prefix: str | bytes | None = None
+    ) -> None:
         self.address = _address(address)
         self.timeout = timeout
         self._init_prefix(address, key_prefix)
         self._transport: asyncio.Transport | None = None
         self._parser = ResponseReader()
-        self._pending: Deque[list[Any]] = collections.deque()  # [future, quiet, sent_at]
+        self._pending: collections.deque[list[Any]] = collections.deque()  # [future, quiet, sent_at]
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._watchdog: asyncio.TimerHandle | None = None
         self._connect_lock: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def connect(self) -> "AsyncMetaClient":
+    async def connect(self) -> AsyncMetaClient:
         if self._connect_lock is None:
             self._connect_lock = asyncio.Lock()
         async with self._connect_lock:
@@ -521,7 +616,8 @@ class AsyncMetaClient(_Commands):
                 loop = asyncio.get_running_loop()
                 self._parser = ResponseReader()
                 transport, _ = await asyncio.wait_for(
-                    loop.create_connection(lambda: _MetaProtocol(self), *self.address), self.timeout)
+                    loop.create_connection(lambda: _MetaProtocol(self), *self.address), self.timeout
+                )
                 self._transport, self._loop = transport, loop  # type: ignore[assignment]
                 self._arm_watchdog()
         return self
@@ -535,7 +631,7 @@ class AsyncMetaClient(_Commands):
         if t is not None:
             t.close()
 
-    async def __aenter__(self) -> "AsyncMetaClient":
+    async def __aenter__(self) -> AsyncMetaClient:
         return await self.connect()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -554,9 +650,12 @@ class AsyncMetaClient(_Commands):
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-        self._fail_pending(ConnectionError(
-            f"memcached at {self.address[0]}:{self.address[1]} closed the connection (server stopped or "
-            f"killed?){': ' + str(exc) if exc else ''}"))
+        self._fail_pending(
+            ConnectionError(
+                f"memcached at {self.address[0]}:{self.address[1]} closed the connection (server stopped or "
+                f"killed?){': ' + str(exc) if exc else ''}"
+            )
+        )
 
     def _on_data(self, data: bytes) -> None:
         parser = self._parser
@@ -602,8 +701,12 @@ class AsyncMetaClient(_Commands):
     def _check_timeouts(self) -> None:
         self._watchdog = None
         if self._pending and time.monotonic() - self._pending[0][2] > self.timeout:
-            self._abort(TimeoutError(f"memcached at {self.address[0]}:{self.address[1]} did not answer within "
-                                     f"{self.timeout} s (server paused or overloaded?)"))
+            self._abort(
+                TimeoutError(
+                    f"memcached at {self.address[0]}:{self.address[1]} did not answer within "
+                    f"{self.timeout} s (server paused or overloaded?)"
+                )
+            )
             return
         if self._transport is not None:
             self._arm_watchdog()

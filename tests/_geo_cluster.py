@@ -4,6 +4,7 @@ Why not a fixture per module: a cluster start costs tens of seconds of CPU on CI
 layout, so the first module to ask starts it and the session's end stops it. A start that failed is not retried
 by every test (each attempt would wait out the whole start timeout).
 """
+
 from __future__ import annotations
 
 from typing import Any

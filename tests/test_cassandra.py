@@ -3,6 +3,7 @@
 One cluster and one single node are shared by the module (each start costs seconds of CPU on CI).
 Needs Java 17; the jars are fetched once (`labkit fetch cassandra`), unless LABKIT_OFFLINE forbids it.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,10 +62,12 @@ def session_for(ep, dc: str):  # noqa: ANN001, ANN201 - driver objects
     from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
     from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 
-    profile = ExecutionProfile(load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=dc)),
-                               request_timeout=15)
-    cluster = Cluster(ep.contact_points, port=ep.port, protocol_version=5,
-                      execution_profiles={EXEC_PROFILE_DEFAULT: profile})
+    profile = ExecutionProfile(
+        load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=dc)), request_timeout=15
+    )
+    cluster = Cluster(
+        ep.contact_points, port=ep.port, protocol_version=5, execution_profiles={EXEC_PROFILE_DEFAULT: profile}
+    )
     return cluster, cluster.connect()
 
 
@@ -85,8 +88,7 @@ def cluster(cassandra_jars):
     c.start()
     cu, su = session_for(c.endpoint, "us")
     ce, se = session_for(c.endpoint, "eu")
-    su.execute("CREATE KEYSPACE app WITH replication = "
-               "{'class': 'NetworkTopologyStrategy', 'us': 2, 'eu': 1}")
+    su.execute("CREATE KEYSPACE app WITH replication = {'class': 'NetworkTopologyStrategy', 'us': 2, 'eu': 1}")
     su.execute("CREATE TABLE app.kv (k int PRIMARY KEY, v text)")
     c.wait_for_schema_agreement()
     c.sessions = {"us": su, "eu": se}
@@ -99,8 +101,7 @@ def cluster(cassandra_jars):
     c.stop()
     left = wait_gone(pids, 30)
     c.remove_data()
-    assert len(pids) == 4 and left == [], (
-        f"stop() of 3 JVMs and the latency proxy {pids} left {left} running")
+    assert len(pids) == 4 and left == [], f"stop() of 3 JVMs and the latency proxy {pids} left {left} running"
 
 
 # --- errors before anything starts ----------------------------------------------------------------------------
@@ -117,7 +118,7 @@ def test_node_spec_syntax():
 
 def test_wrong_java_version_is_refused(tmp_path, monkeypatch):
     fake = tmp_path / "java"
-    fake.write_text('#!/bin/sh\necho \'openjdk version "11.0.21" 2023-10-17\' >&2\n')
+    fake.write_text("#!/bin/sh\necho 'openjdk version \"11.0.21\" 2023-10-17' >&2\n")
     fake.chmod(0o755)
     monkeypatch.setenv("LABKIT_JAVA_BIN", str(fake))
     with pytest.raises(BinaryNotFound, match=r"needs Java 17.*Java 11.*openjdk-17-jre-headless"):
@@ -230,8 +231,10 @@ def test_single_node_serves_cql_and_reports_its_release_version(single):
         cl.shutdown()
     assert single.version() == release and release.startswith("5.0.")
     assert single.health().ok
-    print(f"\nsingle node ready in {single.ready_s:.1f} s, RSS "
-          f"{psutil.Process(single.nodes[0].ref['pid']).memory_info().rss / 2**20:.0f} MB")
+    print(
+        f"\nsingle node ready in {single.ready_s:.1f} s, RSS "
+        f"{psutil.Process(single.nodes[0].ref['pid']).memory_info().rss / 2**20:.0f} MB"
+    )
 
 
 def test_single_node_options_rebuild_it_from_a_record(single):
@@ -295,10 +298,13 @@ def test_cross_dc_quorum_pays_the_proxy_delay_and_local_quorum_does_not(cluster)
         us_local = median_ms(cluster.sessions["us"], q, CL.LOCAL_QUORUM, 15)  # us1 + us2, both in us
     finally:
         cluster.set_inter_dc_delay(0)
-    print(f"\nD={D_MS:.0f} ms one-way: eu LOCAL_QUORUM {eu_local:.1f} ms, eu QUORUM {eu_quorum:.1f} ms, "
-          f"us LOCAL_QUORUM (2 replicas in us) {us_local:.1f} ms")
+    print(
+        f"\nD={D_MS:.0f} ms one-way: eu LOCAL_QUORUM {eu_local:.1f} ms, eu QUORUM {eu_quorum:.1f} ms, "
+        f"us LOCAL_QUORUM (2 replicas in us) {us_local:.1f} ms"
+    )
     assert eu_quorum - eu_local >= 2 * D_MS, (
-        f"cross-DC QUORUM {eu_quorum:.1f} ms is not >= 2*{D_MS:.0f} ms slower than LOCAL_QUORUM {eu_local:.1f} ms")
+        f"cross-DC QUORUM {eu_quorum:.1f} ms is not >= 2*{D_MS:.0f} ms slower than LOCAL_QUORUM {eu_local:.1f} ms"
+    )
     # intra-DC traffic must bypass the proxy (prefer_local): crossing it would cost >= 2*D per read
     assert us_local < 2 * D_MS, f"us LOCAL_QUORUM {us_local:.1f} ms: intra-DC traffic crossed the latency proxy"
 
@@ -322,8 +328,13 @@ def test_paused_node_fails_local_quorum_and_recovers_after_resume(cluster):
         # LOCAL_QUORUM in us needs both us replicas: with us2 paused it must fail (timeout or unavailable)
         with pytest.raises(Exception) as err:
             us.execute(local_quorum, timeout=10)
-        assert type(err.value).__name__ in ("ReadTimeout", "Unavailable", "OperationTimedOut", "NoHostAvailable",
-                                            "ReadFailure"), repr(err.value)
+        assert type(err.value).__name__ in (
+            "ReadTimeout",
+            "Unavailable",
+            "OperationTimedOut",
+            "NoHostAvailable",
+            "ReadFailure",
+        ), repr(err.value)
         # QUORUM (2 of 3) can still be met by us1 + eu1
         deadline, ok = time.monotonic() + 45, False
         while not ok and time.monotonic() < deadline:
@@ -397,8 +408,10 @@ def test_cluster_of_a_killed_owner_is_reaped(cassandra_jars, tmp_path):
         print(json.dumps([r["pid"] for r in st.service("cassandra").pids()]), flush=True)
         time.sleep(600)
     """)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
-                                                        os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
     owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
     try:
         line = owner.stdout.readline()

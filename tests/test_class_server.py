@@ -5,6 +5,7 @@ in the default schema, a schema of their own, and memcached keys (including `pos
 Two students then run lesson 09's experiments at the same time, each in its own process and namespace. Every
 foreign object must survive untouched, each student's results must still be correct, and
 `labkit down --purge` must remove one student's namespace and nothing else."""
+
 from __future__ import annotations
 
 import json
@@ -67,8 +68,10 @@ def class_server():
 def _foreign_state(dsn: str, mc_address: tuple[str, int], keys: list[str]) -> dict[str, object]:
     """Everything "someone else" put on the server, as it is now."""
     with psycopg.connect(dsn) as conn:
-        tables = {t: conn.execute(f"SELECT array_agg(note ORDER BY id) FROM public.{t}").fetchone()[0]
-                  for t in ("users", "posts", "likes")}
+        tables = {
+            t: conn.execute(f"SELECT array_agg(note ORDER BY id) FROM public.{t}").fetchone()[0]
+            for t in ("users", "posts", "likes")
+        }
         tables["other.results"] = conn.execute("SELECT array_agg(score ORDER BY id) FROM other.results").fetchone()[0]
     with MetaClient(mc_address, key_prefix=b"") as mc:
         cached = {k: (r.value if r.hit else None) for k in keys for r in [mc.get(k)]}
@@ -79,8 +82,9 @@ def _seed_foreign(dsn: str, mc_address: tuple[str, int], keys: list[str]) -> Non
     with psycopg.connect(dsn) as conn:
         for t in ("users", "posts", "likes"):
             conn.execute(f"CREATE TABLE public.{t} (id int PRIMARY KEY, note text)")
-            conn.execute(f"INSERT INTO public.{t} SELECT g, 'owned by the instructor ' || g "
-                         "FROM generate_series(1, 5) g")
+            conn.execute(
+                f"INSERT INTO public.{t} SELECT g, 'owned by the instructor ' || g FROM generate_series(1, 5) g"
+            )
         conn.execute("CREATE SCHEMA other")
         conn.execute("CREATE TABLE other.results (id int PRIMARY KEY, score float)")
         conn.execute("INSERT INTO other.results VALUES (1, 0.5), (2, 0.75)")
@@ -90,8 +94,15 @@ def _seed_foreign(dsn: str, mc_address: tuple[str, int], keys: list[str]) -> Non
 
 
 def _env(home: str, namespace: str, dsn: str, mc: tuple[str, int]) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "LABKIT_HOME": home, "LABKIT_NAMESPACE": namespace,
-            "LABKIT_POSTGRES_DSN": dsn, "LABKIT_MEMCACHED": f"{mc[0]}:{mc[1]}", "LABKIT_PROFILE": "ci"}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "LABKIT_HOME": home,
+        "LABKIT_NAMESPACE": namespace,
+        "LABKIT_POSTGRES_DSN": dsn,
+        "LABKIT_MEMCACHED": f"{mc[0]}:{mc[1]}",
+        "LABKIT_PROFILE": "ci",
+    }
 
 
 def test_two_students_side_by_side_leave_foreign_objects_untouched(class_server, capsys):
@@ -104,9 +115,17 @@ def test_two_students_side_by_side_leave_foreign_objects_untouched(class_server,
 
     home = tempfile.mkdtemp(prefix="labkit-class-", dir="/tmp")
     os.chmod(home, 0o755)  # the students' private memcached runs as an unprivileged user
-    procs = {ns: subprocess.Popen([sys.executable, "-c", STUDENT, str(seed)], env=_env(home, ns, pg.dsn, mc.address),
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-             for ns, seed in STUDENTS.items()}
+    procs = {
+        ns: subprocess.Popen(
+            [sys.executable, "-c", STUDENT, str(seed)],
+            env=_env(home, ns, pg.dsn, mc.address),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        for ns, seed in STUDENTS.items()
+    }
     out = {}
     for ns, p in procs.items():
         stdout, stderr = p.communicate(timeout=600)
@@ -137,8 +156,13 @@ def test_two_students_side_by_side_leave_foreign_objects_untouched(class_server,
         assert any(k.startswith(f"{ns}:post:".encode()) for k in keys), ns
 
     # `labkit down --purge` as student A removes A's namespace only
-    res = subprocess.run([sys.executable, "-m", "labkit.cli", "down", "--purge"],
-                         env=_env(home, "student_a", pg.dsn, mc.address), capture_output=True, text=True, cwd=ROOT)
+    res = subprocess.run(
+        [sys.executable, "-m", "labkit.cli", "down", "--purge"],
+        env=_env(home, "student_a", pg.dsn, mc.address),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert res.returncode == 0, res.stderr
     assert "purge: removed namespace student_a" in res.stdout
     with psycopg.connect(pg.dsn) as conn:
@@ -149,10 +173,12 @@ def test_two_students_side_by_side_leave_foreign_objects_untouched(class_server,
     assert any(k.startswith(b"student_b:") for k in keys)
     assert _foreign_state(pg.dsn, mc.address, foreign_keys) == before
     with capsys.disabled():
-        print(f"\nclass server: 2 students side by side ({a['end'] - a['start']:.0f} s, "
-              f"{b['end'] - b['start']:.0f} s), "
-              f"hit ratios A {a['hit_ratios']} B {b['hit_ratios']}; foreign objects surviving: 4 tables "
-              f"({sum(len(v) for v in before['tables'].values())} rows), {len(foreign_keys)} memcached keys")
+        print(
+            f"\nclass server: 2 students side by side ({a['end'] - a['start']:.0f} s, "
+            f"{b['end'] - b['start']:.0f} s), "
+            f"hit ratios A {a['hit_ratios']} B {b['hit_ratios']}; foreign objects surviving: 4 tables "
+            f"({sum(len(v) for v in before['tables'].values())} rows), {len(foreign_keys)} memcached keys"
+        )
 
 
 def test_a_namespace_must_be_a_plain_identifier(class_server, monkeypatch):

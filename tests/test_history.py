@@ -2,6 +2,7 @@
 
 Pure Python on purpose: the checker is a function of a list of operations, not a stand-in for a server.
 The lesson tests run it on real Cassandra histories."""
+
 from __future__ import annotations
 
 import pytest
@@ -95,8 +96,9 @@ def test_a_write_acknowledged_after_the_last_read_began_is_not_judged():
 
 
 def test_keys_are_independent():
-    rep = check(hist(W(1, 0, 1, key="a"), W(1, 0, 1, key="b"), W(2, 2, 3, key="b"), R(1, 4, 5, key="a"),
-                     R(2, 4, 5, key="b")))
+    rep = check(
+        hist(W(1, 0, 1, key="a"), W(1, 0, 1, key="b"), W(2, 2, 3, key="b"), R(1, 4, 5, key="a"), R(2, 4, 5, key="b"))
+    )
     assert rep.valid
 
 
@@ -130,8 +132,12 @@ def test_recorder_classifies_outcomes_and_reraises():
         with pytest.raises(type(exc)), h.record(0, "write", "k", len(h) + 10):
             raise exc
     outcomes = [(o.kind, o.outcome, o.error) for o in h]
-    assert outcomes == [("write", "ok", ""), ("read", "ok", ""), ("write", "fail", "Unavailable"),
-                        ("write", "timeout", "WriteTimeout")]
+    assert outcomes == [
+        ("write", "ok", ""),
+        ("read", "ok", ""),
+        ("write", "fail", "Unavailable"),
+        ("write", "timeout", "WriteTimeout"),
+    ]
     assert h.ops[1].value == 1 and h.ops[3].complete is None
     assert h.errors() == {"Unavailable": 1, "WriteTimeout": 1}
     assert h.counts()["write fail"] == 1 and h.counts()["write timeout"] == 1

@@ -1,5 +1,6 @@
 """labkit.ids: Instagram's 64-bit IDs in Python agree bit for bit with the PL/pgSQL function on a
 real Postgres, and reproduce the 2012 post's worked example."""
+
 from __future__ import annotations
 
 import time
@@ -13,7 +14,7 @@ from labkit.errors import BadParameter
 
 def test_post_worked_example():
     ex = ids.post_example()
-    assert ex["shard"] == 1341 and ex["seq"] == 905          # 31341 % 2000, 5001 % 1024
+    assert ex["shard"] == 1341 and ex["seq"] == 905  # 31341 % 2000, 5001 % 1024
     assert ex["id after time bits"] == 1387263000 << 23
     assert ex["id"] == (1387263000 << 23) | (1341 << 10) | 905 == 11637205501278089
     d = ids.decode(ex["id"])
@@ -21,14 +22,17 @@ def test_post_worked_example():
 
 
 def test_fields_are_41_13_10_bits_and_round_trip():
-    assert ids.encode((1 << 40) - 1, 8191, 1023, since_epoch=True) == (1 << 63) - 1   # every bit below the sign
-    assert ids.encode((1 << 41) - 1, 8191, 1023, since_epoch=True) == -1              # all 64 bits set
+    assert ids.encode((1 << 40) - 1, 8191, 1023, since_epoch=True) == (1 << 63) - 1  # every bit below the sign
+    assert ids.encode((1 << 41) - 1, 8191, 1023, since_epoch=True) == -1  # all 64 bits set
     assert ids.decode(-1) == ids.DecodedId((1 << 41) - 1, 8191, 1023)
     for ms, shard, seq in [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (123456789, 4321, 1000)]:
         d = ids.decode(ids.encode(ms, shard, seq, since_epoch=True))
         assert (d.ms_since_epoch, d.shard, d.seq) == (ms, shard, seq)
-    assert ids.encode(0, 0, 1, since_epoch=True) < ids.encode(0, 1, 0, since_epoch=True) < \
-        ids.encode(1, 0, 0, since_epoch=True)
+    assert (
+        ids.encode(0, 0, 1, since_epoch=True)
+        < ids.encode(0, 1, 0, since_epoch=True)
+        < ids.encode(1, 0, 0, since_epoch=True)
+    )
     d = ids.decode(ids.encode(ids.EPOCH_MS + 5000, 7, 3))
     assert d.unix_ms == ids.EPOCH_MS + 5000 and d.time.year == 2011
 
@@ -51,7 +55,7 @@ def test_plpgsql_function_agrees_bit_for_bit(pg):
             conn.execute(f"DROP SCHEMA IF EXISTS {sch} CASCADE")
             conn.execute(f"CREATE SCHEMA {sch}")
             conn.execute(ids.plpgsql(sch, shard))
-            conn.execute(f"SELECT setval('{sch}.id_seq', 1021)")     # next: 1022, 1023, then the wrap to 0
+            conn.execute(f"SELECT setval('{sch}.id_seq', 1021)")  # next: 1022, 1023, then the wrap to 0
             prev = 0
             for expected_seq in (1022, 1023, 0, 1):
                 t0 = int(time.time() * 1000)
@@ -60,7 +64,7 @@ def test_plpgsql_function_agrees_bit_for_bit(pg):
                 d = ids.decode(id_)
                 assert (d.shard, d.seq) == (shard, expected_seq)
                 assert t0 - 1 <= d.unix_ms <= t1
-                assert ids.encode(d.unix_ms, d.shard, d.seq) == id_   # the same 64 bits, rebuilt in Python
+                assert ids.encode(d.unix_ms, d.shard, d.seq) == id_  # the same 64 bits, rebuilt in Python
                 if expected_seq != 0:
                     assert id_ > prev
                 prev = id_

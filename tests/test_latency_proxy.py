@@ -3,6 +3,7 @@
 Each claim compares measurements from the same run (direct vs through the proxy), so a slow machine only
 adds to both sides; lower bounds are exact (the proxy never delivers early), upper bounds are generous.
 """
+
 from __future__ import annotations
 
 import os
@@ -71,6 +72,7 @@ def echo_bulk(address: tuple[str, int], data: bytes) -> tuple[bytes, float]:
     """Send `data` and read the echo concurrently; return what came back and the elapsed seconds."""
     got = bytearray()
     with socket.create_connection(address, timeout=30) as s:
+
         def read() -> None:
             while len(got) < len(data):
                 chunk = s.recv(1 << 20)
@@ -120,7 +122,7 @@ def test_jitter_spreads_latency_but_keeps_byte_order(echo_server):
             # many small writes in flight at once: order must hold even though each gets its own jitter
             stream = b"".join(f"{i:08d}".encode() for i in range(2000))
             for i in range(0, len(stream), 8):
-                s.sendall(stream[i:i + 8])
+                s.sendall(stream[i : i + 8])
             got = b""
             while len(got) < len(stream):
                 got += s.recv(65536)
@@ -181,9 +183,11 @@ def test_proxy_of_a_killed_owner_exits_by_itself(echo_server, tmp_path):
     import sys
     from pathlib import Path
 
-    script = ("import json, time; from labkit.services.latency_proxy import LatencyProxy\n"
-              f"px = LatencyProxy(target={tuple(echo_server)!r}, delay_ms=5).start()\n"
-              "print(json.dumps(px.pids()[0]['pid']), flush=True); time.sleep(600)\n")
+    script = (
+        "import json, time; from labkit.services.latency_proxy import LatencyProxy\n"
+        f"px = LatencyProxy(target={tuple(echo_server)!r}, delay_ms=5).start()\n"
+        "print(json.dumps(px.pids()[0]['pid']), flush=True); time.sleep(600)\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
     try:
@@ -193,8 +197,9 @@ def test_proxy_of_a_killed_owner_exits_by_itself(echo_server, tmp_path):
         owner.send_signal(signal.SIGKILL)
         owner.wait()
     deadline = time.monotonic() + 10
-    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE \
-            and time.monotonic() < deadline:
+    while (
+        psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline
+    ):
         time.sleep(0.1)
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 

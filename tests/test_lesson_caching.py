@@ -1,5 +1,6 @@
 """Lesson 09 (caching) on real Postgres and memcached: models, experiments, checkpoints that can fail,
 the stale-set race, and the exercise's self-check against the reference and against wrong solutions."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -11,6 +12,7 @@ from labkit.lessons import caching
 from labkit.lessons._solutions import caching as solution
 
 # ----------------------------------------------------------------------------------- models and data
+
 
 def test_dataset_is_deterministic_and_zipf_popular():
     a, b = instagram.generate("ci", seed=7), instagram.generate("ci", seed=7)
@@ -37,6 +39,7 @@ def test_che_approximation_agrees_with_exact_lru_simulation():
 
 # -------------------------------------------------------------------------------- on the real servers
 
+
 @pytest.fixture(scope="module")
 def data(pg):
     return caching.prepare(pg.dsn, "ci")
@@ -51,8 +54,7 @@ def small_cache(stack):
 @pytest.fixture(scope="module")
 def skew_df(small_cache, pg, data):
     with caching.PostStore(pg.dsn) as store:
-        rows = [caching.hit_ratio_run(small_cache, store, data, skew=s, reads=4000, warmup=3000)
-                for s in (0.8, 1.1)]
+        rows = [caching.hit_ratio_run(small_cache, store, data, skew=s, reads=4000, warmup=3000) for s in (0.8, 1.1)]
     return pd.DataFrame(rows)
 
 
@@ -63,9 +65,9 @@ def test_cache_aside_hit_ratio_checkpoints_pass(skew_df, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out and all(line.startswith("PASS  ") for line in out) and len(out) == 4
     low, high = skew_df.iloc[0], skew_df.iloc[1]
-    assert high["hit_ratio"] > low["hit_ratio"]           # more skew, more hits, same cache
-    assert high["db_queries"] < low["db_queries"]          # ... and fewer trips to Postgres
-    assert 0.05 < high["cache_fraction"] <= 0.105          # 2 MB holds ~9% of the CI profile's posts
+    assert high["hit_ratio"] > low["hit_ratio"]  # more skew, more hits, same cache
+    assert high["db_queries"] < low["db_queries"]  # ... and fewer trips to Postgres
+    assert 0.05 < high["cache_fraction"] <= 0.105  # 2 MB holds ~9% of the CI profile's posts
 
 
 def _read_that_ignores_hits(mc, store, post_id, ttl):
@@ -84,8 +86,9 @@ def _read_that_never_sets(mc, store, post_id, ttl):
 
 def test_db_checkpoint_fails_when_hits_still_query_postgres(small_cache, pg, data):
     with caching.PostStore(pg.dsn) as store:
-        row = caching.hit_ratio_run(small_cache, store, data, skew=1.1, reads=1500, warmup=1500,
-                                    read=_read_that_ignores_hits)
+        row = caching.hit_ratio_run(
+            small_cache, store, data, skew=1.1, reads=1500, warmup=1500, read=_read_that_ignores_hits
+        )
     assert row["hit_ratio"] > 0.5 and row["db_queries"] == 1500
     with pytest.raises(CheckpointFailed, match=r"DB queries fall .*: 1500 is not within 5% of expected") as err:
         caching.check_db_follows_hit_ratio(pd.DataFrame([row]))
@@ -94,8 +97,9 @@ def test_db_checkpoint_fails_when_hits_still_query_postgres(small_cache, pg, dat
 
 def test_small_cache_checkpoint_fails_without_a_cache(small_cache, pg, data):
     with caching.PostStore(pg.dsn) as store:
-        row = caching.hit_ratio_run(small_cache, store, data, skew=1.1, reads=1500, warmup=500,
-                                    read=_read_that_never_sets)
+        row = caching.hit_ratio_run(
+            small_cache, store, data, skew=1.1, reads=1500, warmup=500, read=_read_that_never_sets
+        )
     assert row["hit_ratio"] == 0
     with pytest.raises(CheckpointFailed, match=r"serves most reads: 0 < expected 0.5 at zipf s=1.1"):
         caching.check_small_cache_serves_most(pd.DataFrame([row]), skew=1.1)
@@ -116,11 +120,15 @@ def _read_with_a_varying_key(mc, store, post_id, ttl):
 
 def test_model_checkpoint_fails_when_the_cache_is_full_but_never_hit(small_cache, pg, data):
     with caching.PostStore(pg.dsn) as store:
-        row = caching.hit_ratio_run(small_cache, store, data, skew=1.1, reads=1000, warmup=1000,
-                                    read=_read_with_a_varying_key)
+        row = caching.hit_ratio_run(
+            small_cache, store, data, skew=1.1, reads=1000, warmup=1000, read=_read_with_a_varying_key
+        )
     assert row["hit_ratio"] == 0 and row["cached_cards"] > 300  # full of cards nobody asks for again
-    with pytest.raises(CheckpointFailed, match=r"Che model at every point: 0.\d+ > expected at most 0.08 "
-                                               r"at worst at s=1.1.*measured 0.000 vs model 0.\d+"):
+    with pytest.raises(
+        CheckpointFailed,
+        match=r"Che model at every point: 0.\d+ > expected at most 0.08 "
+        r"at worst at s=1.1.*measured 0.000 vs model 0.\d+",
+    ):
         caching.check_model_matches(pd.DataFrame([row]))
 
 
@@ -152,6 +160,7 @@ def test_stale_set_race_reproduced_and_fixed(mc, pg, data, capsys):
 
 
 # ---------------------------------------------------------------------------------------- exercise
+
 
 def test_exercise_reference_solution_passes(mc, pg, data, capsys):
     caching.check_cache_aside(solution.read_post, solution.like_post, mc.address, pg.dsn, data)
@@ -202,8 +211,15 @@ def test_ttl_hit_ratio_follows_expiry_model_and_can_fail(stack, pg, data, capsys
     with caching.sized_cache(stack, 30) as addr, caching.PostStore(pg.dsn) as store:
         rows = [caching.ttl_run(addr, store, data, ttl=t, rate=300, seconds=2.0) for t in (1, 3)]
         # a read path that forgets the TTL: cards never expire, far more hits than expiry allows
-        never = caching.ttl_run(addr, store, data, ttl=1, rate=300, seconds=2.0,
-                                read=lambda mc_, st_, pid, ttl: caching._read_through(mc_, st_, pid, 0))
+        never = caching.ttl_run(
+            addr,
+            store,
+            data,
+            ttl=1,
+            rate=300,
+            seconds=2.0,
+            read=lambda mc_, st_, pid, ttl: caching._read_through(mc_, st_, pid, 0),
+        )
     df = pd.DataFrame(rows)
     assert df["evictions"].sum() == 0 and df["hit_ratio"].iloc[1] > df["hit_ratio"].iloc[0]
     caching.check_ttl_model(df)

@@ -1,6 +1,7 @@
 """Lesson 05 (consistency) on a real 3-node Cassandra cluster: every claim at settings other than the
 notebook's, every checkpoint failing on a broken input, the exercise's self-check with the reference and a
 wrong rule, and the panels' knobs at both ends. One cluster for the module (starting JVMs costs CPU)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -70,8 +71,11 @@ def test_stale_checkpoints_fail_on_broken_inputs(lab, lag):
     # the QUORUM claim handed the ONE/ONE history: it must see the stale reads and name the proof
     broken = dataclasses.replace(lag)
     broken.reports = {**lag.reports, QQ: lag.reports[ONE_ONE]}
-    with pytest.raises(CheckpointFailed, match=r"0 stale reads with a lagging replica: \d+ > expected at most 0 .*"
-                                               r"first: stale read: read of"):
+    with pytest.raises(
+        CheckpointFailed,
+        match=r"0 stale reads with a lagging replica: \d+ > expected at most 0 .*"
+        r"first: stale read: read of",
+    ):
         cons.check_quorum_never_stale(broken)
 
 
@@ -87,8 +91,9 @@ def test_one_node_down_quorum_works_all_is_unavailable(down, capsys):
 
 def test_node_down_checkpoint_fails_with_every_node_up(lag):
     # the reads-through-C phase of the lagging run, when every node was up: ALL succeeds there
-    all_up = cons.NodeDownRun(lag.history.filter(lambda o: o.tags.get("phase") == "read-through-C"), lag.pairs,
-                              node="none")
+    all_up = cons.NodeDownRun(
+        lag.history.filter(lambda o: o.tags.get("phase") == "read-through-C"), lag.pairs, node="none"
+    )
     with pytest.raises(CheckpointFailed, match=r"no operation at ALL succeeds: \d+ > expected at most 0"):
         cons.check_node_down(all_up)
 
@@ -110,8 +115,11 @@ def test_lost_write_checkpoint_fails_when_rows_vanish(lab, down):
     cons.final_reads(lab, h, keys)
     broken = dataclasses.replace(down, durable=h, durable_report=check(h))
     assert {v.op.key for v in broken.durable_report.lost_writes} == set(keys)
-    with pytest.raises(CheckpointFailed, match=r"0 acknowledged writes lost: \d+ > expected at most 0 .*lost write: "
-                                               r"acknowledged write of \d+ to"):
+    with pytest.raises(
+        CheckpointFailed,
+        match=r"0 acknowledged writes lost: \d+ > expected at most 0 .*lost write: "
+        r"acknowledged write of \d+ to",
+    ):
         cons.check_no_lost_writes(broken)
 
 
@@ -155,6 +163,7 @@ def test_bad_parameters_name_the_fix(lab):
 
 
 # ---------------------------------------------------------------------------------------------- exercise
+
 
 def test_exercise_reference_passes(lab, capsys):
     n = cons.check_stale_rule(solution.is_stale, lab)

@@ -1,5 +1,6 @@
 """Lesson 10 (thundering herd) on real Postgres and memcached: strategies measured, checkpoints that
 pass on the right strategy and fail on a broken one, and the exercise's self-check."""
+
 from __future__ import annotations
 
 import pytest
@@ -38,8 +39,11 @@ def test_leases_cut_db_queries_by_10x(mc, pg, hot, unprotected, capsys):
 
 def test_lease_checkpoint_fails_on_a_lease_that_ignores_z(mc, pg, hot, unprotected):
     broken = herd.run_herd(mc.address, pg.dsn, hot, herd.lease_ignoring_z, **RUN)
-    with pytest.raises(CheckpointFailed, match=r"by at least 10x: \d\.?\d* < expected 10 at lease_ignoring_z: "
-                                               r"\d+\.\d vs none: \d+\.\d queries per invalidation"):
+    with pytest.raises(
+        CheckpointFailed,
+        match=r"by at least 10x: \d\.?\d* < expected 10 at lease_ignoring_z: "
+        r"\d+\.\d vs none: \d+\.\d queries per invalidation",
+    ):
         herd.check_leases_cut_queries(unprotected, broken)
 
 
@@ -55,8 +59,11 @@ def test_serve_stale_checkpoint_fails_when_invalidation_deletes(mc, pg, hot, unp
     # every reader waits for the recompute
     deleting = herd.run_herd(mc.address, pg.dsn, hot, "stale", mark_stale=False, name="stale-but-deleted", **RUN)
     assert deleting.stale_reads == 0
-    with pytest.raises(CheckpointFailed, match=r"p99 while the value refreshes stays within 3x of a plain hit's: "
-                                               r"\d+\.?\d* > expected at most 3 at stale-but-deleted: p99 \d+\.\d ms during"):
+    with pytest.raises(
+        CheckpointFailed,
+        match=r"p99 while the value refreshes stays within 3x of a plain hit's: "
+        r"\d+\.?\d* > expected at most 3 at stale-but-deleted: p99 \d+\.\d ms during",
+    ):
         herd.check_serve_stale_p99(deleting, unprotected)
     # and no protection itself fails every latency claim
     with pytest.raises(CheckpointFailed, match=r"within 3x of a plain hit's"):
@@ -77,6 +84,7 @@ def test_bad_parameters_name_the_fix(mc, pg, hot):
 
 # ---------------------------------------------------------------------------------------- exercise
 
+
 def test_exercise_reference_solution_passes(mc, pg, hot, capsys):
     res = herd.check_lease_get(solution.lease_get, mc.address, pg.dsn, hot)
     assert capsys.readouterr().out == "PASS  exercise: lease-based get (one recompute per invalidation)\n"
@@ -92,8 +100,11 @@ def test_exercise_fails_when_z_also_recomputes(mc, pg, hot):
         mc_.set(key, value)
         return value
 
-    with pytest.raises(CheckpointFailed, match=r"with 20 concurrent readers, lease_get sent \d+ recomputes .* "
-                                               r"\(\d+\.\d per invalidation\); a lease allows ~1"):
+    with pytest.raises(
+        CheckpointFailed,
+        match=r"with 20 concurrent readers, lease_get sent \d+ recomputes .* "
+        r"\(\d+\.\d per invalidation\); a lease allows ~1",
+    ):
         herd.check_lease_get(lease_get, mc.address, pg.dsn, hot)
 
 

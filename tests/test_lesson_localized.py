@@ -1,5 +1,6 @@
 """Lesson 06 (per-continent clusters) on a real two-DC Cassandra: each claim at other settings than the notebook's,
 each checkpoint failing on a broken input, the widgets at both ends, and the exercise's self-check."""
+
 from __future__ import annotations
 
 import pytest
@@ -28,10 +29,14 @@ def test_local_quorum_is_a_fraction_of_quorum_at_60ms(geo, capsys):
 
 def test_latency_checkpoint_fails_without_an_ocean(geo):
     """At 0 ms there is nothing for LOCAL_QUORUM to save: the claim must fail."""
-    t = geo06.measure_consistency(geo, delay_ms=0, clients=1, ops=16, users=50, levels=("LOCAL_QUORUM", "QUORUM"),
-                                  passes=1)
-    with pytest.raises(CheckpointFailed, match=r"at most 25% of cross-DC QUORUM's in each region: \d\.\d+ > "
-                                               r"expected at most 0\.25 at worst region's ratio at 0 ms"):
+    t = geo06.measure_consistency(
+        geo, delay_ms=0, clients=1, ops=16, users=50, levels=("LOCAL_QUORUM", "QUORUM"), passes=1
+    )
+    with pytest.raises(
+        CheckpointFailed,
+        match=r"at most 25% of cross-DC QUORUM's in each region: \d\.\d+ > "
+        r"expected at most 0\.25 at worst region's ratio at 0 ms",
+    ):
         geo06.check_local_quorum_latency(t)
 
 
@@ -62,8 +67,9 @@ def test_partition_local_quorum_serves_quorum_fails_and_europe_catches_up(geo, c
 
 
 def test_partition_checkpoint_fails_when_the_link_is_not_cut(geo):
-    res = geo06.partition_run(geo, duration=1.0, clients=2, users=40, seed=6, cut=False,
-                              levels=("LOCAL_QUORUM", "QUORUM"))
+    res = geo06.partition_run(
+        geo, duration=1.0, clients=2, users=40, seed=6, cut=False, levels=("LOCAL_QUORUM", "QUORUM")
+    )
     with pytest.raises(CheckpointFailed, match=r"QUORUM fails during the partition: 1 > expected at most 0\.01"):
         geo06.check_partition(res)
 
@@ -102,8 +108,10 @@ def test_exercise_rejects_a_global_write(geo):
     from cassandra.query import SimpleStatement
 
     def save_everywhere(sessions, user_id, home, profile):
-        sessions[home].execute(SimpleStatement("INSERT INTO geo_global.users (id, home, profile) VALUES (%s, %s, %s)"),
-                               (user_id, home, profile))
+        sessions[home].execute(
+            SimpleStatement("INSERT INTO geo_global.users (id, home, profile) VALUES (%s, %s, %s)"),
+            (user_id, home, profile),
+        )
 
     with pytest.raises(CheckpointFailed, match=r"is not in geo_(us|eu)\.users after save_profile"):
         geo06.check_save_profile(save_everywhere, geo, users=4)
@@ -114,8 +122,10 @@ def test_exercise_rejects_writing_home_data_through_the_other_continent(geo):
     from cassandra.query import SimpleStatement
 
     def save_via_us(sessions, user_id, home, profile):
-        st = SimpleStatement(f"INSERT INTO geo_{home}.users (id, home, profile) VALUES (%s, %s, %s)",
-                             consistency_level=ConsistencyLevel.QUORUM)
+        st = SimpleStatement(
+            f"INSERT INTO geo_{home}.users (id, home, profile) VALUES (%s, %s, %s)",
+            consistency_level=ConsistencyLevel.QUORUM,
+        )
         sessions["us" if home == "eu" else "eu"].execute(st, (user_id, home, profile))
 
     with pytest.raises(CheckpointFailed, match=r"KB across the link per 1000 saves\): \d+ > expected at most 100"):

@@ -1,6 +1,7 @@
 """Lesson 01 (the pivot) on real Postgres: the generator's planted effect, the load timings, the SQL
 analysis recovering the truth at other seeds and sizes, checkpoints failing on broken inputs, the
 exercise's self-check, and the panel's knobs at both ends of their ranges."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,7 +43,7 @@ def test_generator_is_deterministic_and_documented():
     photo_ids = set(np.flatnonzero(a.user_is_photo) + 1)
     assert all(first[u] == "photo_post" for u in photo_ids if u in first)
     assert not any(k in burbn.PHOTO_FEATURES for _, u, _, k in a.rows if u not in photo_ids)
-    assert a.true_gap(4) == pytest.approx(0.81 ** 4 - 0.6 ** 4)
+    assert a.true_gap(4) == pytest.approx(0.81**4 - 0.6**4)
     assert burbn.generate(800, 8, strength=0.0, seed=3).true_gap(4) == 0
 
 
@@ -104,12 +105,16 @@ def test_effect_checkpoints_fail_on_the_wrong_data(planted, nothing):
         pivot.check_no_effect(planted)
     # the SQL's answer on strength-0 data held against a strength-1 truth: far outside the tolerance
     wrong_truth = dataclasses.replace(nothing, log=burbn.generate(4000, 10, strength=1.0, seed=12345))
-    with pytest.raises(CheckpointFailed, match=r"retention gap within 0.06 of the generator's truth: 0\.\d+ > "
-                                               r"expected at most 0.06 at measured -?0\.\d+ vs truth 0\.\d+"):
+    with pytest.raises(
+        CheckpointFailed,
+        match=r"retention gap within 0.06 of the generator's truth: 0\.\d+ > "
+        r"expected at most 0.06 at measured -?0\.\d+ vs truth 0\.\d+",
+    ):
         pivot.check_recovers_truth(wrong_truth)
 
 
 # ---------------------------------------------------------------------------------------- exercise
+
 
 def test_exercise_reference_solution_passes(pg, nothing, capsys):
     pivot.check_retention_query(solution.cohort_retention_sql, pg.dsn)
@@ -126,7 +131,8 @@ def test_exercise_not_attempted_says_so(pg, nothing, capsys):
 
 def test_exercise_names_the_first_wrong_cohort(pg, nothing):
     def over_all_users():  # divides by every user instead of the cohort's size
-        return """SELECT cohort, age, count(*)::float8 / (SELECT count(DISTINCT user_id) FROM events_weekly) AS retention
+        return """SELECT cohort, age,
+                         count(*)::float8 / (SELECT count(DISTINCT user_id) FROM events_weekly) AS retention
                   FROM (SELECT DISTINCT user_id, week - min(week) OVER (PARTITION BY user_id) AS age,
                                min(week) OVER (PARTITION BY user_id) AS cohort FROM events_weekly) a
                   GROUP BY cohort, age"""
@@ -148,6 +154,7 @@ def test_exercise_names_the_first_wrong_cohort(pg, nothing):
 
 
 # ------------------------------------------------------------------------------- panel knob ranges
+
 
 def test_panel_knobs_at_their_minimum(pg):
     # the notebook's panel: seed=(1, 9999), users=(500, 100_000), weeks=(6, 52), strength=(0, 1)

@@ -1,6 +1,7 @@
 """Lesson 07 (Akkio-style placement and migration) on a real two-DC Cassandra: the claims at another seed and
 size, each checkpoint failing on a broken input (no second copy, fresh ids, a policy without hysteresis), the
 widgets at both ends, and the exercise's self-check with the reference and wrong policies."""
+
 from __future__ import annotations
 
 import threading
@@ -87,8 +88,9 @@ def test_lost_writes_checkpoint_fails_without_the_second_copy(geo):
 def test_duplicates_checkpoint_fails_when_the_copy_makes_new_ids(geo):
     w = _move_under_writes(geo, fresh_ids=True)
     assert w["duplicated"] > 0, w
-    res = p07.PlacementResult(rounds=None, log=[], history={},
-                              writes={**w, "lost": 0, "during moves": w["acknowledged"]})
+    res = p07.PlacementResult(
+        rounds=None, log=[], history={}, writes={**w, "lost": 0, "during moves": w["acknowledged"]}
+    )
     with pytest.raises(CheckpointFailed, match=r"0 writes duplicated during the moves: \d+ > expected at most 0"):
         p07.check_no_lost_writes(res)
 

@@ -1,6 +1,7 @@
 """Lesson 02 (vertical limits) on real Postgres: a capped server shows a knee, the USL fits it, a
 sleep-bound workload is not called a knee, the published table's peak, the cost table, checkpoints
 failing on broken inputs, the exercise, and the panel's knobs at both ends."""
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,9 @@ def capped(server):
     if not ok:
         pytest.skip(f"cannot cap CPU here: {why}")
     # not the notebook's client counts: up to 48 (the cap, think time and read-only mix are its defaults)
-    return vertical.client_sweep(dsn, accounts, vertical.clients_up_to(48), duration=1.5, read_ratio=1.0,
-                                 think_ms=20.0, cpu_limit=0.05, pid=pid)
+    return vertical.client_sweep(
+        dsn, accounts, vertical.clients_up_to(48), duration=1.5, read_ratio=1.0, think_ms=20.0, cpu_limit=0.05, pid=pid
+    )
 
 
 def test_usl_fit_recovers_known_parameters():
@@ -119,13 +121,16 @@ def test_exercise_reference_passes_wrong_ones_fail(capsys):
     fits = {"the published table": usl.fit(pub["clients"], pub["tps"])}
     vertical.check_n_star(solution.usl_peak, fits)
     assert capsys.readouterr().out == "PASS  exercise: usl_peak gives the peak of every fitted curve\n"
-    with pytest.raises(CheckpointFailed, match=r"a made-up fit \(sigma=0.2, kappa=0.0008\): usl_peak gave 35.36, expected 31.62"):
+    with pytest.raises(
+        CheckpointFailed, match=r"a made-up fit \(sigma=0.2, kappa=0.0008\): usl_peak gave 35.36, expected 31.62"
+    ):
         vertical.check_n_star(lambda s, k: math.sqrt(1 / k), fits)
     with pytest.raises(CheckpointFailed, match="return math.inf"):
         vertical.check_n_star(lambda s, k: math.sqrt((1 - s) / max(k, 1e-12)), fits)
 
     def not_yet(s, k):
         raise NotImplementedError
+
     vertical.check_n_star(not_yet, fits)
     assert "Not attempted yet" in capsys.readouterr().out
 
@@ -135,12 +140,31 @@ def test_panel_knobs_at_both_ends(server):
     # cpu_limit=(0.02, 2.0); the long ends are run short (duration is only a length)
     dsn, accounts, pid = server
     cap = vertical.cap_status(pid)[0]
-    low = vertical.client_sweep(dsn, accounts, vertical.clients_up_to(8), duration=0.5, read_ratio=0.0,
-                                think_ms=0.0, cpu_limit=0.02 if cap else None, pid=pid, rounds=1)
-    assert list(low["clients"]) == [1, 2, 4, 8] and (low["tps"] > 0).all() and low["errors"].sum() == 0, \
-        low["error_kinds"].tolist()
-    high = vertical.client_sweep(dsn, accounts, [1, 128], duration=0.8, read_ratio=1.0, think_ms=20.0,
-                                 cpu_limit=2.0 if cap else None, pid=pid, rounds=1)
+    low = vertical.client_sweep(
+        dsn,
+        accounts,
+        vertical.clients_up_to(8),
+        duration=0.5,
+        read_ratio=0.0,
+        think_ms=0.0,
+        cpu_limit=0.02 if cap else None,
+        pid=pid,
+        rounds=1,
+    )
+    assert list(low["clients"]) == [1, 2, 4, 8] and (low["tps"] > 0).all() and low["errors"].sum() == 0, low[
+        "error_kinds"
+    ].tolist()
+    high = vertical.client_sweep(
+        dsn,
+        accounts,
+        [1, 128],
+        duration=0.8,
+        read_ratio=1.0,
+        think_ms=20.0,
+        cpu_limit=2.0 if cap else None,
+        pid=pid,
+        rounds=1,
+    )
     assert (high["tps"] > 0).all() and high["errors"].sum() == 0, high["error_kinds"].tolist()
     assert vertical.clients_up_to(128) == [1, 2, 4, 8, 16, 32, 64, 128]
     with pytest.raises(BadParameter, match="8..150 clients"):
@@ -151,12 +175,15 @@ def test_panel_knobs_at_both_ends(server):
 
 def test_warm_connections_recover_after_backends_are_killed(server):
     import psycopg
+
     dsn, accounts, _ = server
     drv = vertical._WarmPostgres(dsn, 2)
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                         "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()")
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            )
         first = vertical.measure(drv, accounts, 2, duration=0.4, read_ratio=1.0, think_ms=5)
         again = vertical.measure(drv, accounts, 2, duration=0.4, read_ratio=1.0, think_ms=5)
     finally:

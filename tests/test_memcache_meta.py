@@ -1,4 +1,5 @@
 """The meta-protocol client against a real memcached: leases (W/Z), serve-stale (X), CAS, quiet mode."""
+
 from __future__ import annotations
 
 import asyncio
@@ -31,6 +32,7 @@ def key() -> str:
 
 # -- the shared core, without a server ------------------------------------------------------------
 
+
 def test_encoding_and_parsing_core() -> None:
     assert encode_get("k", vivify=30, cas=True) == b"mg k c N30 v\r\n"
     assert encode_set("k", b"abc", ttl=5, cas=7, invalidate=True) == b"ms k 3 T5 C7 I\r\nabc\r\n"
@@ -46,8 +48,9 @@ def test_encoding_and_parsing_core() -> None:
     assert isinstance(r.next(), MetaError)
 
 
-@pytest.mark.parametrize("bad, fix", [("has space", "space"), ("x" * 251, "shorter"),
-                                      ("tab\there", "control"), ("", "non-empty")])
+@pytest.mark.parametrize(
+    "bad, fix", [("has space", "space"), ("x" * 251, "shorter"), ("tab\there", "control"), ("", "non-empty")]
+)
 def test_bad_keys_name_the_fix(bad: str, fix: str) -> None:
     with pytest.raises(BadParameter, match=fix):
         validate_key(bad)
@@ -67,6 +70,7 @@ def test_bad_flag_values() -> None:
 
 
 # -- against a real memcached ---------------------------------------------------------------------
+
 
 def test_set_get_delete_roundtrip(mc_address: tuple[str, int], key: str) -> None:
     with MetaClient(mc_address) as mc:
@@ -142,8 +146,7 @@ def test_binary_key_roundtrip(mc_address: tuple[str, int]) -> None:
 def test_async_twin_concurrent_lease(mc_address: tuple[str, int], key: str) -> None:
     async def scenario() -> list[tuple[bool, bool]]:
         async with AsyncMetaClient(mc_address) as c1, AsyncMetaClient(mc_address) as c2:
-            results = await asyncio.gather(*[(c1 if i % 2 else c2).get(key, vivify=30)
-                                             for i in range(20)])
+            results = await asyncio.gather(*[(c1 if i % 2 else c2).get(key, vivify=30) for i in range(20)])
             assert (await c1.set(key, b"x")).ok
             assert (await c2.get(key)).value == b"x"
             await c1.delete(key, invalidate=True)
@@ -162,6 +165,7 @@ def test_refused_connection_raises_os_error() -> None:
         c = AsyncMetaClient(("127.0.0.1", 1))  # nothing listens on port 1
         with pytest.raises(OSError):
             await c.get("k")
+
     asyncio.run(scenario())
     with pytest.raises(OSError):
         MetaClient(("127.0.0.1", 1)).get("k")

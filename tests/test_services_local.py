@@ -1,4 +1,5 @@
 """The local provider against the real servers: Postgres and memcached processes on this machine."""
+
 from __future__ import annotations
 
 import os
@@ -71,10 +72,16 @@ def test_memcached_one_megabyte_value_memory_size_and_stop():
 
 
 def test_two_stacks_side_by_side_have_distinct_ports():
-    with labkit.stack("postgres", "memcached", attach=False) as a, \
-            labkit.stack("postgres", "memcached", attach=False) as b:
-        ports = {a.endpoint("postgres").port, a.endpoint("memcached").port,
-                 b.endpoint("postgres").port, b.endpoint("memcached").port}
+    with (
+        labkit.stack("postgres", "memcached", attach=False) as a,
+        labkit.stack("postgres", "memcached", attach=False) as b,
+    ):
+        ports = {
+            a.endpoint("postgres").port,
+            a.endpoint("memcached").port,
+            b.endpoint("postgres").port,
+            b.endpoint("memcached").port,
+        }
         assert len(ports) == 4
         for st, value in ((a, b"from-a"), (b, b"from-b")):
             Client(st.endpoint("memcached").address).set("who", value, noreply=False)
@@ -146,7 +153,9 @@ def test_unknown_service_names_the_choices():
 
 def test_unknown_provider_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("LABKIT_PROVIDER", "kubernetes")
-    with pytest.raises(BadParameter, match="LABKIT_PROVIDER='kubernetes' is not valid: use one of local, docker, external"):
+    with pytest.raises(
+        BadParameter, match="LABKIT_PROVIDER='kubernetes' is not valid: use one of local, docker, external"
+    ):
         labkit.stack("memcached")
 
 
@@ -156,9 +165,11 @@ def test_missing_binary_names_the_install_command(monkeypatch):
         LocalMemcached("mc-missing").start()
     monkeypatch.delenv("LABKIT_MEMCACHED_BIN")
     monkeypatch.setenv("PATH", "/nonexistent")
-    monkeypatch.setattr(mcmod, "find_binary",
-                        lambda name, globs, hint: __import__("labkit.services._process", fromlist=["x"])
-                        .find_binary(name, [], hint))
+    monkeypatch.setattr(
+        mcmod,
+        "find_binary",
+        lambda name, globs, hint: __import__("labkit.services._process", fromlist=["x"]).find_binary(name, [], hint),
+    )
     with pytest.raises(BinaryNotFound, match="apt-get install memcached"):
         LocalMemcached("mc-missing").start()
 

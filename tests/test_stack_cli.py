@@ -1,5 +1,6 @@
 """The shared stack, the CLI and orphan reaping: what a learner does from a terminal, and what a killed
 kernel leaves behind."""
+
 from __future__ import annotations
 
 import json
@@ -167,17 +168,20 @@ def test_cli_errors_are_clear():
     assert res.returncode == 2 and "--postgres-servers=0: use 1 to 8" in res.stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (["memcached", "--memory-mb", "0"], "memory_mb=0: use 2 to"),
-    (["memcached", "--memory-mb", "-5"], "memory_mb=-5: use 2 to"),
-    (["memcached", "--memory-mb", "99999999"], "memory_mb=99999999: use 2 to"),
-    (["postgres", "cassandra", "--nodes", "us:0"], "us:0"),
-    (["postgres", "cassandra", "--nodes", "us:2,,eu"], "us:2,,eu"),
-    (["postgres", "memcached", "--nodes", "us:2"], "--nodes applies to cassandra"),
-    (["cassandra", "--inter-dc-delay-ms", "-1"], "--inter-dc-delay-ms -1.0: use 0 to 10000"),
-    (["cassandra", "--inter-dc-delay-ms", "nan"], "--inter-dc-delay-ms nan"),
-    (["postgres", "postgres"], "names a service twice"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["memcached", "--memory-mb", "0"], "memory_mb=0: use 2 to"),
+        (["memcached", "--memory-mb", "-5"], "memory_mb=-5: use 2 to"),
+        (["memcached", "--memory-mb", "99999999"], "memory_mb=99999999: use 2 to"),
+        (["postgres", "cassandra", "--nodes", "us:0"], "us:0"),
+        (["postgres", "cassandra", "--nodes", "us:2,,eu"], "us:2,,eu"),
+        (["postgres", "memcached", "--nodes", "us:2"], "--nodes applies to cassandra"),
+        (["cassandra", "--inter-dc-delay-ms", "-1"], "--inter-dc-delay-ms -1.0: use 0 to 10000"),
+        (["cassandra", "--inter-dc-delay-ms", "nan"], "--inter-dc-delay-ms nan"),
+        (["postgres", "postgres"], "names a service twice"),
+    ],
+)
 def test_up_checks_every_argument_before_starting_anything(args, message, capsys):
     """Bad values are refused by name with the valid range, before `up` prints "starting" or runs a server."""
     from labkit.cli import main
@@ -192,12 +196,18 @@ def test_up_checks_every_argument_before_starting_anything(args, message, capsys
 
 
 def test_unknown_service_options_are_refused_by_name():
-    with pytest.raises(BadParameter, match=r"memcached has no option 'memroy_mb': valid options are "
-                                           r"extra_args, image, max_item_mb, memory_mb, port, threads"):
+    with pytest.raises(
+        BadParameter,
+        match=r"memcached has no option 'memroy_mb': valid options are "
+        r"extra_args, image, max_item_mb, memory_mb, port, threads",
+    ):
         labkit.stack("memcached", attach=False, memcached={"memroy_mb": 8})
     with labkit.stack("memcached", attach=False) as st:
-        with pytest.raises(BadParameter, match=r"postgres has no option 'memory_mb': valid options are "
-                                               r".*max_connections"):
+        with pytest.raises(
+            BadParameter,
+            match=r"postgres has no option 'memory_mb': valid options are "
+            r".*max_connections",
+        ):
             st.add("postgres", name="pg-x", memory_mb=8)
         with pytest.raises(BadParameter, match=r"service name '\.\./escape'"):
             st.add("memcached", name="../escape")
@@ -225,10 +235,19 @@ def test_logs_of_a_running_service(clean_shared):
 
 def test_doctor_names_the_install_command_per_platform():
     env = {**os.environ, "LABKIT_MEMCACHED_BIN": "/nonexistent/memcached"}
-    for platform, command in (("debian", "apt-get install -y memcached"), ("macos", "brew install memcached"),
-                              ("conda", "conda install -c conda-forge memcached"),
-                              ("colab", "!apt-get -qq install -y memcached"), ("binder", "environment.yml")):
-        res = subprocess.run([sys.executable, "-m", "labkit.cli", "doctor", "--platform", platform],
-                             capture_output=True, text=True, env=env, timeout=120)
+    for platform, command in (
+        ("debian", "apt-get install -y memcached"),
+        ("macos", "brew install memcached"),
+        ("conda", "conda install -c conda-forge memcached"),
+        ("colab", "!apt-get -qq install -y memcached"),
+        ("binder", "environment.yml"),
+    ):
+        res = subprocess.run(
+            [sys.executable, "-m", "labkit.cli", "doctor", "--platform", platform],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
         assert res.returncode == 1, res.stdout  # memcached is missing, so the machine is not ready
         assert command in res.stdout and "Not ready" in res.stdout, res.stdout

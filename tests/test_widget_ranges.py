@@ -4,6 +4,7 @@ A learner can drag any slider to either end; each end must run to a sane result,
 200 readers used to die with Postgres' "too many clients already"). The other knobs stay at the CI profile's
 values; sweeps are cut to one point so the ends stay cheap. The ranges are read from the notebooks' ui.panel
 calls, so a widened range is tested without editing this file."""
+
 from __future__ import annotations
 
 import ast
@@ -26,8 +27,9 @@ def panel_ranges(notebook: str) -> dict[str, dict[str, tuple]]:
         src = "".join(cell["source"])
         for call in ast.walk(ast.parse(src)) if "ui.panel(" in src else []:
             if isinstance(call, ast.Call) and getattr(call.func, "attr", None) == "panel":
-                out[call.args[0].id] = {k.arg: ast.literal_eval(k.value) for k in call.keywords
-                                        if isinstance(k.value, ast.Tuple)}
+                out[call.args[0].id] = {
+                    k.arg: ast.literal_eval(k.value) for k in call.keywords if isinstance(k.value, ast.Tuple)
+                }
     return out
 
 
@@ -96,8 +98,16 @@ def test_lesson_10_widgets_at_both_ends(mc, pg, data, ranges, capsys):
 
     def run(readers: int = d["readers"], cost: float = d["cost"], invalidations: int = d["invalidations"]):
         # what the notebook's herd_experiment does, with its interval rule
-        return herd.compare(mc.address, pg.dsn, hot, readers=readers, cost=cost, invalidations=invalidations,
-                            interval=max(d["interval"], 3 * cost), think=d["think"])
+        return herd.compare(
+            mc.address,
+            pg.dsn,
+            hot,
+            readers=readers,
+            cost=cost,
+            invalidations=invalidations,
+            interval=max(d["interval"], 3 * cost),
+            think=d["think"],
+        )
 
     lo, hi = ends(r["readers"])
     big = run(readers=hi, invalidations=2)
@@ -113,8 +123,9 @@ def test_lesson_10_widgets_at_both_ends(mc, pg, data, ranges, capsys):
         for res in run(readers=8, cost=cost, invalidations=1).values():
             assert res.invalidations == 1 and res.db_queries >= 1
     for n in ends(r["invalidations"]):
-        res = herd.run_herd(mc.address, pg.dsn, hot, "lease", readers=8, invalidations=n, interval=0.3,
-                            cost=0.02, think=d["think"])
+        res = herd.run_herd(
+            mc.address, pg.dsn, hot, "lease", readers=8, invalidations=n, interval=0.3, cost=0.02, think=d["think"]
+        )
         assert res.invalidations == n and n <= res.db_queries <= 2 * n
 
 
@@ -123,4 +134,3 @@ def print_figures(label: str, results: dict) -> None:
 
     line = ", ".join(f"{k} {v.db_queries_per_invalidation:.1f}" for k, v in results.items())
     sys.__stdout__.write(f"\nherd at {label}: DB queries per invalidation: {line}\n")
-

@@ -24,6 +24,7 @@ At ``strength=0`` photo users retain exactly like everyone else and photo featur
 the events: the data does *not* support the pivot. At ``strength=1`` photo users retain far better and
 photo features are most of what people do.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -34,21 +35,35 @@ import numpy as np
 
 from labkit.errors import BadParameter
 
-__all__ = ["BURBN_FEATURES", "EPOCH", "FAMILIES", "KINDS", "PHOTO_FEATURES", "PHOTO_SHARE", "BurbnLog",
-           "generate", "other_user_mix", "photo_user_mix", "sizes"]
+__all__ = [
+    "BURBN_FEATURES",
+    "EPOCH",
+    "FAMILIES",
+    "KINDS",
+    "PHOTO_FEATURES",
+    "PHOTO_SHARE",
+    "BurbnLog",
+    "generate",
+    "other_user_mix",
+    "photo_user_mix",
+    "sizes",
+]
 
 KINDS = ("checkin", "plan", "points", "photo_post", "filter", "like", "comment")
 BURBN_FEATURES = ("checkin", "plan", "points")
 PHOTO_FEATURES = ("photo_post", "filter")
 SOCIAL_FEATURES = ("like", "comment")
-FAMILIES = {**{k: "burbn" for k in BURBN_FEATURES}, **{k: "photo" for k in PHOTO_FEATURES},
-            **{k: "social" for k in SOCIAL_FEATURES}}
+FAMILIES = {
+    **{k: "burbn" for k in BURBN_FEATURES},
+    **{k: "photo" for k in PHOTO_FEATURES},
+    **{k: "social" for k in SOCIAL_FEATURES},
+}
 
-PHOTO_SHARE = 0.30   # share of users who post photos from their first day
-Q_BASE = 0.60        # weekly probability that a user comes back (everyone at strength 0)
-Q_BOOST = 0.30       # extra weekly return probability of photo users at strength 1
-LAM_BASE = 3.0       # mean extra events in an active week (each active week has 1 + Poisson(lam))
-EPOCH = dt.datetime(2010, 3, 1, tzinfo=dt.timezone.utc)   # a Monday: week 0 of the (fictional) log
+PHOTO_SHARE = 0.30  # share of users who post photos from their first day
+Q_BASE = 0.60  # weekly probability that a user comes back (everyone at strength 0)
+Q_BOOST = 0.30  # extra weekly return probability of photo users at strength 1
+LAM_BASE = 3.0  # mean extra events in an active week (each active week has 1 + Poisson(lam))
+EPOCH = dt.datetime(2010, 3, 1, tzinfo=dt.UTC)  # a Monday: week 0 of the (fictional) log
 WEEK_SECONDS = 7 * 24 * 3600
 
 # users per profile: ~1e5 events in ci/light, > 1e6 in full at strength 1 (about 15 events per user)
@@ -58,6 +73,7 @@ _USERS = {"full": 80_000, "ci": 6_000, "light": 6_000}
 def sizes(profile: str | None = None) -> dict[str, int]:
     """Default users and weeks of a profile (``LABKIT_PROFILE``)."""
     from labkit import profile as _profile
+
     p = profile or _profile.current()
     if p not in _USERS:
         raise BadParameter(f"profile {p!r} unknown: use one of {', '.join(_USERS)}")
@@ -73,8 +89,17 @@ def other_user_mix() -> np.ndarray:
 def photo_user_mix(strength: float) -> np.ndarray:
     """Probabilities over KINDS of a photo user: Burbn features give way to photos as strength grows."""
     s = float(strength)
-    w = np.array([3.0 * (1 - s) + 0.2 * s, 2.0 * (1 - s) + 0.2 * s, 2.0 * (1 - s) + 0.2 * s,
-                  1.0 + 4.0 * s, 1.0 + 4.0 * s, 2.0, 1.0])
+    w = np.array(
+        [
+            3.0 * (1 - s) + 0.2 * s,
+            2.0 * (1 - s) + 0.2 * s,
+            2.0 * (1 - s) + 0.2 * s,
+            1.0 + 4.0 * s,
+            1.0 + 4.0 * s,
+            2.0,
+            1.0,
+        ]
+    )
     return w / w.sum()
 
 
@@ -82,9 +107,9 @@ def photo_user_mix(strength: float) -> np.ndarray:
 class BurbnLog:
     """The generated log (rows ready for COPY) and the generator's truth about it."""
 
-    rows: list[tuple[int, int, dt.datetime, str]]      # (event_id, user_id, ts, kind), ordered by ts
-    user_cohort: np.ndarray                            # sign-up week per user (index = user_id - 1)
-    user_is_photo: np.ndarray                          # bool per user
+    rows: list[tuple[int, int, dt.datetime, str]]  # (event_id, user_id, ts, kind), ordered by ts
+    user_cohort: np.ndarray  # sign-up week per user (index = user_id - 1)
+    user_is_photo: np.ndarray  # bool per user
     users: int
     weeks: int
     strength: float
@@ -113,12 +138,14 @@ class BurbnLog:
         Computed from the model's parameters and the realised sign-ups, not from the drawn events: what
         the SQL measures should come out within sampling noise of it.
         """
-        horizon = self.weeks - self.user_cohort                 # weeks each user can be seen
+        horizon = self.weeks - self.user_cohort  # weeks each user can be seen
         fam = {"burbn": 0.0, "photo": 0.0, "social": 0.0}
-        for photo, q, lam, mix in ((True, self.q_photo, self.lam_photo, photo_user_mix(self.strength)),
-                                   (False, self.q_other, self.lam_other, other_user_mix())):
+        for photo, q, lam, mix in (
+            (True, self.q_photo, self.lam_photo, photo_user_mix(self.strength)),
+            (False, self.q_other, self.lam_other, other_user_mix()),
+        ):
             h = horizon[self.user_is_photo == photo]
-            active_weeks = float(np.sum((1 - q ** h) / (1 - q))) if q < 1 else float(h.sum())
+            active_weeks = float(np.sum((1 - q**h) / (1 - q))) if q < 1 else float(h.sum())
             n_events = active_weeks * (1 + lam)
             by_kind = n_events * mix
             if photo:  # each photo user's first event is a photo post instead of a draw from the mix
@@ -130,8 +157,14 @@ class BurbnLog:
         return {k: v / total for k, v in fam.items()}
 
     def summary(self) -> dict[str, Any]:
-        return {"users": self.users, "weeks": self.weeks, "events": self.events, "strength": self.strength,
-                "seed": self.seed, "photo users": int(self.user_is_photo.sum())}
+        return {
+            "users": self.users,
+            "weeks": self.weeks,
+            "events": self.events,
+            "strength": self.strength,
+            "seed": self.seed,
+            "photo users": int(self.user_is_photo.sum()),
+        }
 
 
 def _check(users: Any, weeks: Any, strength: Any) -> None:
@@ -140,12 +173,15 @@ def _check(users: Any, weeks: Any, strength: Any) -> None:
     if isinstance(weeks, bool) or not isinstance(weeks, (int, np.integer)) or not 6 <= weeks <= 104:
         raise BadParameter(f"weeks={weeks!r}: the log needs 6..104 weeks (retention is read at week 4)")
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
-        raise BadParameter(f"strength={strength!r}: the planted effect's strength is a number in [0, 1] "
-                           "(0 = photos make no difference, 1 = the full Burbn story)")
+        raise BadParameter(
+            f"strength={strength!r}: the planted effect's strength is a number in [0, 1] "
+            "(0 = photos make no difference, 1 = the full Burbn story)"
+        )
 
 
-def generate(users: int | None = None, weeks: int | None = None, *, strength: float = 1.0,
-             seed: int = 2010) -> BurbnLog:
+def generate(
+    users: int | None = None, weeks: int | None = None, *, strength: float = 1.0, seed: int = 2010
+) -> BurbnLog:
     """Generate the log. ``users``/``weeks`` default to the profile's sizes."""
     d = sizes()
     users = d["users"] if users is None else users
@@ -160,7 +196,7 @@ def generate(users: int | None = None, weeks: int | None = None, *, strength: fl
     q = np.where(is_photo, Q_BASE + Q_BOOST * s, Q_BASE)
     lam = np.where(is_photo, LAM_BASE * (1 + s), LAM_BASE)
     # active weeks: age 0 always; then geometric survival, cut at the end of the log
-    lifetime = rng.geometric(1 - q)                    # P(lifetime > k) = q**k
+    lifetime = rng.geometric(1 - q)  # P(lifetime > k) = q**k
     active = np.minimum(lifetime, weeks - cohort)
     # one row per (user, active week)
     uw_user = np.repeat(np.arange(users), active)
@@ -197,6 +233,16 @@ def generate(users: int | None = None, weeks: int | None = None, *, strength: fl
     names = np.array(KINDS, dtype=object)
     ts = [EPOCH + dt.timedelta(seconds=int(x)) for x in secs[order]]
     rows = list(zip(range(1, len(order) + 1), (ev_user[order] + 1).tolist(), ts, names[kinds[order]].tolist()))
-    return BurbnLog(rows=rows, user_cohort=cohort, user_is_photo=is_photo, users=users, weeks=weeks,
-                    strength=s, seed=seed, q_photo=Q_BASE + Q_BOOST * s, q_other=Q_BASE,
-                    lam_photo=LAM_BASE * (1 + s), lam_other=LAM_BASE)
+    return BurbnLog(
+        rows=rows,
+        user_cohort=cohort,
+        user_is_photo=is_photo,
+        users=users,
+        weeks=weeks,
+        strength=s,
+        seed=seed,
+        q_photo=Q_BASE + Q_BOOST * s,
+        q_other=Q_BASE,
+        lam_photo=LAM_BASE * (1 + s),
+        lam_other=LAM_BASE,
+    )

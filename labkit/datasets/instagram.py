@@ -5,6 +5,7 @@ learners. Popularity follows a Zipf law (a few celebrities' posts get most likes
 almost none), which is what makes caching work. Sizes follow the run profile (LABKIT_PROFILE=ci
 keeps them small).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,7 +25,45 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "light": (2_000, 5_000, 30_000),
 }
 
-_WORDS = ["sunset", "beach", "coffee", "brunch", "latte", "puppy", "kitten", "hike", "city", "lights", "skyline", "tacos", "sushi", "friends", "family", "road", "trip", "mountains", "lake", "morning", "vibes", "throwback", "weekend", "selfie", "art", "museum", "concert", "festival", "garden", "rain", "snow", "bike", "run", "yoga", "pizza", "ramen", "dessert"]
+_WORDS = [
+    "sunset",
+    "beach",
+    "coffee",
+    "brunch",
+    "latte",
+    "puppy",
+    "kitten",
+    "hike",
+    "city",
+    "lights",
+    "skyline",
+    "tacos",
+    "sushi",
+    "friends",
+    "family",
+    "road",
+    "trip",
+    "mountains",
+    "lake",
+    "morning",
+    "vibes",
+    "throwback",
+    "weekend",
+    "selfie",
+    "art",
+    "museum",
+    "concert",
+    "festival",
+    "garden",
+    "rain",
+    "snow",
+    "bike",
+    "run",
+    "yoga",
+    "pizza",
+    "ramen",
+    "dessert",
+]
 
 
 def zipf_probabilities(n: int, s: float) -> np.ndarray:
@@ -43,9 +82,9 @@ def zipf_trace(n: int, s: float, length: int, seed: int = 0) -> np.ndarray:
 class InstagramData:
     """Rows ready for COPY. ``popularity_rank[i]`` is the post id at Zipf rank i (0 = hottest)."""
 
-    users: list[tuple[int, str, int]]                 # (id, username, followers)
-    posts: list[tuple[int, int, str, int]]            # (id, user_id, caption, like_count)
-    likes: list[tuple[int, int]]                      # (post_id, user_id)
+    users: list[tuple[int, str, int]]  # (id, username, followers)
+    posts: list[tuple[int, int, str, int]]  # (id, user_id, caption, like_count)
+    likes: list[tuple[int, int]]  # (post_id, user_id)
     popularity_rank: np.ndarray
     skew: float
     seed: int
@@ -57,20 +96,35 @@ class InstagramData:
     def summary(self) -> dict[str, Any]:
         counts = np.array(sorted((p[3] for p in self.posts), reverse=True))
         top = max(1, len(counts) // 100)
-        return {"users": len(self.users), "posts": len(self.posts), "likes": len(self.likes),
-                "likes on top 1% of posts": round(float(counts[:top].sum() / max(1, counts.sum())), 3)}
+        return {
+            "users": len(self.users),
+            "posts": len(self.posts),
+            "likes": len(self.likes),
+            "likes on top 1% of posts": round(float(counts[:top].sum() / max(1, counts.sum())), 3),
+        }
 
 
-def generate(profile: str | None = None, *, users: int | None = None, posts: int | None = None,
-             likes: int | None = None, skew: float = 1.0, seed: int = 2010) -> InstagramData:
+def generate(
+    profile: str | None = None,
+    *,
+    users: int | None = None,
+    posts: int | None = None,
+    likes: int | None = None,
+    skew: float = 1.0,
+    seed: int = 2010,
+) -> InstagramData:
     """Generate the dataset. Sizes default to the profile's (``labkit.profile.current()``)."""
     if profile is None:
         from labkit import profile as _profile
+
         profile = _profile.current()
     if profile not in SIZES:
         raise BadParameter(f"profile {profile!r} unknown: use one of {', '.join(SIZES)}")
-    n_users, n_posts, n_likes = (users or SIZES[profile][0], posts or SIZES[profile][1],
-                                 likes if likes is not None else SIZES[profile][2])
+    n_users, n_posts, n_likes = (
+        users or SIZES[profile][0],
+        posts or SIZES[profile][1],
+        likes if likes is not None else SIZES[profile][2],
+    )
     if n_users < 1 or n_posts < 1 or n_likes < 0:
         raise BadParameter(f"need users >= 1, posts >= 1, likes >= 0 (got {n_users}, {n_posts}, {n_likes})")
     rng = np.random.default_rng(seed)

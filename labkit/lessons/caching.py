@@ -13,6 +13,7 @@ Experiments, all on the real servers:
 - :func:`stale_set_race`: two clients interleaved so that a delete lands between a miss's DB read and
   its set; reproduced with plain get/set, prevented with a meta-protocol lease (``mg N`` + ``ms C``).
 """
+
 from __future__ import annotations
 
 import collections
@@ -104,8 +105,9 @@ def render_card(conn: psycopg.Connection, post_id: int) -> bytes:
     if row is None:
         raise BadParameter(f"post {post_id} does not exist: pick an id from the loaded dataset")
     pid, caption, likes, version, author, likers = row
-    card = json.dumps({"id": pid, "author": author, "caption": caption, "likes": likes,
-                       "version": version, "likers": likers}).encode()
+    card = json.dumps(
+        {"id": pid, "author": author, "caption": caption, "likes": likes, "version": version, "likers": likers}
+    ).encode()
     return card.ljust(CARD_BYTES)
 
 
@@ -128,10 +130,14 @@ class PostStore:
     def like(self, post_id: int, user_id: int) -> int:
         """A user likes a post: one transaction; returns the post's new version."""
         with self.conn.transaction():
-            self.conn.execute("INSERT INTO likes (post_id, user_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                              (int(post_id), int(user_id)))
-            row = self.conn.execute("UPDATE posts SET like_count = like_count + 1, version = version + 1 "
-                                    "WHERE id = %s RETURNING version", (int(post_id),)).fetchone()
+            self.conn.execute(
+                "INSERT INTO likes (post_id, user_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (int(post_id), int(user_id)),
+            )
+            row = self.conn.execute(
+                "UPDATE posts SET like_count = like_count + 1, version = version + 1 WHERE id = %s RETURNING version",
+                (int(post_id),),
+            ).fetchone()
         if row is None:
             raise BadParameter(f"post {post_id} does not exist: pick an id from the loaded dataset")
         return int(row[0])
@@ -159,13 +165,17 @@ def prepare(dsn: str, profile: str | None = None, seed: int = 2010) -> instagram
         row = conn.execute("SELECT tag FROM labkit_datasets WHERE name = 'instagram'").fetchone()
         if row is None or row[0] != tag:
             instagram.load_postgres(conn, data)
-            conn.execute("INSERT INTO labkit_datasets VALUES ('instagram', %s) "
-                         "ON CONFLICT (name) DO UPDATE SET tag = excluded.tag", (tag,))
+            conn.execute(
+                "INSERT INTO labkit_datasets VALUES ('instagram', %s) "
+                "ON CONFLICT (name) DO UPDATE SET tag = excluded.tag",
+                (tag,),
+            )
         conn.commit()
     return data
 
 
 # ---------------------------------------------------------------------------------------------- models
+
 
 def che_hit_ratio(probabilities: np.ndarray, capacity: float) -> float:
     """Che's approximation of an LRU cache's hit ratio under independent requests.
@@ -210,6 +220,7 @@ def lru_hit_ratio(trace: np.ndarray, capacity: int, warmup: int = 0) -> float:
 
 # ------------------------------------------------------------------------------------------ experiments
 
+
 def _mc_counters(mc: MetaClient) -> dict[str, int]:
     s = mc.stats()
     return {k: int(s[k]) for k in ("get_hits", "get_misses", "curr_items", "evictions", "limit_maxbytes")}
@@ -220,9 +231,18 @@ def items_per_mb() -> float:
     return 1024 * 1024 / 4_720
 
 
-def hit_ratio_run(mc_address: Any, store: PostStore, data: instagram.InstagramData, *, skew: float,
-                  reads: int, warmup: int, seed: int = 9, ttl: int = 0,
-                  read: Callable[[MetaClient, PostStore, int, int], bytes] | None = None) -> dict[str, Any]:
+def hit_ratio_run(
+    mc_address: Any,
+    store: PostStore,
+    data: instagram.InstagramData,
+    *,
+    skew: float,
+    reads: int,
+    warmup: int,
+    seed: int = 9,
+    ttl: int = 0,
+    read: Callable[[MetaClient, PostStore, int, int], bytes] | None = None,
+) -> dict[str, Any]:
     """Replay a Zipf(``skew``) read trace through cache-aside on a real memcached and Postgres.
 
     The cache is flushed first, warmed with ``warmup`` reads, then ``reads`` reads are measured.
@@ -252,10 +272,18 @@ def hit_ratio_run(mc_address: Any, store: PostStore, data: instagram.InstagramDa
     capacity = after["curr_items"]
     probs = instagram.zipf_probabilities(n_keys, skew)
     return {
-        "skew": skew, "cache_mb": after["limit_maxbytes"] / 2**20, "cached_cards": capacity,
-        "cache_fraction": capacity / n_keys, "keys": n_keys, "reads": reads, "hits": hits, "misses": misses,
-        "hit_ratio": hits / max(1, hits + misses), "db_queries": store.queries - q0,
-        "db_queries_per_s": (store.queries - q0) / elapsed, "reads_per_s": reads / elapsed,
+        "skew": skew,
+        "cache_mb": after["limit_maxbytes"] / 2**20,
+        "cached_cards": capacity,
+        "cache_fraction": capacity / n_keys,
+        "keys": n_keys,
+        "reads": reads,
+        "hits": hits,
+        "misses": misses,
+        "hit_ratio": hits / max(1, hits + misses),
+        "db_queries": store.queries - q0,
+        "db_queries_per_s": (store.queries - q0) / elapsed,
+        "reads_per_s": reads / elapsed,
         "evictions": after["evictions"] - before["evictions"],
         "che_model": che_hit_ratio(probs, capacity),
         "lru_simulation": lru_hit_ratio(trace, max(1, capacity), warmup),
@@ -273,8 +301,15 @@ def _read_through(mc: MetaClient, store: PostStore, post_id: int, ttl: int) -> b
     return card
 
 
-def latency_compare(mc_address: Any, store: PostStore, data: instagram.InstagramData, *, skew: float = 1.0,
-                    reads: int = 2000, seed: int = 11) -> dict[str, dict[str, float]]:
+def latency_compare(
+    mc_address: Any,
+    store: PostStore,
+    data: instagram.InstagramData,
+    *,
+    skew: float = 1.0,
+    reads: int = 2000,
+    seed: int = 11,
+) -> dict[str, dict[str, float]]:
     """Per-read latency (ms) of the same Zipf trace straight from Postgres and through cache-aside.
 
     The cache-aside pass starts cold, so it has both kinds of reads; they are reported apart:
@@ -303,11 +338,18 @@ def latency_compare(mc_address: Any, store: PostStore, data: instagram.Instagram
         x = x * 1000
         if len(x) == 0:
             return {"reads": 0, "p50_ms": float("nan"), "p99_ms": float("nan"), "mean_ms": float("nan")}
-        return {"reads": len(x), "p50_ms": float(np.percentile(x, 50)), "p99_ms": float(np.percentile(x, 99)),
-                "mean_ms": float(x.mean())}
+        return {
+            "reads": len(x),
+            "p50_ms": float(np.percentile(x, 50)),
+            "p99_ms": float(np.percentile(x, 99)),
+            "mean_ms": float(x.mean()),
+        }
 
-    return {"postgres only": stats(direct), "cache hit": stats(through[hit]),
-            "cache miss (get + query + set)": stats(through[~hit])}
+    return {
+        "postgres only": stats(direct),
+        "cache hit": stats(through[hit]),
+        "cache miss (get + query + set)": stats(through[~hit]),
+    }
 
 
 def ttl_hit_ratio(probabilities: np.ndarray, rate: float, ttl: int) -> float:
@@ -328,9 +370,19 @@ def ttl_hit_ratio(probabilities: np.ndarray, rate: float, ttl: int) -> float:
     return float(np.sum(p * lam * life / (1 + lam * life)))
 
 
-def ttl_run(mc_address: Any, store: PostStore, data: instagram.InstagramData, *, ttl: int, rate: float,
-            seconds: float, warmup_s: float | None = None, skew: float = 1.0, seed: int = 5,
-            read: Callable[[MetaClient, PostStore, int, int], bytes] | None = None) -> dict[str, Any]:
+def ttl_run(
+    mc_address: Any,
+    store: PostStore,
+    data: instagram.InstagramData,
+    *,
+    ttl: int,
+    rate: float,
+    seconds: float,
+    warmup_s: float | None = None,
+    skew: float = 1.0,
+    seed: int = 5,
+    read: Callable[[MetaClient, PostStore, int, int], bytes] | None = None,
+) -> dict[str, Any]:
     """Reads paced at ``rate``/s through cache-aside with cards set for ``ttl`` seconds.
 
     Use a memcached big enough to hold every post, so that expiry, not eviction, decides the misses.
@@ -364,23 +416,31 @@ def ttl_run(mc_address: Any, store: PostStore, data: instagram.InstagramData, *,
     hits = after["get_hits"] - before["get_hits"]
     misses = after["get_misses"] - before["get_misses"]
     achieved = (i - i_measure) / elapsed
-    return {"ttl_s": ttl, "skew": skew, "target_rate": rate, "reads_per_s": achieved, "reads": hits + misses,
-            "hit_ratio": hits / max(1, hits + misses), "db_queries": store.queries - q0,
-            "evictions": after["evictions"] - before["evictions"],
-            "ttl_model": ttl_hit_ratio(instagram.zipf_probabilities(n_keys, skew), achieved, ttl)}
+    return {
+        "ttl_s": ttl,
+        "skew": skew,
+        "target_rate": rate,
+        "reads_per_s": achieved,
+        "reads": hits + misses,
+        "hit_ratio": hits / max(1, hits + misses),
+        "db_queries": store.queries - q0,
+        "evictions": after["evictions"] - before["evictions"],
+        "ttl_model": ttl_hit_ratio(instagram.zipf_probabilities(n_keys, skew), achieved, ttl),
+    }
 
 
 # --------------------------------------------------------------------------------------- stale-set race
+
 
 @dataclass
 class RaceOutcome:
     """One interleaving of a reader and a writer on one post."""
 
     fixed: bool
-    reader_saw_version: int      # the version the reader read from Postgres on its miss
-    db_version: int              # the version in Postgres after the writer committed
-    set_status: str              # memcached's answer to the reader's (late) set
-    cached_version: int | None   # what the cache holds at the end (None: nothing cached)
+    reader_saw_version: int  # the version the reader read from Postgres on its miss
+    db_version: int  # the version in Postgres after the writer committed
+    set_status: str  # memcached's answer to the reader's (late) set
+    cached_version: int | None  # what the cache holds at the end (None: nothing cached)
 
     @property
     def stale(self) -> bool:
@@ -438,8 +498,9 @@ def _race_once(mc_address: Any, dsn: str, post_id: int, user_id: int, fixed: boo
     return RaceOutcome(fixed, box["read_version"], box["db_version"], box["set_status"], cached)
 
 
-def stale_set_race(mc_address: Any, dsn: str, data: instagram.InstagramData, *, fixed: bool,
-                   trials: int = 5) -> list[RaceOutcome]:
+def stale_set_race(
+    mc_address: Any, dsn: str, data: instagram.InstagramData, *, fixed: bool, trials: int = 5
+) -> list[RaceOutcome]:
     """Reproduce the stale-set race ``trials`` times (on different posts) with or without the lease fix.
 
     The interleaving is forced with events, so the outcome does not depend on timing: A misses and
@@ -454,21 +515,27 @@ def stale_set_race(mc_address: Any, dsn: str, data: instagram.InstagramData, *, 
     out = []
     for i in range(trials):
         post_id = int(data.popularity_rank[i % len(data.posts)])
-        out.append(_race_once(mc_address, dsn, post_id, user_id=1 + (7919 * (i + 1 + int(fixed) * 131)) % n_users,
-                              fixed=fixed))
+        out.append(
+            _race_once(mc_address, dsn, post_id, user_id=1 + (7919 * (i + 1 + int(fixed) * 131)) % n_users, fixed=fixed)
+        )
     return out
 
 
 # -------------------------------------------------------------------------------------------- exercise
+
 
 def _expect(ok: bool, what: str) -> None:
     if not ok:
         raise CheckpointFailed(f"exercise: {what}")
 
 
-def check_cache_aside(read_post: Callable[[MetaClient, PostStore, int], bytes],
-                      like_post: Callable[[MetaClient, PostStore, int, int], None],
-                      mc_address: Any, dsn: str, data: instagram.InstagramData) -> None:
+def check_cache_aside(
+    read_post: Callable[[MetaClient, PostStore, int], bytes],
+    like_post: Callable[[MetaClient, PostStore, int, int], None],
+    mc_address: Any,
+    dsn: str,
+    data: instagram.InstagramData,
+) -> None:
     """Run the learner's ``read_post(mc, db, post_id)`` and ``like_post(mc, db, post_id, user_id)``
     against the real memcached and Postgres; print PASS or raise CheckpointFailed saying what was seen."""
     try:
@@ -477,8 +544,13 @@ def check_cache_aside(read_post: Callable[[MetaClient, PostStore, int], bytes],
         print("Not attempted yet: write read_post and like_post in the cell above, then run this cell again.")
 
 
-def _check_cache_aside(read_post: Callable[..., bytes], like_post: Callable[..., None], mc_address: Any,
-                       dsn: str, data: instagram.InstagramData) -> None:
+def _check_cache_aside(
+    read_post: Callable[..., bytes],
+    like_post: Callable[..., None],
+    mc_address: Any,
+    dsn: str,
+    data: instagram.InstagramData,
+) -> None:
     post_id = int(data.popularity_rank[len(data.posts) // 2])
     key = post_key(post_id)
     with MetaClient(mc_address) as mc, PostStore(dsn) as db, MetaClient(mc_address) as probe:
@@ -486,37 +558,55 @@ def _check_cache_aside(read_post: Callable[..., bytes], like_post: Callable[...,
         fresh = decode_card(db.render(post_id))
         q0 = db.queries
         card = read_post(mc, db, post_id)
-        _expect(isinstance(card, (bytes, bytearray)) and card,
-                f"read_post({post_id}) returned {type(card).__name__} {str(card)[:60]!r}: return the card's bytes")
+        _expect(
+            isinstance(card, (bytes, bytearray)) and card,
+            f"read_post({post_id}) returned {type(card).__name__} {str(card)[:60]!r}: return the card's bytes",
+        )
         got = decode_card(bytes(card))
-        _expect(got["id"] == post_id and got["version"] == fresh["version"],
-                f"read_post({post_id}) on a cold cache returned post {got.get('id')} version {got.get('version')}; "
-                f"Postgres has version {fresh['version']}")
-        _expect(db.queries - q0 == 1, f"a miss on {key} ran {db.queries - q0} queries on Postgres (db.render calls); "
-                                      "expected exactly 1")
+        _expect(
+            got["id"] == post_id and got["version"] == fresh["version"],
+            f"read_post({post_id}) on a cold cache returned post {got.get('id')} version {got.get('version')}; "
+            f"Postgres has version {fresh['version']}",
+        )
+        _expect(
+            db.queries - q0 == 1,
+            f"a miss on {key} ran {db.queries - q0} queries on Postgres (db.render calls); expected exactly 1",
+        )
         cached = probe.get(key)
-        _expect(cached.hit, f"after the miss, memcached has nothing under {key!r}: set the card into the cache "
-                            "after reading it from Postgres (mc.set(post_key(post_id), card))")
+        _expect(
+            cached.hit,
+            f"after the miss, memcached has nothing under {key!r}: set the card into the cache "
+            "after reading it from Postgres (mc.set(post_key(post_id), card))",
+        )
         q1 = db.queries
         again = read_post(mc, db, post_id)
-        _expect(db.queries == q1, f"the second read of {key} ran {db.queries - q1} query(ies) on Postgres although "
-                                  "the card was cached: return the cached value on a hit")
+        _expect(
+            db.queries == q1,
+            f"the second read of {key} ran {db.queries - q1} query(ies) on Postgres although "
+            "the card was cached: return the cached value on a hit",
+        )
         _expect(bytes(again) == bytes(cached.value), "the second read did not return the cached card")
         version = fresh["version"]
         like_post(mc, db, post_id, user_id=int(data.users[-1][0]))
         now = db.version(post_id)
-        _expect(now == version + 1, f"like_post did not update Postgres: version {version} -> {now} "
-                                    "(call db.like(post_id, user_id))")
+        _expect(
+            now == version + 1,
+            f"like_post did not update Postgres: version {version} -> {now} (call db.like(post_id, user_id))",
+        )
         after = probe.get(key)
         stale = after.hit and decode_card(after.value)["version"] < now
-        _expect(not stale, f"after like_post the cache still holds version {version} of {key} while Postgres has "
-                           f"{now}: invalidate the key (mc.delete(post_key(post_id))) after the database write")
+        _expect(
+            not stale,
+            f"after like_post the cache still holds version {version} of {key} while Postgres has "
+            f"{now}: invalidate the key (mc.delete(post_key(post_id))) after the database write",
+        )
         got = decode_card(bytes(read_post(mc, db, post_id)))
         _expect(got["version"] == now, f"the read after the like returned version {got['version']}, Postgres has {now}")
     print("PASS  exercise: cache-aside read path and invalidation on write")
 
 
 # ------------------------------------------------------------------ notebook level: sweeps, plots, claims
+
 
 def defaults() -> dict[str, Any]:
     """Sizes and lengths of the experiments for the current profile (LABKIT_PROFILE)."""
@@ -527,17 +617,25 @@ def defaults() -> dict[str, Any]:
     # the largest whole-MB memcached that holds at most 10% of the posts
     small_mb = max(2, int(0.10 * n_posts / items_per_mb()))
     return {
-        "reads": int(profile.pick(40_000, 8_000)), "warmup": int(profile.pick(20_000, 4_000)),
-        "skews": [0.6, 0.8, 1.0, 1.1, 1.2], "small_mb": small_mb,
-        "sizes_mb": fillable_sizes_mb(n_posts, 1.0, int(profile.pick(40_000, 8_000)) + int(profile.pick(20_000, 4_000)),
-                                      small_mb),
-        "size_skew": 1.0, "latency_reads": int(profile.pick(5_000, 1_500)), "race_trials": 5,
-        "ttls": [1, 2, 4], "ttl_rate": 500.0, "ttl_seconds": float(profile.pick(8, 3)),
+        "reads": int(profile.pick(40_000, 8_000)),
+        "warmup": int(profile.pick(20_000, 4_000)),
+        "skews": [0.6, 0.8, 1.0, 1.1, 1.2],
+        "small_mb": small_mb,
+        "sizes_mb": fillable_sizes_mb(
+            n_posts, 1.0, int(profile.pick(40_000, 8_000)) + int(profile.pick(20_000, 4_000)), small_mb
+        ),
+        "size_skew": 1.0,
+        "latency_reads": int(profile.pick(5_000, 1_500)),
+        "race_trials": 5,
+        "ttls": [1, 2, 4],
+        "ttl_rate": 500.0,
+        "ttl_seconds": float(profile.pick(8, 3)),
     }
 
 
-def fillable_sizes_mb(n_keys: int, skew: float, trace_reads: int, smallest_mb: int, points: int = 5,
-                      fill: float = 0.8) -> list[int]:
+def fillable_sizes_mb(
+    n_keys: int, skew: float, trace_reads: int, smallest_mb: int, points: int = 5, fill: float = 0.8
+) -> list[int]:
     """Cache sizes (MB) from ``smallest_mb`` up to one that holds ``fill`` of the posts the trace touches.
 
     A cache larger than the number of distinct posts in the trace never fills: it keeps every card
@@ -566,9 +664,15 @@ def sized_cache(st: Any, memory_mb: int) -> Iterator[tuple[str, int]]:
         st.remove(name)
 
 
-def skew_sweep(st: Any, data: instagram.InstagramData, skews: list[float] | None = None,
-               memory_mb: int | None = None, reads: int | None = None,
-               warmup: int | None = None, progress: Callable[..., None] | None = None) -> pd.DataFrame:
+def skew_sweep(
+    st: Any,
+    data: instagram.InstagramData,
+    skews: list[float] | None = None,
+    memory_mb: int | None = None,
+    reads: int | None = None,
+    warmup: int | None = None,
+    progress: Callable[..., None] | None = None,
+) -> pd.DataFrame:
     """Hit ratio and DB load vs Zipf skew, on one memcached of ``memory_mb`` MB.
     ``progress(fraction, text)`` is called after each point (the panel's progress bar)."""
     import pandas as pd
@@ -578,16 +682,30 @@ def skew_sweep(st: Any, data: instagram.InstagramData, skews: list[float] | None
     skews = skews or d["skews"]
     with sized_cache(st, memory_mb or d["small_mb"]) as addr, PostStore(st.endpoint("postgres").dsn) as store:
         for i, s in enumerate(skews):
-            rows.append(hit_ratio_run(addr, store, data, skew=s, reads=reads or d["reads"],
-                                      warmup=warmup if warmup is not None else d["warmup"]))
+            rows.append(
+                hit_ratio_run(
+                    addr,
+                    store,
+                    data,
+                    skew=s,
+                    reads=reads or d["reads"],
+                    warmup=warmup if warmup is not None else d["warmup"],
+                )
+            )
             if progress is not None:
                 progress((i + 1) / len(skews), f"s={s:g} done")
     return pd.DataFrame(rows)
 
 
-def size_sweep(st: Any, data: instagram.InstagramData, sizes_mb: list[int] | None = None,
-               skew: float | None = None, reads: int | None = None,
-               warmup: int | None = None, progress: Callable[..., None] | None = None) -> pd.DataFrame:
+def size_sweep(
+    st: Any,
+    data: instagram.InstagramData,
+    sizes_mb: list[int] | None = None,
+    skew: float | None = None,
+    reads: int | None = None,
+    warmup: int | None = None,
+    progress: Callable[..., None] | None = None,
+) -> pd.DataFrame:
     """Hit ratio and DB load vs memcached memory size, at one Zipf skew.
 
     Without ``sizes_mb`` the sizes run up to the largest cache this trace can fill
@@ -610,17 +728,33 @@ def size_sweep(st: Any, data: instagram.InstagramData, sizes_mb: list[int] | Non
     return pd.DataFrame(rows)
 
 
-TABLE_COLUMNS = {"skew": "Zipf s", "cache_mb": "cache MB", "cached_cards": "cards cached",
-                 "cache_fraction": "share of posts cached", "hit_ratio": "hit ratio (memcached)",
-                 "che_model": "Che model", "lru_simulation": "LRU simulation", "reads": "reads",
-                 "db_queries": "DB queries", "db_queries_per_s": "DB queries/s"}
+TABLE_COLUMNS = {
+    "skew": "Zipf s",
+    "cache_mb": "cache MB",
+    "cached_cards": "cards cached",
+    "cache_fraction": "share of posts cached",
+    "hit_ratio": "hit ratio (memcached)",
+    "che_model": "Che model",
+    "lru_simulation": "LRU simulation",
+    "reads": "reads",
+    "db_queries": "DB queries",
+    "db_queries_per_s": "DB queries/s",
+}
 
 
 def table(df: pd.DataFrame) -> pd.DataFrame:
     """The sweep's measured figures, rounded, with readable column names."""
     out = df[list(TABLE_COLUMNS)].rename(columns=TABLE_COLUMNS)
-    return out.round({"share of posts cached": 3, "hit ratio (memcached)": 3, "Che model": 3,
-                      "LRU simulation": 3, "DB queries/s": 0, "cache MB": 1})
+    return out.round(
+        {
+            "share of posts cached": 3,
+            "hit ratio (memcached)": 3,
+            "Che model": 3,
+            "LRU simulation": 3,
+            "DB queries/s": 0,
+            "cache MB": 1,
+        }
+    )
 
 
 def plot_sweep(df: pd.DataFrame, x: str, data: instagram.InstagramData | None = None) -> Any:
@@ -636,8 +770,12 @@ def plot_sweep(df: pd.DataFrame, x: str, data: instagram.InstagramData | None = 
     if x == "skew" and data is not None:
         cap = float(df["cached_cards"].median())
         xs = np.linspace(min(df[x]) - 0.05, max(df[x]) + 0.05, 40)
-        ax1.plot(xs, [che_hit_ratio(instagram.zipf_probabilities(len(data.posts), s), cap) for s in xs],
-                 color="C0", label=f"Che model (LRU, {cap:.0f} cards)")
+        ax1.plot(
+            xs,
+            [che_hit_ratio(instagram.zipf_probabilities(len(data.posts), s), cap) for s in xs],
+            color="C0",
+            label=f"Che model (LRU, {cap:.0f} cards)",
+        )
     else:
         ax1.plot(df[x], df["che_model"], color="C0", label="Che model (LRU)")
     ax1.plot(df[x], df["lru_simulation"], "x", color="C2", label="exact LRU simulation")
@@ -679,9 +817,18 @@ def race_table(*runs: list[RaceOutcome]) -> pd.DataFrame:
     """The interleavings of :func:`stale_set_race`, one row each."""
     import pandas as pd
 
-    rows = [{"lease fix": o.fixed, "reader read version": o.reader_saw_version, "Postgres version": o.db_version,
-             "reader's late set": o.set_status, "cached version": o.cached_version, "stale": o.stale}
-            for run in runs for o in run]
+    rows = [
+        {
+            "lease fix": o.fixed,
+            "reader read version": o.reader_saw_version,
+            "Postgres version": o.db_version,
+            "reader's late set": o.set_status,
+            "cached version": o.cached_version,
+            "stale": o.stale,
+        }
+        for run in runs
+        for o in run
+    ]
     df = pd.DataFrame(rows)
     df["cached version"] = df["cached version"].astype("Int64")
     return df
@@ -691,16 +838,21 @@ def check_db_follows_hit_ratio(df: pd.DataFrame, rel_tol: float = 0.05) -> None:
     """Claim: Postgres queries = reads × (1 − hit ratio), at every point of a sweep."""
     from labkit.checkpoints import checkpoint
 
-    worst = max(df.itertuples(), key=lambda r: abs(r.db_queries - r.reads * (1 - r.hit_ratio))
-                / max(1.0, r.reads * (1 - r.hit_ratio)))
-    checkpoint("DB queries fall as the hit ratio predicts: queries = reads x (1 - hit ratio)",
-               worst.db_queries, within=(worst.reads * (1 - worst.hit_ratio), rel_tol),
-               context=f"s={worst.skew}, {worst.cache_mb:.0f} MB cache, hit ratio {worst.hit_ratio:.3f}, "
-                       f"{worst.reads} reads")
+    worst = max(
+        df.itertuples(),
+        key=lambda r: abs(r.db_queries - r.reads * (1 - r.hit_ratio)) / max(1.0, r.reads * (1 - r.hit_ratio)),
+    )
+    checkpoint(
+        "DB queries fall as the hit ratio predicts: queries = reads x (1 - hit ratio)",
+        worst.db_queries,
+        within=(worst.reads * (1 - worst.hit_ratio), rel_tol),
+        context=f"s={worst.skew}, {worst.cache_mb:.0f} MB cache, hit ratio {worst.hit_ratio:.3f}, {worst.reads} reads",
+    )
 
 
-def check_small_cache_serves_most(df: pd.DataFrame, skew: float = 1.1, share: float = 0.10,
-                                  at_least: float = 0.5) -> None:
+def check_small_cache_serves_most(
+    df: pd.DataFrame, skew: float = 1.1, share: float = 0.10, at_least: float = 0.5
+) -> None:
     """Claim: at high skew, a cache holding at most ``share`` of the posts serves most reads."""
     from labkit.checkpoints import checkpoint
 
@@ -708,10 +860,18 @@ def check_small_cache_serves_most(df: pd.DataFrame, skew: float = 1.1, share: fl
     if rows.empty:
         raise BadParameter(f"the sweep has no point at s={skew}: include it in skews")
     r = rows.iloc[0]
-    checkpoint(f"the small cache holds at most {share:.0%} of the posts", r["cache_fraction"],
-               at_most=share + 0.005, context=f"{r['cached_cards']} of {r['keys']} cards in {r['cache_mb']:.0f} MB")
-    checkpoint(f"at s={skew} a cache of {share:.0%} of the posts serves most reads", r["hit_ratio"],
-               at_least=at_least, context=f"zipf s={skew}, {r['cache_fraction']:.1%} of posts cached")
+    checkpoint(
+        f"the small cache holds at most {share:.0%} of the posts",
+        r["cache_fraction"],
+        at_most=share + 0.005,
+        context=f"{r['cached_cards']} of {r['keys']} cards in {r['cache_mb']:.0f} MB",
+    )
+    checkpoint(
+        f"at s={skew} a cache of {share:.0%} of the posts serves most reads",
+        r["hit_ratio"],
+        at_least=at_least,
+        context=f"zipf s={skew}, {r['cache_fraction']:.1%} of posts cached",
+    )
 
 
 def check_model_matches(df: pd.DataFrame, tol: float = 0.08) -> None:
@@ -721,9 +881,13 @@ def check_model_matches(df: pd.DataFrame, tol: float = 0.08) -> None:
     df = df.reset_index(drop=True)  # sweeps concatenated with pd.concat repeat index labels
     gap = (df["hit_ratio"] - df["che_model"]).abs()
     r = df.loc[gap.idxmax()]
-    checkpoint(f"measured hit ratio within {tol} of the Che model at every point", float(gap.max()),
-               at_most=tol, context=f"worst at s={r['skew']}, {r['cache_fraction']:.1%} cached: measured "
-                                    f"{r['hit_ratio']:.3f} vs model {r['che_model']:.3f}")
+    checkpoint(
+        f"measured hit ratio within {tol} of the Che model at every point",
+        float(gap.max()),
+        at_most=tol,
+        context=f"worst at s={r['skew']}, {r['cache_fraction']:.1%} cached: measured "
+        f"{r['hit_ratio']:.3f} vs model {r['che_model']:.3f}",
+    )
 
 
 def check_race(naive: list[RaceOutcome], fixed: list[RaceOutcome]) -> None:
@@ -732,11 +896,19 @@ def check_race(naive: list[RaceOutcome], fixed: list[RaceOutcome]) -> None:
 
     n_stale = sum(o.stale for o in naive)
     f_stale = sum(o.stale for o in fixed)
-    checkpoint("the stale-set race is reproduced with plain get/set", n_stale, at_least=len(naive),
-               context=f"{n_stale} of {len(naive)} interleavings left a stale card")
-    checkpoint("with a lease (mg N, ms C) the race leaves no stale data", f_stale, at_most=0,
-               context=f"{f_stale} of {len(fixed)} interleavings left a stale card; set answers "
-                       f"{sorted({o.set_status for o in fixed})}")
+    checkpoint(
+        "the stale-set race is reproduced with plain get/set",
+        n_stale,
+        at_least=len(naive),
+        context=f"{n_stale} of {len(naive)} interleavings left a stale card",
+    )
+    checkpoint(
+        "with a lease (mg N, ms C) the race leaves no stale data",
+        f_stale,
+        at_most=0,
+        context=f"{f_stale} of {len(fixed)} interleavings left a stale card; set answers "
+        f"{sorted({o.set_status for o in fixed})}",
+    )
 
 
 def check_latency(lat: dict[str, dict[str, float]], factor: float = 1.5) -> None:
@@ -744,13 +916,23 @@ def check_latency(lat: dict[str, dict[str, float]], factor: float = 1.5) -> None
     from labkit.checkpoints import checkpoint
 
     hit, db = lat["cache hit"]["p50_ms"], lat["postgres only"]["p50_ms"]
-    checkpoint(f"a cache hit is at least {factor:g}x faster than a Postgres read (median)", db / hit,
-               at_least=factor, context=f"p50 {hit:.3f} ms (hit) vs {db:.3f} ms (Postgres)")
+    checkpoint(
+        f"a cache hit is at least {factor:g}x faster than a Postgres read (median)",
+        db / hit,
+        at_least=factor,
+        context=f"p50 {hit:.3f} ms (hit) vs {db:.3f} ms (Postgres)",
+    )
 
 
-def ttl_sweep(st: Any, data: instagram.InstagramData, ttls: list[int] | None = None, rate: float | None = None,
-              seconds: float | None = None, skew: float = 1.0,
-              progress: Callable[..., None] | None = None) -> pd.DataFrame:
+def ttl_sweep(
+    st: Any,
+    data: instagram.InstagramData,
+    ttls: list[int] | None = None,
+    rate: float | None = None,
+    seconds: float | None = None,
+    skew: float = 1.0,
+    progress: Callable[..., None] | None = None,
+) -> pd.DataFrame:
     """Hit ratio vs TTL at a fixed read rate (``rate`` reads/s, each TTL measured for ``seconds``),
     on a memcached that holds every post (no evictions)."""
     import pandas as pd
@@ -761,8 +943,11 @@ def ttl_sweep(st: Any, data: instagram.InstagramData, ttls: list[int] | None = N
     rows = []
     with sized_cache(st, big_mb) as addr, PostStore(st.endpoint("postgres").dsn) as store:
         for i, t in enumerate(ttls):
-            rows.append(ttl_run(addr, store, data, ttl=t, rate=rate or d["ttl_rate"],
-                                seconds=seconds or d["ttl_seconds"], skew=skew))
+            rows.append(
+                ttl_run(
+                    addr, store, data, ttl=t, rate=rate or d["ttl_rate"], seconds=seconds or d["ttl_seconds"], skew=skew
+                )
+            )
             if progress is not None:
                 progress((i + 1) / len(ttls), f"TTL {t} s done")
     return pd.DataFrame(rows)
@@ -785,15 +970,24 @@ def plot_ttl(df: pd.DataFrame) -> Any:
     return fig
 
 
-TTL_COLUMNS = {"ttl_s": "TTL (s)", "target_rate": "target reads/s", "reads_per_s": "reads/s achieved",
-               "reads": "reads measured", "hit_ratio": "hit ratio (memcached)", "ttl_model": "expiry model",
-               "db_queries": "DB queries"}
+TTL_COLUMNS = {
+    "ttl_s": "TTL (s)",
+    "target_rate": "target reads/s",
+    "reads_per_s": "reads/s achieved",
+    "reads": "reads measured",
+    "hit_ratio": "hit ratio (memcached)",
+    "ttl_model": "expiry model",
+    "db_queries": "DB queries",
+}
 
 
 def ttl_table(df: pd.DataFrame) -> pd.DataFrame:
     """The TTL sweep's figures, rounded, with readable column names."""
-    return df[list(TTL_COLUMNS)].rename(columns=TTL_COLUMNS).round(
-        {"reads/s achieved": 0, "hit ratio (memcached)": 3, "expiry model": 3})
+    return (
+        df[list(TTL_COLUMNS)]
+        .rename(columns=TTL_COLUMNS)
+        .round({"reads/s achieved": 0, "hit ratio (memcached)": 3, "expiry model": 3})
+    )
 
 
 def view_sweep(df: pd.DataFrame, x: str, data: instagram.InstagramData | None = None) -> list[Any]:
@@ -813,9 +1007,13 @@ def check_ttl_model(df: pd.DataFrame, tol: float = 0.08) -> None:
     df = df.reset_index(drop=True)
     gap = (df["hit_ratio"] - df["ttl_model"]).abs()
     r = df.loc[gap.idxmax()]
-    checkpoint(f"hit ratio vs TTL within {tol} of the expiry model", float(gap.max()), at_most=tol,
-               context=f"worst at TTL {r['ttl_s']:g} s, {r['reads_per_s']:.0f} reads/s: measured {r['hit_ratio']:.3f} "
-                       f"vs model {r['ttl_model']:.3f}")
+    checkpoint(
+        f"hit ratio vs TTL within {tol} of the expiry model",
+        float(gap.max()),
+        at_most=tol,
+        context=f"worst at TTL {r['ttl_s']:g} s, {r['reads_per_s']:.0f} reads/s: measured {r['hit_ratio']:.3f} "
+        f"vs model {r['ttl_model']:.3f}",
+    )
 
 
 def latency_table(lat: dict[str, dict[str, float]]) -> pd.DataFrame:

@@ -15,6 +15,7 @@ Scenario runs (:func:`lagging_replica`, :func:`node_down`, :func:`lwt_latency`) 
 concurrent clients; each client of a scenario owns one (write CL, read CL) pair and its own keys, so a client
 stuck in an ALL write that times out slows no other pair.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -31,10 +32,28 @@ from labkit.history import History, Operation, Report, check
 from labkit.load import Uniform, Workload, run
 from labkit.load.drivers import Driver, consistency_level
 
-__all__ = ["LEVELS", "PAIRS", "Lab", "LaggingRun", "LwtRun", "NodeDownRun", "check_lwt_slower",
-           "check_no_lost_writes", "check_node_down", "check_one_reads_stale", "check_quorum_never_stale",
-           "check_stale_rule", "defaults", "final_reads", "lagging_replica", "lwt_latency", "node_down", "plot_rwn",
-           "replicas", "rwn_table"]
+__all__ = [
+    "LEVELS",
+    "PAIRS",
+    "Lab",
+    "LaggingRun",
+    "LwtRun",
+    "NodeDownRun",
+    "check_lwt_slower",
+    "check_no_lost_writes",
+    "check_node_down",
+    "check_one_reads_stale",
+    "check_quorum_never_stale",
+    "check_stale_rule",
+    "defaults",
+    "final_reads",
+    "lagging_replica",
+    "lwt_latency",
+    "node_down",
+    "plot_rwn",
+    "replicas",
+    "rwn_table",
+]
 
 KEYSPACE = "lab05"
 LEVELS = ("ONE", "QUORUM", "ALL")
@@ -55,11 +74,17 @@ def defaults() -> dict[str, Any]:
     """Scenario sizes for the current profile (LABKIT_PROFILE): every claim is measured in each."""
     from labkit import profile
 
-    return {"clients_per_pair": int(profile.pick(3, 2)), "keys_per_pair": int(profile.pick(20, 10)),
-            "ops_per_client": int(profile.pick(40, 20)), "lwt_clients": 2, "lwt_ops": int(profile.pick(400, 150))}
+    return {
+        "clients_per_pair": int(profile.pick(3, 2)),
+        "keys_per_pair": int(profile.pick(20, 10)),
+        "ops_per_client": int(profile.pick(40, 20)),
+        "lwt_clients": 2,
+        "lwt_ops": int(profile.pick(400, 150)),
+    }
 
 
 # --------------------------------------------------------------------------------------------- the cluster
+
 
 class Lab:
     """The lesson's cluster: one cassandra-driver session with an execution profile per coordinator choice.
@@ -85,20 +110,36 @@ class Lab:
         def profile(policy: Any) -> Any:
             return ExecutionProfile(load_balancing_policy=policy, request_timeout=request_timeout)
 
-        profiles = {EXEC_PROFILE_DEFAULT: profile(RoundRobinPolicy()), "all": profile(RoundRobinPolicy()),
-                    "healthy": profile(WhiteListRoundRobinPolicy(addrs[:-1]))}
+        profiles = {
+            EXEC_PROFILE_DEFAULT: profile(RoundRobinPolicy()),
+            "all": profile(RoundRobinPolicy()),
+            "healthy": profile(WhiteListRoundRobinPolicy(addrs[:-1])),
+        }
         for n in self.nodes:
             profiles[f"via:{n.name}"] = profile(WhiteListRoundRobinPolicy([n.address]))
-        self.cluster = Cluster(addrs, port=ep.port, protocol_version=5, execution_profiles=profiles,
-                               connect_timeout=30, control_connection_timeout=30, max_schema_agreement_wait=120)
+        self.cluster = Cluster(
+            addrs,
+            port=ep.port,
+            protocol_version=5,
+            execution_profiles=profiles,
+            connect_timeout=30,
+            control_connection_timeout=30,
+            max_schema_agreement_wait=120,
+        )
         self.session = self.cluster.connect()
-        self.session.execute(f"CREATE KEYSPACE IF NOT EXISTS {KEYSPACE} WITH replication = "
-                             "{'class': 'SimpleStrategy', 'replication_factor': 3}", timeout=DDL_TIMEOUT_S)
+        self.session.execute(
+            f"CREATE KEYSPACE IF NOT EXISTS {KEYSPACE} WITH replication = "
+            "{'class': 'SimpleStrategy', 'replication_factor': 3}",
+            timeout=DDL_TIMEOUT_S,
+        )
         # speculative_retry NONE: a read at ONE asks exactly one replica (its coordinator's own copy), so what
         # the lagging replica holds is what the client sees
         for table in ("kv", "lwt"):
-            self.session.execute(f"CREATE TABLE IF NOT EXISTS {KEYSPACE}.{table} (k text PRIMARY KEY, v bigint) "
-                                 "WITH speculative_retry = 'NONE'", timeout=DDL_TIMEOUT_S)
+            self.session.execute(
+                f"CREATE TABLE IF NOT EXISTS {KEYSPACE}.{table} (k text PRIMARY KEY, v bigint) "
+                "WITH speculative_retry = 'NONE'",
+                timeout=DDL_TIMEOUT_S,
+            )
         if hasattr(service, "wait_for_schema_agreement"):
             service.wait_for_schema_agreement()
         p = self.session.prepare
@@ -117,8 +158,10 @@ class Lab:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         rf = self.session.execute_async(self._bind(stmt, params, level), execution_profile=via)
-        rf.add_callbacks(lambda rows: loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(rows)),
-                         lambda exc: loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(exc)))
+        rf.add_callbacks(
+            lambda rows: loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(rows)),
+            lambda exc: loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(exc)),
+        )
         return await fut
 
     @staticmethod
@@ -139,8 +182,18 @@ class Lab:
         import pandas as pd
 
         rss = self.rss_mb()
-        return pd.DataFrame([{"node": n.name, "address": n.address, "role": "lagging replica (C)" if n is self.lagging
-                              else "replica", "alive": n.alive(), "RSS (MB)": rss[n.name]} for n in self.nodes])
+        return pd.DataFrame(
+            [
+                {
+                    "node": n.name,
+                    "address": n.address,
+                    "role": "lagging replica (C)" if n is self.lagging else "replica",
+                    "alive": n.alive(),
+                    "RSS (MB)": rss[n.name],
+                }
+                for n in self.nodes
+            ]
+        )
 
     def wait_until_down_seen(self, timeout: float = 120.0) -> float:
         """After a kill: wait until the live nodes' failure detector has convicted the dead one, i.e. an ALL
@@ -191,13 +244,23 @@ class _LabDriver(Driver):
 
 # --------------------------------------------------------------------------------------- recorded workloads
 
+
 def _run_id() -> str:
     return secrets.token_hex(3)  # fresh keys per run: nothing left from an earlier run reads as a phantom
 
 
-def _pair_op(lab: Lab, hist: History, pairs: Sequence[tuple[str, str]], keys: str, counter: Any,
-             write_via: str, read_via: Callable[[], str], phase: str) -> Callable[..., Any]:
+def _pair_op(
+    lab: Lab,
+    hist: History,
+    pairs: Sequence[tuple[str, str]],
+    keys: str,
+    counter: Any,
+    write_via: str,
+    read_via: Callable[[], str],
+    phase: str,
+) -> Callable[..., Any]:
     """A load operation: client i plays pair i % len(pairs), writing unique values / reading its pair's keys."""
+
     async def op(ctx: Any, o: Any) -> None:
         w, r = pairs[ctx.client % len(pairs)]
         key = f"{keys}:{w}/{r}:{o.rank}"
@@ -210,27 +273,41 @@ def _pair_op(lab: Lab, hist: History, pairs: Sequence[tuple[str, str]], keys: st
             with hist.record(ctx.client, "read", key, w=w, r=r, phase=phase, via=via) as rec:
                 rows = list(await lab.aexecute(lab.read, (key,), r, via))
                 rec.value = rows[0].v if rows else None
+
     return op
 
 
-def _workload(n_clients: int, keys_per_pair: int, ops_per_client: int | None, seed: int, read_share: float = 0.5,
-              cap_s: float = PHASE_CAP_S) -> Workload:
+def _workload(
+    n_clients: int,
+    keys_per_pair: int,
+    ops_per_client: int | None,
+    seed: int,
+    read_share: float = 0.5,
+    cap_s: float = PHASE_CAP_S,
+) -> Workload:
     """A phase ends after ``ops_per_client`` operations per client on average (counts, not seconds: a loaded
     machine gives the same evidence, only later), or after ``cap_s`` seconds."""
-    return Workload(keys=Uniform(keys_per_pair), mix={"read": read_share, "write": 1 - read_share},
-                    clients=n_clients, ops=None if ops_per_client is None else n_clients * ops_per_client,
-                    duration=cap_s, seed=seed)
+    return Workload(
+        keys=Uniform(keys_per_pair),
+        mix={"read": read_share, "write": 1 - read_share},
+        clients=n_clients,
+        ops=None if ops_per_client is None else n_clients * ops_per_client,
+        duration=cap_s,
+        seed=seed,
+    )
 
 
-def _validate(pairs: Sequence[tuple[str, str]], clients_per_pair: int, keys_per_pair: int,
-              ops_per_client: int) -> list[tuple[str, str]]:
+def _validate(
+    pairs: Sequence[tuple[str, str]], clients_per_pair: int, keys_per_pair: int, ops_per_client: int
+) -> list[tuple[str, str]]:
     pairs = [(str(w).upper(), str(r).upper()) for w, r in pairs]
     for w, r in pairs:
         if w not in LEVELS or r not in LEVELS:
             raise BadParameter(f"pair ({w}, {r}): consistency levels in this lesson are {', '.join(LEVELS)}")
     if not pairs or clients_per_pair < 1 or keys_per_pair < 1 or ops_per_client < 1:
-        raise BadParameter("need at least one (write, read) pair, clients_per_pair >= 1, keys_per_pair >= 1 and "
-                           "ops_per_client >= 1")
+        raise BadParameter(
+            "need at least one (write, read) pair, clients_per_pair >= 1, keys_per_pair >= 1 and ops_per_client >= 1"
+        )
     return pairs
 
 
@@ -245,8 +322,13 @@ class _PairRun:
             self.reports[pair] = check(self.history.filter(lambda o, p=pair: (o.tags.get("w"), o.tags.get("r")) == p))
 
     def ops(self, pair: tuple[str, str], kind: str, **tags: Any) -> list[Operation]:
-        return [o for o in self.history.ops if (o.tags.get("w"), o.tags.get("r")) == pair and o.kind == kind
-                and all(o.tags.get(k) == v for k, v in tags.items())]
+        return [
+            o
+            for o in self.history.ops
+            if (o.tags.get("w"), o.tags.get("r")) == pair
+            and o.kind == kind
+            and all(o.tags.get(k) == v for k, v in tags.items())
+        ]
 
 
 @dataclass
@@ -277,8 +359,11 @@ class NodeDownRun(_PairRun):
 
     def errors(self, level: str) -> dict[str, int]:
         """Error names of the operations at ``level`` (writes at W=level, reads at R=level)."""
-        ops = [o for o in self.history.ops if (o.kind == "write" and o.tags.get("w") == level)
-               or (o.kind == "read" and o.tags.get("r") == level)]
+        ops = [
+            o
+            for o in self.history.ops
+            if (o.kind == "write" and o.tags.get("w") == level) or (o.kind == "read" and o.tags.get("r") == level)
+        ]
         out: dict[str, int] = {}
         for o in ops:
             if o.error:
@@ -286,8 +371,16 @@ class NodeDownRun(_PairRun):
         return out
 
 
-def lagging_replica(lab: Lab, pairs: Sequence[tuple[str, str]] = PAIRS, *, clients_per_pair: int = 2,
-                    keys_per_pair: int = 10, ops_per_client: int = 20, seed: int = 0, lag: bool = True) -> LaggingRun:
+def lagging_replica(
+    lab: Lab,
+    pairs: Sequence[tuple[str, str]] = PAIRS,
+    *,
+    clients_per_pair: int = 2,
+    keys_per_pair: int = 10,
+    ops_per_client: int = 20,
+    seed: int = 0,
+    lag: bool = True,
+) -> LaggingRun:
     """All ``pairs`` at once: C paused while clients write (through A/B) and read (through A/B); after C has
     missed the writes (paused > the write timeout), it resumes and the clients read through C.
     ``lag=False`` runs the same phases without pausing C (the control)."""
@@ -299,23 +392,38 @@ def lagging_replica(lab: Lab, pairs: Sequence[tuple[str, str]] = PAIRS, *, clien
     if lag:
         c.pause()
     try:
-        run(_pair_op(lab, hist, pairs, keys, counter, "healthy", lambda: "healthy", "C-lagging"),
-            _workload(n, keys_per_pair, ops_per_client, seed, cap_s=LAG_WRITE_CAP_S), driver=lab.driver,
-            name="writes while C lags")
+        run(
+            _pair_op(lab, hist, pairs, keys, counter, "healthy", lambda: "healthy", "C-lagging"),
+            _workload(n, keys_per_pair, ops_per_client, seed, cap_s=LAG_WRITE_CAP_S),
+            driver=lab.driver,
+            name="writes while C lags",
+        )
         time.sleep(EXPIRE_S)  # C's copies of the last writes expire in its inbox: it has missed them
     finally:
         if lag:
             c.resume()
     paused = time.monotonic() - t_pause
-    run(_pair_op(lab, hist, pairs, keys, counter, "healthy", lambda: f"via:{c.name}", "read-through-C"),
-        _workload(n, keys_per_pair, ops_per_client, seed + 1, read_share=0.9), driver=lab.driver,
-        name="reads through C")
+    run(
+        _pair_op(lab, hist, pairs, keys, counter, "healthy", lambda: f"via:{c.name}", "read-through-C"),
+        _workload(n, keys_per_pair, ops_per_client, seed + 1, read_share=0.9),
+        driver=lab.driver,
+        name="reads through C",
+    )
     return LaggingRun(hist, pairs, lagging=c.name, paused_s=paused if lag else 0.0)
 
 
-def node_down(lab: Lab, pairs: Sequence[tuple[str, str]] = PAIRS, *, clients_per_pair: int = 2,
-              keys_per_pair: int = 10, ops_per_client: int = 20, durable_clients: int = 4, durable_keys: int = 50,
-              seed: int = 0, restart: bool = True) -> NodeDownRun:
+def node_down(
+    lab: Lab,
+    pairs: Sequence[tuple[str, str]] = PAIRS,
+    *,
+    clients_per_pair: int = 2,
+    keys_per_pair: int = 10,
+    ops_per_client: int = 20,
+    durable_clients: int = 4,
+    durable_keys: int = 50,
+    seed: int = 0,
+    restart: bool = True,
+) -> NodeDownRun:
     """Kill C under QUORUM writes, measure every pair's availability while it is down, restart it, and
     read every durable key at ALL (the final reads the lost-write rule judges)."""
     pairs = _validate(pairs, clients_per_pair, keys_per_pair, ops_per_client)
@@ -326,9 +434,13 @@ def node_down(lab: Lab, pairs: Sequence[tuple[str, str]] = PAIRS, *, clients_per
 
     def background() -> None:
         try:
-            run(_pair_op(lab, durable, qq, keys + "d", counter, "healthy", lambda: "healthy", "durable"),
+            run(
+                _pair_op(lab, durable, qq, keys + "d", counter, "healthy", lambda: "healthy", "durable"),
                 _workload(durable_clients, durable_keys, None, seed + 7, read_share=0.3, cap_s=3600.0),
-                driver=lab.driver, stop=stop, name="QUORUM writers")
+                driver=lab.driver,
+                stop=stop,
+                name="QUORUM writers",
+            )
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread below
             box["error"] = exc
 
@@ -339,9 +451,12 @@ def node_down(lab: Lab, pairs: Sequence[tuple[str, str]] = PAIRS, *, clients_per
         time.sleep(0.5)
         c.kill()
         detected = lab.wait_until_down_seen()
-        run(_pair_op(lab, hist, pairs, keys, counter, "healthy", lambda: "healthy", "C-down"),
-            _workload(len(pairs) * clients_per_pair, keys_per_pair, ops_per_client, seed), driver=lab.driver,
-            name="one node down")
+        run(
+            _pair_op(lab, hist, pairs, keys, counter, "healthy", lambda: "healthy", "C-down"),
+            _workload(len(pairs) * clients_per_pair, keys_per_pair, ops_per_client, seed),
+            driver=lab.driver,
+            name="one node down",
+        )
         restart_s = lab.restart_lagging() if restart else 0.0
         time.sleep(0.5)
     finally:
@@ -375,6 +490,7 @@ def final_reads(lab: Lab, hist: History, keys: list[str], timeout: float = 60.0)
 
 # ------------------------------------------------------------------------------------- lightweight transactions
 
+
 @dataclass
 class LwtRun:
     """Latencies of LWTs (Paxos) and plain QUORUM writes, interleaved in the same run (same machine load).
@@ -398,14 +514,19 @@ class LwtRun:
         rows = []
         for kind in ("plain write", "insert if not exists", "update if v ="):
             p = self.result.percentiles(kind)
-            rows.append({"operation": kind, "ops": int(self.result.hists[kind].get_total_count()),
-                         "p50 (ms)": round(p["p50"], 2), "p99 (ms)": round(p["p99"], 1),
-                         "p50 / plain p50": round(p["p50"] / self.p50_ms("plain write"), 2)})
+            rows.append(
+                {
+                    "operation": kind,
+                    "ops": int(self.result.hists[kind].get_total_count()),
+                    "p50 (ms)": round(p["p50"], 2),
+                    "p99 (ms)": round(p["p99"], 1),
+                    "p50 / plain p50": round(p["p50"] / self.p50_ms("plain write"), 2),
+                }
+            )
         return pd.DataFrame(rows).set_index("operation")
 
 
-def lwt_latency(lab: Lab, *, clients: int = 2, ops: int = 150, seed: int = 0,
-                lwt_kind: str = "lwt") -> LwtRun:
+def lwt_latency(lab: Lab, *, clients: int = 2, ops: int = 150, seed: int = 0, lwt_kind: str = "lwt") -> LwtRun:
     """Plain QUORUM inserts vs ``INSERT ... IF NOT EXISTS`` vs ``UPDATE ... IF v = <current>`` (compare-and-set on
     the client's own key, so no two clients contend). ``lwt_kind="plain"`` runs plain writes under the LWT
     names (the control that shows the checkpoint failing)."""
@@ -442,8 +563,14 @@ def lwt_latency(lab: Lab, *, clients: int = 2, ops: int = 150, seed: int = 0,
                 current[ctx.client] = row[1]
             known[ctx.client] = True
 
-    wl = Workload(keys=Uniform(1000), mix={"plain write": 0.5, "insert if not exists": 0.25, "update if v =": 0.25},
-                  clients=clients, ops=ops, duration=PHASE_CAP_S, seed=seed)
+    wl = Workload(
+        keys=Uniform(1000),
+        mix={"plain write": 0.5, "insert if not exists": 0.25, "update if v =": 0.25},
+        clients=clients,
+        ops=ops,
+        duration=PHASE_CAP_S,
+        seed=seed,
+    )
     res = run(op, wl, driver=lab.driver, name="LWT vs plain")
     return LwtRun(res, not_applied[0])
 

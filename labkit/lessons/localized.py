@@ -15,6 +15,7 @@ Three experiments, all timed through labkit.load:
 * :func:`partition_run` — the link is cut: LOCAL_QUORUM keeps serving, QUORUM and EACH_QUORUM fail; after
   healing, writes made during the partition reach the other continent (hinted handoff, else read repair).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -31,10 +32,25 @@ from labkit.load import Uniform, Workload, run
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["CLS", "Geo", "PartitionResult", "check_bytes_across_link", "check_local_quorum_latency",
-           "check_partition", "check_save_profile", "compare_placement", "connect", "defaults", "measure_consistency",
-           "nodes_spec", "partition_run", "plot_consistency", "plot_partition", "plot_placement",
-           "user_home"]
+__all__ = [
+    "CLS",
+    "Geo",
+    "PartitionResult",
+    "check_bytes_across_link",
+    "check_local_quorum_latency",
+    "check_partition",
+    "check_save_profile",
+    "compare_placement",
+    "connect",
+    "defaults",
+    "measure_consistency",
+    "nodes_spec",
+    "partition_run",
+    "plot_consistency",
+    "plot_partition",
+    "plot_placement",
+    "user_home",
+]
 
 CLS = ("LOCAL_QUORUM", "QUORUM", "EACH_QUORUM")
 REGIONS = ("us", "eu")
@@ -51,8 +67,16 @@ def nodes_spec() -> str:
 def defaults() -> dict[str, Any]:
     """The notebook's knobs for the current profile."""
     # one client per cell for latency (no request queues behind our own), a few for the traffic experiments
-    return {"delay_ms": 40, "clients": 1, "load_clients": 3, "ops": int(profile.pick(400, 80)), "value_size": 1000,
-            "users": int(profile.pick(2000, 200)), "partition_s": profile.pick(8.0, 3.0), "seed": 1}
+    return {
+        "delay_ms": 40,
+        "clients": 1,
+        "load_clients": 3,
+        "ops": int(profile.pick(400, 80)),
+        "value_size": 1000,
+        "users": int(profile.pick(2000, 200)),
+        "partition_s": profile.pick(8.0, 3.0),
+        "seed": 1,
+    }
 
 
 def user_home(user_id: int) -> str:
@@ -91,10 +115,12 @@ def session_for(endpoint: Any, region: str, timeout: float = 10.0) -> tuple[Any,
     from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
     from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 
-    prof = ExecutionProfile(load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=region)),
-                            request_timeout=timeout)
-    cl = Cluster(endpoint.contact_points, port=endpoint.port, protocol_version=5,
-                 execution_profiles={EXEC_PROFILE_DEFAULT: prof})
+    prof = ExecutionProfile(
+        load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=region)), request_timeout=timeout
+    )
+    cl = Cluster(
+        endpoint.contact_points, port=endpoint.port, protocol_version=5, execution_profiles={EXEC_PROFILE_DEFAULT: prof}
+    )
     return cl, cl.connect()
 
 
@@ -102,8 +128,10 @@ def connect(cluster: Any) -> Geo:
     """Sessions for "us" and "eu", and the keyspaces: geo_global (both continents), geo_us, geo_eu (one each)."""
     dcs = cluster.endpoint.extra["datacenters"]
     if set(dcs) != set(REGIONS):
-        raise BadParameter(f"lesson 06 needs datacenters 'us' and 'eu', this cluster has {sorted(dcs)}: start it "
-                           f"with nodes=\"{nodes_spec()}\"")
+        raise BadParameter(
+            f"lesson 06 needs datacenters 'us' and 'eu', this cluster has {sorted(dcs)}: start it "
+            f'with nodes="{nodes_spec()}"'
+        )
     rf = {dc: min(2, len(addrs)) for dc, addrs in dcs.items()}
     geo = Geo(cluster=cluster, sessions={}, rf=rf)
     for region in REGIONS:
@@ -114,8 +142,9 @@ def connect(cluster: Any) -> Geo:
     repl = {GLOBAL_KS: rf, "geo_us": {"us": rf["us"]}, "geo_eu": {"eu": rf["eu"]}}
     for ks, r in repl.items():
         spec = ", ".join(f"'{dc}': {n}" for dc, n in r.items())
-        s.execute(f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = "
-                  f"{{'class': 'NetworkTopologyStrategy', {spec}}}")
+        s.execute(
+            f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {{'class': 'NetworkTopologyStrategy', {spec}}}"
+        )
         s.execute(f"CREATE TABLE IF NOT EXISTS {ks}.users (id int PRIMARY KEY, home text, profile text)")
     cluster.wait_for_schema_agreement()
     return geo
@@ -127,8 +156,15 @@ def _cl(name: str) -> int:
     return getattr(ConsistencyLevel, name)
 
 
-def _op(geo: Geo, region: str, keyspace: Callable[[int], str], cl: str, value: str, acked: list[int] | None = None,
-        user_of: Callable[[int], int] = lambda r: r) -> Callable[..., None]:
+def _op(
+    geo: Geo,
+    region: str,
+    keyspace: Callable[[int], str],
+    cl: str,
+    value: str,
+    acked: list[int] | None = None,
+    user_of: Callable[[int], int] = lambda r: r,
+) -> Callable[..., None]:
     """A labkit.load operation: read or write one user's row from ``region`` at consistency ``cl``."""
     level = _cl(cl)
     session = geo.sessions[region]
@@ -138,13 +174,15 @@ def _op(geo: Geo, region: str, keyspace: Callable[[int], str], cl: str, value: s
         ks = keyspace(uid)
         if o.kind == "write":
             b = geo.prepared(region, f"INSERT INTO {ks}.users (id, home, profile) VALUES (?, ?, ?)").bind(
-                (uid, user_home(uid), value))
+                (uid, user_home(uid), value)
+            )
         else:
             b = geo.prepared(region, f"SELECT profile FROM {ks}.users WHERE id = ?").bind((uid,))
         b.consistency_level = level
         session.execute(b)
         if acked is not None and o.kind == "write":
             acked.append(uid)
+
     return op
 
 
@@ -159,8 +197,16 @@ def _with_cl(geo: Geo, region: str, cql: str, cl: str) -> Any:
 
 
 # -- experiment 1: consistency levels against the inter-DC delay --------------------------------------------------
-def measure_consistency(geo: Geo, delay_ms: float = 40, clients: int = 2, ops: int = 80, users: int = 200,
-                        seed: int = 1, levels: tuple[str, ...] = CLS, passes: int = 2) -> pd.DataFrame:
+def measure_consistency(
+    geo: Geo,
+    delay_ms: float = 40,
+    clients: int = 2,
+    ops: int = 80,
+    users: int = 200,
+    seed: int = 1,
+    levels: tuple[str, ...] = CLS,
+    passes: int = 2,
+) -> pd.DataFrame:
     """Per region and consistency level: p50/p99 of a 50/50 read/write mix on the global keyspace.
 
     Why ``passes``: the cells run interleaved in that many slices (LOCAL_QUORUM, QUORUM, ... then again), so a
@@ -176,16 +222,35 @@ def measure_consistency(geo: Geo, delay_ms: float = 40, clients: int = 2, ops: i
     for i in range(passes):
         for region, cl in itertools.product(REGIONS, levels):
             fn = _op(geo, region, lambda uid: GLOBAL_KS, cl, "x" * 100)
-            res = run(fn, Workload(keys=Uniform(users), mix={"read": 0.5, "write": 0.5}, clients=clients,
-                                   ops=max(1, ops // passes), duration=None, seed=seed + i),
-                      name=f"{region} {cl}", op_timeout=15)
+            res = run(
+                fn,
+                Workload(
+                    keys=Uniform(users),
+                    mix={"read": 0.5, "write": 0.5},
+                    clients=clients,
+                    ops=max(1, ops // passes),
+                    duration=None,
+                    seed=seed + i,
+                ),
+                name=f"{region} {cl}",
+                op_timeout=15,
+            )
             key = (region, cl)
             results[key] = results[key].merge(res) if key in results else res
     rows = []
     for (region, cl), res in results.items():
         p = res.percentiles()
-        rows.append({"region": region, "consistency": cl, "delay_ms": delay_ms, "ops": res.ops,
-                     "errors": res.error_count, "p50_ms": p["p50"], "p99_ms": p["p99"]})
+        rows.append(
+            {
+                "region": region,
+                "consistency": cl,
+                "delay_ms": delay_ms,
+                "ops": res.ops,
+                "errors": res.error_count,
+                "p50_ms": p["p50"],
+                "p99_ms": p["p99"],
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -194,7 +259,8 @@ def plot_consistency(table: pd.DataFrame) -> Any:
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
     piv = table.pivot(index="consistency", columns="region", values="p50_ms").reindex(
-        [c for c in CLS if c in set(table["consistency"])])
+        [c for c in CLS if c in set(table["consistency"])]
+    )
     piv.plot.bar(ax=ax, rot=0)
     d = float(table["delay_ms"].iloc[0])
     ax.axhline(2 * d, color="grey", ls="--", lw=1, label=f"one cross-DC round trip (2 × {d:g} ms)")
@@ -216,15 +282,30 @@ def check_local_quorum_latency(table: pd.DataFrame, fraction: float = 0.25) -> N
             raise BadParameter("the table needs LOCAL_QUORUM and QUORUM rows: run measure_consistency first")
         worst = max(worst, float(t.loc["LOCAL_QUORUM", "p50_ms"]) / float(t.loc["QUORUM", "p50_ms"]))
     q = float(table[table["consistency"] == "QUORUM"]["p50_ms"].min())
-    checkpoint("QUORUM pays at least one cross-DC round trip", q, at_least=2 * d * 0.95,
-               context=f"inter-DC delay {d:g} ms one way")
-    checkpoint(f"LOCAL_QUORUM p50 is at most {fraction:.0%} of cross-DC QUORUM's in each region", worst,
-               at_most=fraction, context=f"worst region's ratio at {d:g} ms one way")
+    checkpoint(
+        "QUORUM pays at least one cross-DC round trip",
+        q,
+        at_least=2 * d * 0.95,
+        context=f"inter-DC delay {d:g} ms one way",
+    )
+    checkpoint(
+        f"LOCAL_QUORUM p50 is at most {fraction:.0%} of cross-DC QUORUM's in each region",
+        worst,
+        at_most=fraction,
+        context=f"worst region's ratio at {d:g} ms one way",
+    )
 
 
 # -- experiment 2: one global cluster vs per-continent placement ----------------------------------------------------
-def compare_placement(geo: Geo, clients: int = 4, ops: int = 80, users: int = 200, value_size: int = 1000,
-                      seed: int = 1, keyspaces: dict[str, Callable[[int], str]] | None = None) -> pd.DataFrame:
+def compare_placement(
+    geo: Geo,
+    clients: int = 4,
+    ops: int = 80,
+    users: int = 200,
+    value_size: int = 1000,
+    seed: int = 1,
+    keyspaces: dict[str, Callable[[int], str]] | None = None,
+) -> pd.DataFrame:
     """A home-local workload (each region's clients read and write only their own users, 50/50, LOCAL_QUORUM)
     on each placement; bytes across the inter-DC link per 1000 operations, latency. One more row reads a
     user from the other continent under per-continent placement (a traveller): that read must cross."""
@@ -239,24 +320,60 @@ def compare_placement(geo: Geo, clients: int = 4, ops: int = 80, users: int = 20
         before, n_ops, hists = geo.link_bytes(), 0, []
         for i, region in enumerate(REGIONS):  # region i serves users with id % 2 == i
             fn = _op(geo, region, ks, "LOCAL_QUORUM", value, user_of=lambda r, i=i: 2 * r + i)
-            res = run(fn, Workload(keys=Uniform(users // 2), mix={"read": 0.5, "write": 0.5}, clients=clients,
-                                   ops=ops, duration=None, seed=seed + i), name=f"{name} {region}", op_timeout=15)
+            res = run(
+                fn,
+                Workload(
+                    keys=Uniform(users // 2),
+                    mix={"read": 0.5, "write": 0.5},
+                    clients=clients,
+                    ops=ops,
+                    duration=None,
+                    seed=seed + i,
+                ),
+                name=f"{name} {region}",
+                op_timeout=15,
+            )
             n_ops += res.ops
             hists.append(res)
         crossed = geo.link_bytes() - before
         merged = hists[0].merge(hists[1]).percentiles()
-        rows.append({"placement": name, "reads from": "home", "ops": n_ops,
-                     "KB across link per 1000 ops": crossed / max(1, n_ops) * 1000 / 1024,
-                     "p50_ms": merged["p50"], "p99_ms": merged["p99"]})
+        rows.append(
+            {
+                "placement": name,
+                "reads from": "home",
+                "ops": n_ops,
+                "KB across link per 1000 ops": crossed / max(1, n_ops) * 1000 / 1024,
+                "p50_ms": merged["p50"],
+                "p99_ms": merged["p99"],
+            }
+        )
     # the traveller: eu clients read US users stored only in the US (ONE: the coordinator is in eu)
     before = geo.link_bytes()
     fn = _op(geo, "eu", lambda uid: f"geo_{user_home(uid)}", "ONE", value, user_of=lambda r: 2 * r)
-    res = run(fn, Workload(keys=Uniform(users // 2), mix={"read": 1.0}, clients=clients, ops=max(10, ops // 2),
-                           duration=None, seed=seed), name="traveller", op_timeout=15)
+    res = run(
+        fn,
+        Workload(
+            keys=Uniform(users // 2),
+            mix={"read": 1.0},
+            clients=clients,
+            ops=max(10, ops // 2),
+            duration=None,
+            seed=seed,
+        ),
+        name="traveller",
+        op_timeout=15,
+    )
     p = res.percentiles()
-    rows.append({"placement": "per-continent", "reads from": "other continent", "ops": res.ops,
-                 "KB across link per 1000 ops": (geo.link_bytes() - before) / max(1, res.ops) * 1000 / 1024,
-                 "p50_ms": p["p50"], "p99_ms": p["p99"]})
+    rows.append(
+        {
+            "placement": "per-continent",
+            "reads from": "other continent",
+            "ops": res.ops,
+            "KB across link per 1000 ops": (geo.link_bytes() - before) / max(1, res.ops) * 1000 / 1024,
+            "p50_ms": p["p50"],
+            "p99_ms": p["p99"],
+        }
+    )
     return pd.DataFrame(rows)
 
 
@@ -264,9 +381,12 @@ def check_bytes_across_link(table: pd.DataFrame, factor: float = 5.0) -> None:
     """Per-continent placement moves at least ``factor`` times fewer bytes across the link (home-local work)."""
     t = table[table["reads from"] == "home"].set_index("placement")["KB across link per 1000 ops"]
     ratio = float(t["global"]) / max(float(t["per-continent"]), 1e-9)
-    checkpoint(f"per-continent placement moves at least {factor:g}x fewer bytes across the link than global",
-               ratio, at_least=factor,
-               context=f"global {t['global']:.1f} KB vs per-continent {t['per-continent']:.1f} KB per 1000 ops")
+    checkpoint(
+        f"per-continent placement moves at least {factor:g}x fewer bytes across the link than global",
+        ratio,
+        at_least=factor,
+        context=f"global {t['global']:.1f} KB vs per-continent {t['per-continent']:.1f} KB per 1000 ops",
+    )
 
 
 # -- experiment 3: a partition between the datacenters ---------------------------------------------------------------
@@ -275,10 +395,10 @@ class PartitionResult:
     """Success per consistency level while the link was cut, and how the other continent caught up after."""
 
     table: Any
-    written: int                       # rows acknowledged at LOCAL_QUORUM in the US during the partition
-    visible_at_heal: int               # of those, readable at LOCAL_ONE in Europe right after healing
-    converged: int                     # readable in Europe at the end
-    converged_by: str                  # "hinted handoff" or "read repair"
+    written: int  # rows acknowledged at LOCAL_QUORUM in the US during the partition
+    visible_at_heal: int  # of those, readable at LOCAL_ONE in Europe right after healing
+    converged: int  # readable in Europe at the end
+    converged_by: str  # "hinted handoff" or "read repair"
     seconds_to_converge: float
     timeline: list[tuple[float, int]] = field(default_factory=list)  # (s after heal, rows visible in eu)
 
@@ -287,8 +407,16 @@ class PartitionResult:
         return float(row["success"])
 
 
-def partition_run(geo: Geo, duration: float = 3.0, clients: int = 4, users: int = 200, seed: int = 1,
-                  cut: bool = True, hint_wait: float = 20.0, levels: tuple[str, ...] = CLS) -> PartitionResult:
+def partition_run(
+    geo: Geo,
+    duration: float = 3.0,
+    clients: int = 4,
+    users: int = 200,
+    seed: int = 1,
+    cut: bool = True,
+    hint_wait: float = 20.0,
+    levels: tuple[str, ...] = CLS,
+) -> PartitionResult:
     """Cut the inter-DC link, run US clients at each consistency level for ``duration`` s, heal, and watch the
     rows written during the partition appear in Europe (hints; after ``hint_wait`` s, a read-repair pass)."""
     import pandas as pd
@@ -303,14 +431,34 @@ def partition_run(geo: Geo, duration: float = 3.0, clients: int = 4, users: int 
         geo.cluster.partition()
     try:
         for cl in levels:
-            fn = _op(geo, "us", lambda uid: GLOBAL_KS, cl, token, acked if cl == "LOCAL_QUORUM" else None,
-                     user_of=lambda r: base + r)
-            res = run(fn, Workload(keys=Uniform(users), mix={"read": 0.5, "write": 0.5}, clients=clients,
-                                   duration=duration, seed=seed), name=f"partition {cl}", op_timeout=15)
+            fn = _op(
+                geo,
+                "us",
+                lambda uid: GLOBAL_KS,
+                cl,
+                token,
+                acked if cl == "LOCAL_QUORUM" else None,
+                user_of=lambda r: base + r,
+            )
+            res = run(
+                fn,
+                Workload(
+                    keys=Uniform(users), mix={"read": 0.5, "write": 0.5}, clients=clients, duration=duration, seed=seed
+                ),
+                name=f"partition {cl}",
+                op_timeout=15,
+            )
             total = res.ops + res.error_count
-            rows.append({"consistency": cl, "attempts": total, "succeeded": res.ops, "failed": res.error_count,
-                         "success": res.ops / total if total else float("nan"),
-                         "errors": ", ".join(sorted(res.errors)) or "-"})
+            rows.append(
+                {
+                    "consistency": cl,
+                    "attempts": total,
+                    "succeeded": res.ops,
+                    "failed": res.error_count,
+                    "success": res.ops / total if total else float("nan"),
+                    "errors": ", ".join(sorted(res.errors)) or "-",
+                }
+            )
     finally:
         if cut:
             geo.cluster.heal()
@@ -321,8 +469,9 @@ def partition_run(geo: Geo, duration: float = 3.0, clients: int = 4, users: int 
     def visible() -> int:
         from cassandra.concurrent import execute_concurrent_with_args
 
-        rs = execute_concurrent_with_args(geo.sessions["eu"], eu_read, [(u,) for u in written], concurrency=32,
-                                          raise_on_first_error=False)
+        rs = execute_concurrent_with_args(
+            geo.sessions["eu"], eu_read, [(u,) for u in written], concurrency=32, raise_on_first_error=False
+        )
         return sum(1 for ok, r in rs if ok and (row := r.one()) is not None and row[0] == token)
 
     timeline = [(0.0, visible())]
@@ -335,12 +484,19 @@ def partition_run(geo: Geo, duration: float = 3.0, clients: int = 4, users: int 
 
         by = "read repair"
         rq = _with_cl(geo, "us", f"SELECT profile FROM {GLOBAL_KS}.users WHERE id = ?", "QUORUM")
-        execute_concurrent_with_args(geo.sessions["us"], rq, [(u,) for u in written], concurrency=16,
-                                     raise_on_first_error=False)
+        execute_concurrent_with_args(
+            geo.sessions["us"], rq, [(u,) for u in written], concurrency=16, raise_on_first_error=False
+        )
         timeline.append((time.monotonic() - t0, visible()))
-    return PartitionResult(table=pd.DataFrame(rows), written=len(written), visible_at_heal=timeline[0][1],
-                           converged=timeline[-1][1], converged_by=by, seconds_to_converge=timeline[-1][0],
-                           timeline=timeline)
+    return PartitionResult(
+        table=pd.DataFrame(rows),
+        written=len(written),
+        visible_at_heal=timeline[0][1],
+        converged=timeline[-1][1],
+        converged_by=by,
+        seconds_to_converge=timeline[-1][0],
+        timeline=timeline,
+    )
 
 
 def plot_partition(res: PartitionResult) -> Any:
@@ -363,20 +519,32 @@ def plot_partition(res: PartitionResult) -> Any:
 
 
 def check_partition(res: PartitionResult, local_at_least: float = 0.99) -> None:
-    checkpoint("LOCAL_QUORUM keeps serving during the partition", res.success("LOCAL_QUORUM"),
-               at_least=local_at_least, context=f"success share, {res.written} rows written in the US")
+    checkpoint(
+        "LOCAL_QUORUM keeps serving during the partition",
+        res.success("LOCAL_QUORUM"),
+        at_least=local_at_least,
+        context=f"success share, {res.written} rows written in the US",
+    )
     for cl in ("QUORUM", "EACH_QUORUM"):
         if cl in set(res.table["consistency"]):
-            checkpoint(f"{cl} fails during the partition", res.success(cl), at_most=0.01,
-                       context="success share while the inter-DC link was cut")
-    checkpoint("after healing, every row written during the partition is readable in Europe",
-               res.converged / max(1, res.written), at_least=1.0,
-               context=f"{res.converged} of {res.written} rows via {res.converged_by}")
+            checkpoint(
+                f"{cl} fails during the partition",
+                res.success(cl),
+                at_most=0.01,
+                context="success share while the inter-DC link was cut",
+            )
+    checkpoint(
+        "after healing, every row written during the partition is readable in Europe",
+        res.converged / max(1, res.written),
+        at_least=1.0,
+        context=f"{res.converged} of {res.written} rows via {res.converged_by}",
+    )
 
 
 # -- exercise: save a profile on its home continent ------------------------------------------------------------------
-def check_save_profile(save_profile: Callable[[dict[str, Any], int, str, str], None], geo: Geo,
-                       users: int = 60) -> None:
+def check_save_profile(
+    save_profile: Callable[[dict[str, Any], int, str, str], None], geo: Geo, users: int = 60
+) -> None:
     """Run the learner's ``save_profile(sessions, user_id, home, profile)`` for users of both continents; check
     every row is in its home continent's keyspace only, and that the link carried almost nothing."""
     try:
@@ -395,19 +563,31 @@ def _check_save_profile(save_profile: Callable[..., None], geo: Geo, users: int)
     for uid in ids:
         home = user_home(uid)
         away = "eu" if home == "us" else "us"
-        got = geo.sessions[home].execute(_with_cl(geo, home, f"SELECT profile FROM geo_{home}.users WHERE id = ?",
-                                                  "LOCAL_ONE"), (uid,)).one()
+        got = (
+            geo.sessions[home]
+            .execute(_with_cl(geo, home, f"SELECT profile FROM geo_{home}.users WHERE id = ?", "LOCAL_ONE"), (uid,))
+            .one()
+        )
         if got is None or not got[0].startswith(token):
-            raise CheckpointFailed(f"user {uid} (home {home}) is not in geo_{home}.users after save_profile: write "
-                                   f"it with sessions['{home}'] into the keyspace geo_{home}")
-        other = geo.sessions[away].execute(_with_cl(geo, away, f"SELECT profile FROM geo_{away}.users WHERE id = ?",
-                                                    "LOCAL_ONE"), (uid,)).one()
+            raise CheckpointFailed(
+                f"user {uid} (home {home}) is not in geo_{home}.users after save_profile: write "
+                f"it with sessions['{home}'] into the keyspace geo_{home}"
+            )
+        other = (
+            geo.sessions[away]
+            .execute(_with_cl(geo, away, f"SELECT profile FROM geo_{away}.users WHERE id = ?", "LOCAL_ONE"), (uid,))
+            .one()
+        )
         if other is not None and other[0].startswith(token):
-            raise CheckpointFailed(f"user {uid} (home {home}) was also written to geo_{away}: a profile lives on "
-                                   "its home continent only")
-    checkpoint("exercise: profiles stay on their home continent (KB across the link per 1000 saves)",
-               crossed / users * 1000 / 1024, at_most=100.0,
-               context="a global keyspace would ship every ~1 KB profile across (~1000 KB per 1000 saves)")
+            raise CheckpointFailed(
+                f"user {uid} (home {home}) was also written to geo_{away}: a profile lives on its home continent only"
+            )
+    checkpoint(
+        "exercise: profiles stay on their home continent (KB across the link per 1000 saves)",
+        crossed / users * 1000 / 1024,
+        at_most=100.0,
+        context="a global keyspace would ship every ~1 KB profile across (~1000 KB per 1000 saves)",
+    )
 
 
 def plot_placement(table: pd.DataFrame) -> Any:
@@ -415,11 +595,11 @@ def plot_placement(table: pd.DataFrame) -> Any:
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
     labels = [f"{p}\n(reads from {r})" for p, r in zip(table["placement"], table["reads from"])]
-    a.bar(labels, table["KB across link per 1000 ops"], color=["tab:red", "tab:green", "tab:orange"][:len(table)])
+    a.bar(labels, table["KB across link per 1000 ops"], color=["tab:red", "tab:green", "tab:orange"][: len(table)])
     a.set_yscale("log")
     a.set_ylabel("KB across the inter-DC link\nper 1000 operations (log)")
     a.set_title("Traffic on the ocean link")
-    b.bar(labels, table["p50_ms"], color=["tab:red", "tab:green", "tab:orange"][:len(table)])
+    b.bar(labels, table["p50_ms"], color=["tab:red", "tab:green", "tab:orange"][: len(table)])
     b.set_ylabel("p50 latency (ms)")
     b.set_title("Latency seen by the client")
     for ax in (a, b):

@@ -14,6 +14,7 @@ photos with filters. This lesson does the same on a seeded Burbn-era event log
 - :func:`verdict`: the data supports the pivot when photo users' week-4 retention is at least
   ``MIN_GAP`` above everyone else's and photo features are a larger share of events than Burbn's own.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -30,13 +31,30 @@ from labkit.errors import BadParameter, CheckpointFailed
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["AT_WEEK", "MIN_GAP", "PivotResult", "analyze", "check_copy_faster", "check_no_effect",
-           "check_pivot_supported", "check_recovers_truth", "check_retention_query", "cohort_retention",
-           "defaults", "feature_share", "group_retention", "load_table", "plot_loads", "plot_retention",
-           "run_pivot", "time_loads", "verdict"]
+__all__ = [
+    "AT_WEEK",
+    "MIN_GAP",
+    "PivotResult",
+    "analyze",
+    "check_copy_faster",
+    "check_no_effect",
+    "check_pivot_supported",
+    "check_recovers_truth",
+    "check_retention_query",
+    "cohort_retention",
+    "defaults",
+    "feature_share",
+    "group_retention",
+    "load_table",
+    "plot_loads",
+    "plot_retention",
+    "run_pivot",
+    "time_loads",
+    "verdict",
+]
 
-AT_WEEK = 4        # retention is compared 4 weeks after sign-up
-MIN_GAP = 0.10     # photo users must retain at least 10 points better to call it a pivot
+AT_WEEK = 4  # retention is compared 4 weeks after sign-up
+MIN_GAP = 0.10  # photo users must retain at least 10 points better to call it a pivot
 
 SCHEMA = """
 DROP VIEW IF EXISTS events_weekly;
@@ -98,9 +116,17 @@ ORDER BY act.photo_user DESC, act.age
 def defaults() -> dict[str, Any]:
     """The notebook's knobs for the current profile."""
     from labkit import profile
+
     d = burbn.sizes()
-    return {"users": d["users"], "weeks": d["weeks"], "seed": 2010, "strength": 1.0,
-            "insert_rows": int(profile.pick(5000, 1000)), "batch": 1000, "copy_chunk": 10_000}
+    return {
+        "users": d["users"],
+        "weeks": d["weeks"],
+        "seed": 2010,
+        "strength": 1.0,
+        "insert_rows": int(profile.pick(5000, 1000)),
+        "batch": 1000,
+        "copy_chunk": 10_000,
+    }
 
 
 def load_table(conn: Any, rows: list[tuple[Any, ...]], table: str = "events") -> None:
@@ -117,8 +143,15 @@ def load_table(conn: Any, rows: list[tuple[Any, ...]], table: str = "events") ->
         conn.commit()
 
 
-def time_loads(dsn: str, log: burbn.BurbnLog, *, insert_rows: int = 1000, batch: int = 1000,
-               copy_chunk: int = 10_000, max_seconds: float = 20.0) -> pd.DataFrame:
+def time_loads(
+    dsn: str,
+    log: burbn.BurbnLog,
+    *,
+    insert_rows: int = 1000,
+    batch: int = 1000,
+    copy_chunk: int = 10_000,
+    max_seconds: float = 20.0,
+) -> pd.DataFrame:
     """Load rows three ways, each timed by ``labkit.load.run``; one row per method with rows/s.
 
     Row INSERT and executemany load a sample (``insert_rows``, and 10x as many in batches) into their own
@@ -126,6 +159,7 @@ def time_loads(dsn: str, log: burbn.BurbnLog, *, insert_rows: int = 1000, batch:
     until its rows are in or ``max_seconds`` pass; rows/s counts what was loaded in the time it took.
     """
     import pandas as pd
+
     from labkit.load import Workload, run
     from labkit.load.drivers import PostgresDriver
 
@@ -140,32 +174,33 @@ def time_loads(dsn: str, log: burbn.BurbnLog, *, insert_rows: int = 1000, batch:
     n_batches = max(1, min(len(rows), 10 * insert_rows) // batch)
     n_chunks = -(-len(rows) // copy_chunk)
 
-    def row_insert(ctx: Any, op: Any) -> None:      # one statement, one commit (autocommit)
+    def row_insert(ctx: Any, op: Any) -> None:  # one statement, one commit (autocommit)
         ctx.conn.execute(INSERT_SQL.format(table="events_insert"), rows[op.seq])
 
-    def batched(ctx: Any, op: Any) -> None:         # executemany, one transaction per batch
-        part = rows[op.seq * batch:(op.seq + 1) * batch]
+    def batched(ctx: Any, op: Any) -> None:  # executemany, one transaction per batch
+        part = rows[op.seq * batch : (op.seq + 1) * batch]
         with ctx.conn.transaction(), ctx.conn.cursor() as cur:
             cur.executemany(INSERT_SQL.format(table="events_batch"), part)
         ctx.count("rows", len(part))
 
-    def copy(ctx: Any, op: Any) -> None:            # COPY FROM STDIN, one chunk per operation
-        part = rows[op.seq * copy_chunk:(op.seq + 1) * copy_chunk]
+    def copy(ctx: Any, op: Any) -> None:  # COPY FROM STDIN, one chunk per operation
+        part = rows[op.seq * copy_chunk : (op.seq + 1) * copy_chunk]
         with ctx.conn.cursor() as cur, cur.copy("COPY events (event_id, user_id, ts, kind) FROM STDIN") as cp:
             for r in part:
                 cp.write_row(r)
         ctx.count("rows", len(part))
 
     out = []
-    for name, fn, n_ops, rows_per_op in (("row INSERT (autocommit)", row_insert, n_insert, 1),
-                                         (f"executemany ({batch} rows/txn)", batched, n_batches, batch),
-                                         ("COPY", copy, n_chunks, copy_chunk)):
+    for name, fn, n_ops, rows_per_op in (
+        ("row INSERT (autocommit)", row_insert, n_insert, 1),
+        (f"executemany ({batch} rows/txn)", batched, n_batches, batch),
+        ("COPY", copy, n_chunks, copy_chunk),
+    ):
         res = run(fn, Workload(clients=1, ops=n_ops, duration=max_seconds), driver=drv, name=name)
         if res.error_count:
             raise RuntimeError(f"{name}: {res.error_count} errors while loading ({res.errors}); {res.notes}")
         loaded = res.counters.get("rows", res.ops * rows_per_op) if rows_per_op > 1 else res.ops
-        out.append({"method": name, "rows": int(loaded), "seconds": res.duration,
-                    "rows_per_s": loaded / res.duration})
+        out.append({"method": name, "rows": int(loaded), "seconds": res.duration, "rows_per_s": loaded / res.duration})
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(WEEKLY_VIEW)
         conn.execute("ANALYZE events")
@@ -177,6 +212,7 @@ def time_loads(dsn: str, log: burbn.BurbnLog, *, insert_rows: int = 1000, batch:
 
 def _frame(dsn: str, sql: str) -> pd.DataFrame:
     import pandas as pd
+
     with psycopg.connect(dsn) as conn:
         cur = conn.execute(sql)
         return pd.DataFrame(cur.fetchall(), columns=[d.name for d in cur.description])
@@ -231,12 +267,19 @@ class PivotResult:
     def table(self) -> pd.DataFrame:
         """Measured against the generator's truth, rounded for reading."""
         import pandas as pd
+
         fam, truth = self.family_share(), self.log.expected_family_share()
-        rows = [(f"retention at week {AT_WEEK}, photo users", self.retention(True), self.log.true_retention(AT_WEEK, True)),
-                (f"retention at week {AT_WEEK}, everyone else", self.retention(False), self.log.true_retention(AT_WEEK, False)),
-                (f"retention gap at week {AT_WEEK}", self.gap(), self.log.true_gap(AT_WEEK)),
-                ("share of events: photo features", fam["photo"], truth["photo"]),
-                ("share of events: Burbn features", fam["burbn"], truth["burbn"])]
+        rows = [
+            (f"retention at week {AT_WEEK}, photo users", self.retention(True), self.log.true_retention(AT_WEEK, True)),
+            (
+                f"retention at week {AT_WEEK}, everyone else",
+                self.retention(False),
+                self.log.true_retention(AT_WEEK, False),
+            ),
+            (f"retention gap at week {AT_WEEK}", self.gap(), self.log.true_gap(AT_WEEK)),
+            ("share of events: photo features", fam["photo"], truth["photo"]),
+            ("share of events: Burbn features", fam["burbn"], truth["burbn"]),
+        ]
         return pd.DataFrame(rows, columns=["quantity", "measured in SQL", "generator's truth"]).round(3)
 
 
@@ -245,9 +288,17 @@ def analyze(dsn: str, log: burbn.BurbnLog, loads: pd.DataFrame | None = None) ->
     return PivotResult(log, loads, feature_share(dsn), cohort_retention(dsn), group_retention(dsn))
 
 
-def run_pivot(dsn: str, *, users: int | None = None, weeks: int | None = None, seed: int = 2010,
-              strength: float = 1.0, insert_rows: int | None = None, batch: int = 1000,
-              copy_chunk: int = 10_000) -> PivotResult:
+def run_pivot(
+    dsn: str,
+    *,
+    users: int | None = None,
+    weeks: int | None = None,
+    seed: int = 2010,
+    strength: float = 1.0,
+    insert_rows: int | None = None,
+    batch: int = 1000,
+    copy_chunk: int = 10_000,
+) -> PivotResult:
     """Generate the log, load it (timing three methods), analyze it in SQL."""
     d = defaults()
     log = burbn.generate(users, weeks, strength=strength, seed=seed)
@@ -258,12 +309,15 @@ def run_pivot(dsn: str, *, users: int | None = None, weeks: int | None = None, s
 def verdict(res: PivotResult) -> str:
     """One sentence: does the data support the pivot, and why."""
     fam = res.family_share()
-    why = (f"photo users' week-{AT_WEEK} retention is {res.gap():+.0%} vs everyone else "
-           f"(need ≥ +{MIN_GAP:.0%}); photo features are {fam['photo']:.0%} of events, Burbn's own {fam['burbn']:.0%}")
+    why = (
+        f"photo users' week-{AT_WEEK} retention is {res.gap():+.0%} vs everyone else "
+        f"(need ≥ +{MIN_GAP:.0%}); photo features are {fam['photo']:.0%} of events, Burbn's own {fam['burbn']:.0%}"
+    )
     return ("The data SUPPORTS the pivot: " if res.supports_pivot() else "The data does NOT support the pivot: ") + why
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
+
 
 def _ctx(res: PivotResult) -> str:
     return f"seed={res.log.seed}, strength={res.log.strength:g}, {res.log.users} users, {res.log.events} events"
@@ -274,43 +328,68 @@ def check_copy_faster(loads: pd.DataFrame, factor: float = 10.0) -> None:
     rate = dict(zip(loads["method"], loads["rows_per_s"]))
     copy_rate = rate["COPY"]
     row_rate = next(v for k, v in rate.items() if k.startswith("row INSERT"))
-    checkpoint(f"COPY loads at least {factor:g}x more rows/s than row-by-row INSERT", copy_rate / row_rate,
-               at_least=factor, context=f"COPY {copy_rate:,.0f} rows/s vs row INSERT {row_rate:,.0f} rows/s")
+    checkpoint(
+        f"COPY loads at least {factor:g}x more rows/s than row-by-row INSERT",
+        copy_rate / row_rate,
+        at_least=factor,
+        context=f"COPY {copy_rate:,.0f} rows/s vs row INSERT {row_rate:,.0f} rows/s",
+    )
 
 
 def check_recovers_truth(res: PivotResult, gap_tol: float = 0.06, share_tol: float = 0.03) -> None:
     """The SQL finds the planted effect: retention gap and photo share within tolerance of the truth."""
     truth_gap = res.log.true_gap(AT_WEEK)
-    checkpoint(f"SQL recovers the week-{AT_WEEK} retention gap within {gap_tol:.2f} of the generator's truth",
-               abs(res.gap() - truth_gap), at_most=gap_tol,
-               context=f"measured {res.gap():.3f} vs truth {truth_gap:.3f}, {_ctx(res)}")
+    checkpoint(
+        f"SQL recovers the week-{AT_WEEK} retention gap within {gap_tol:.2f} of the generator's truth",
+        abs(res.gap() - truth_gap),
+        at_most=gap_tol,
+        context=f"measured {res.gap():.3f} vs truth {truth_gap:.3f}, {_ctx(res)}",
+    )
     truth_share = res.log.expected_family_share()["photo"]
     measured = res.family_share()["photo"]
-    checkpoint(f"SQL recovers the photo features' share of events within {share_tol:.2f} of the truth",
-               abs(measured - truth_share), at_most=share_tol,
-               context=f"measured {measured:.3f} vs truth {truth_share:.3f}, {_ctx(res)}")
+    checkpoint(
+        f"SQL recovers the photo features' share of events within {share_tol:.2f} of the truth",
+        abs(measured - truth_share),
+        at_most=share_tol,
+        context=f"measured {measured:.3f} vs truth {truth_share:.3f}, {_ctx(res)}",
+    )
 
 
 def check_pivot_supported(res: PivotResult) -> None:
     """With the effect planted, the data supports the pivot on both counts."""
     fam = res.family_share()
-    checkpoint(f"photo users retain at least {MIN_GAP:.0%} better at week {AT_WEEK}", res.gap(),
-               at_least=MIN_GAP, context=_ctx(res))
-    checkpoint("photo features are a larger share of events than Burbn's check-ins, plans and points",
-               fam["photo"] - fam["burbn"], at_least=1e-9,
-               context=f"photo {fam['photo']:.3f} vs burbn {fam['burbn']:.3f}, {_ctx(res)}")
+    checkpoint(
+        f"photo users retain at least {MIN_GAP:.0%} better at week {AT_WEEK}",
+        res.gap(),
+        at_least=MIN_GAP,
+        context=_ctx(res),
+    )
+    checkpoint(
+        "photo features are a larger share of events than Burbn's check-ins, plans and points",
+        fam["photo"] - fam["burbn"],
+        at_least=1e-9,
+        context=f"photo {fam['photo']:.3f} vs burbn {fam['burbn']:.3f}, {_ctx(res)}",
+    )
 
 
 def check_no_effect(res: PivotResult) -> None:
     """With strength 0 the same analysis must NOT report a pivot (no effect where none was planted)."""
-    fam = res.family_share()
-    checkpoint(f"at strength 0 no retention gap of {MIN_GAP:.0%} or more is reported", res.gap(),
-               at_most=MIN_GAP - 1e-9, context=_ctx(res))
-    checkpoint("at strength 0 the data does not support the pivot", float(res.supports_pivot()), at_most=0,
-               context=verdict(res))
+    checkpoint(
+        f"at strength 0 no retention gap of {MIN_GAP:.0%} or more is reported",
+        res.gap(),
+        at_most=MIN_GAP - 1e-9,
+        context=_ctx(res),
+    )
+    checkpoint(
+        "at strength 0 the data does not support the pivot",
+        float(res.supports_pivot()),
+        at_most=0,
+        context=verdict(res),
+    )
 
 
 # -- exercise -------------------------------------------------------------------------------------
+
 
 def check_retention_query(make_sql: Callable[[], str], dsn: str, tol: float = 1e-9) -> None:
     """Run the learner's cohort-retention query on the server and compare it with the reference.
@@ -332,8 +411,10 @@ def check_retention_query(make_sql: Callable[[], str], dsn: str, tol: float = 1e
         raise CheckpointFailed(f"Postgres rejected your query: {str(exc).strip()}") from None
     missing = {"cohort", "age", "retention"} - set(mine.columns)
     if missing:
-        raise CheckpointFailed(f"your query has no column(s) {sorted(missing)}: name them cohort, age, retention "
-                               f"(it returned {list(mine.columns)})")
+        raise CheckpointFailed(
+            f"your query has no column(s) {sorted(missing)}: name them cohort, age, retention "
+            f"(it returned {list(mine.columns)})"
+        )
     got = mine.set_index(["cohort", "age"])["retention"].astype(float)
     if got.index.duplicated().any():
         c, a = got.index[got.index.duplicated()][0]
@@ -342,22 +423,27 @@ def check_retention_query(make_sql: Callable[[], str], dsn: str, tol: float = 1e
         if (c, a) not in got.index:
             raise CheckpointFailed(f"cohort {c}, week {a}: missing from your result (reference retention {want:.3f})")
         if not abs(got[(c, a)] - want) <= tol:
-            raise CheckpointFailed(f"cohort {c}, week {a}: your retention is {got[(c, a)]:.4f}, the reference "
-                                   f"{want:.4f} (active users of the cohort that week / the cohort's size)")
+            raise CheckpointFailed(
+                f"cohort {c}, week {a}: your retention is {got[(c, a)]:.4f}, the reference "
+                f"{want:.4f} (active users of the cohort that week / the cohort's size)"
+            )
     extra = sorted(set(got.index) - set(ref.index))
     if extra:
-        raise CheckpointFailed(f"cohort {extra[0][0]}, week {extra[0][1]}: in your result but no user of that "
-                               "cohort was active that week")
+        raise CheckpointFailed(
+            f"cohort {extra[0][0]}, week {extra[0][1]}: in your result but no user of that cohort was active that week"
+        )
     print("PASS  exercise: your cohort-retention query matches the reference on every cohort and week")
 
 
 # -- plots ----------------------------------------------------------------------------------------
 
+
 def plot_loads(loads: pd.DataFrame) -> Any:
     """Rows per second per load method (log scale: they differ by orders of magnitude)."""
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6.5, 2.8))
-    ax.barh(loads["method"], loads["rows_per_s"], color=["C3", "C1", "C2"][:len(loads)])
+    ax.barh(loads["method"], loads["rows_per_s"], color=["C3", "C1", "C2"][: len(loads)])
     ax.set_xscale("log")
     ax.set_xlabel("rows loaded per second (log scale)")
     for i, v in enumerate(loads["rows_per_s"]):
@@ -371,6 +457,7 @@ def plot_loads(loads: pd.DataFrame) -> Any:
 def plot_retention(res: PivotResult) -> Any:
     """Left: the cohort retention heatmap. Right: photo users vs everyone else, with the generator's truth."""
     import matplotlib.pyplot as plt
+
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
     piv = res.cohorts.pivot(index="cohort", columns="age", values="retention")
     im = ax1.imshow(piv.to_numpy(dtype=float), aspect="auto", cmap="viridis", vmin=0, vmax=1)
@@ -382,8 +469,14 @@ def plot_retention(res: PivotResult) -> Any:
         g = res.groups[res.groups["photo_user"] == photo]
         ax2.plot(g["age"], g["retention"], "o", color=color, label=f"{label} (SQL)")
         ages = np.arange(0, int(g["age"].max()) + 1)
-        ax2.plot(ages, [res.log.true_retention(a, photo) for a in ages], "-", color=color, alpha=0.5,
-                 label=f"{label} (generator's truth)")
+        ax2.plot(
+            ages,
+            [res.log.true_retention(a, photo) for a in ages],
+            "-",
+            color=color,
+            alpha=0.5,
+            label=f"{label} (generator's truth)",
+        )
     ax2.axvline(AT_WEEK, color="grey", ls=":", lw=1)
     ax2.set_xlabel("weeks since sign-up")
     ax2.set_ylabel("retention (share of users active)")

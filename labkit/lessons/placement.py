@@ -16,6 +16,7 @@ accesses. This module runs that on lesson 06's cluster:
 * Placement (:func:`run_placement`): rounds of traffic; after each, a policy picks each unit's home from decayed
   access counters; moves run during the next round. Flaps (a unit moved back to a region it left) are counted.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -33,10 +34,23 @@ from labkit.errors import BadParameter
 from labkit.lessons.localized import REGIONS, Geo, _with_cl
 from labkit.load import Uniform, Workload, run
 
-__all__ = ["Hysteresis", "PlacementResult", "check_flapping", "check_no_lost_writes", "check_policy",
-           "check_remote_share",
-           "defaults", "flaps", "migrate", "most_accesses", "plot_rounds", "prepare", "replay", "run_placement",
-           "verify_units"]
+__all__ = [
+    "Hysteresis",
+    "PlacementResult",
+    "check_flapping",
+    "check_no_lost_writes",
+    "check_policy",
+    "check_remote_share",
+    "defaults",
+    "flaps",
+    "migrate",
+    "most_accesses",
+    "plot_rounds",
+    "prepare",
+    "replay",
+    "run_placement",
+    "verify_units",
+]
 
 Policy = Callable[[dict[str, float], str], str]
 
@@ -44,10 +58,17 @@ Policy = Callable[[dict[str, float], str], str]
 def defaults() -> dict[str, Any]:
     # ops per round, not seconds: each unit gets about 15 reads per round however fast this machine is, so the
     # policy always decides on the same amount of evidence
-    return {"units": int(profile.pick(48, 16)), "rounds": int(profile.pick(4, 3)),
-            "ops_per_round": int(profile.pick(900, 300)), "clients": 4, "skew": 0.95, "balanced": 0.2,
-            "write_share": 0.2,
-            "delay_ms": 40, "seed": 1}
+    return {
+        "units": int(profile.pick(48, 16)),
+        "rounds": int(profile.pick(4, 3)),
+        "ops_per_round": int(profile.pick(900, 300)),
+        "clients": 4,
+        "skew": 0.95,
+        "balanced": 0.2,
+        "write_share": 0.2,
+        "delay_ms": 40,
+        "seed": 1,
+    }
 
 
 # -- placement policies -------------------------------------------------------------------------------------------
@@ -86,22 +107,33 @@ def prepare(geo: Geo, units: int = 24, rows: int = 5, home: str = "us", seed: in
     s = geo.sessions["us"]
     s.execute("CREATE TABLE IF NOT EXISTS geo_global.directory (unit int PRIMARY KEY, home text, epoch int)")
     for r in REGIONS:
-        s.execute(f"CREATE TABLE IF NOT EXISTS geo_{r}.posts (unit int, id uuid, wid text, body text, "
-                  "PRIMARY KEY (unit, id))")
+        s.execute(
+            f"CREATE TABLE IF NOT EXISTS geo_{r}.posts (unit int, id uuid, wid text, body text, PRIMARY KEY (unit, id))"
+        )
     geo.cluster.wait_for_schema_agreement()
     for t in ("geo_global.directory", "geo_us.posts", "geo_eu.posts"):
         s.execute(f"TRUNCATE {t}", timeout=60)
     d = _with_cl(geo, "us", "INSERT INTO geo_global.directory (unit, home, epoch) VALUES (?, ?, 0)", "EACH_QUORUM")
     execute_concurrent_with_args(s, d, [(u, home) for u in range(units)], concurrency=32)
     ins = _with_cl(geo, "us", f"INSERT INTO geo_{home}.posts (unit, id, wid, body) VALUES (?, ?, ?, ?)", "QUORUM")
-    execute_concurrent_with_args(s, ins, [(u, uuid.uuid4(), f"seed-{u}-{i}", "b" * 200)
-                                          for u in range(units) for i in range(rows)], concurrency=32)
+    execute_concurrent_with_args(
+        s,
+        ins,
+        [(u, uuid.uuid4(), f"seed-{u}-{i}", "b" * 200) for u in range(units) for i in range(rows)],
+        concurrency=32,
+    )
     return {u: home for u in range(units)}
 
 
 def lookup(geo: Geo, region: str, unit: int) -> tuple[str, int]:
-    row = geo.sessions[region].execute(_with_cl(geo, region, "SELECT home, epoch FROM geo_global.directory "
-                                                "WHERE unit = ?", "LOCAL_QUORUM"), (unit,)).one()
+    row = (
+        geo.sessions[region]
+        .execute(
+            _with_cl(geo, region, "SELECT home, epoch FROM geo_global.directory WHERE unit = ?", "LOCAL_QUORUM"),
+            (unit,),
+        )
+        .one()
+    )
     return row[0], row[1]
 
 
@@ -109,15 +141,25 @@ def write_row(geo: Geo, region: str, unit: int, row_id: uuid.UUID, wid: str) -> 
     """Append one row to ``unit`` from ``region``; return the home it was acknowledged at."""
     for _ in range(10):
         home, epoch = lookup(geo, region, unit)
-        geo.sessions[region].execute(_with_cl(geo, region, f"INSERT INTO geo_{home}.posts (unit, id, wid, body) "
-                                              "VALUES (?, ?, ?, ?)", "QUORUM"), (unit, row_id, wid, "w" * 200))
+        geo.sessions[region].execute(
+            _with_cl(geo, region, f"INSERT INTO geo_{home}.posts (unit, id, wid, body) VALUES (?, ?, ?, ?)", "QUORUM"),
+            (unit, row_id, wid, "w" * 200),
+        )
         if lookup(geo, region, unit)[1] == epoch:  # nobody switched the unit while we wrote: acknowledged
             return home
     raise TimeoutError(f"unit {unit} kept moving while a write tried to land")
 
 
-def migrate(geo: Geo, unit: int, src: str, dst: str, *, second_pass: bool = True, fresh_ids: bool = False,
-            via: str | None = None) -> int:
+def migrate(
+    geo: Geo,
+    unit: int,
+    src: str,
+    dst: str,
+    *,
+    second_pass: bool = True,
+    fresh_ids: bool = False,
+    via: str | None = None,
+) -> int:
     """Copy -> switch the directory -> copy the rows that landed meanwhile -> delete the old copy. Returns
     rows copied. ``second_pass=False`` and ``fresh_ids=True`` are the broken variants the tests show failing."""
     region = via or dst
@@ -129,14 +171,17 @@ def migrate(geo: Geo, unit: int, src: str, dst: str, *, second_pass: bool = True
         from cassandra.concurrent import execute_concurrent_with_args
 
         rows = list(s.execute(sel, (unit,)))
-        execute_concurrent_with_args(s, ins, [(unit, uuid.uuid4() if fresh_ids else r.id, r.wid, r.body)
-                                              for r in rows], concurrency=16)
+        execute_concurrent_with_args(
+            s, ins, [(unit, uuid.uuid4() if fresh_ids else r.id, r.wid, r.body) for r in rows], concurrency=16
+        )
         return len(rows)
 
     n = copy()
     _, epoch = lookup(geo, region, unit)
-    s.execute(_with_cl(geo, region, "UPDATE geo_global.directory SET home = ?, epoch = ? WHERE unit = ?",
-                       "EACH_QUORUM"), (dst, epoch + 1, unit))
+    s.execute(
+        _with_cl(geo, region, "UPDATE geo_global.directory SET home = ?, epoch = ? WHERE unit = ?", "EACH_QUORUM"),
+        (dst, epoch + 1, unit),
+    )
     if second_pass:
         n += copy()
     s.execute(_with_cl(geo, region, f"DELETE FROM geo_{src}.posts WHERE unit = ?", "QUORUM"), (unit,))
@@ -149,8 +194,12 @@ def verify_units(geo: Geo, acked: list[tuple[int, str]]) -> dict[str, int]:
     lost = dup = 0
     for u in units:
         home, _ = lookup(geo, "us", u)
-        wids = Counter(r.wid for r in geo.sessions["us"].execute(
-            _with_cl(geo, "us", f"SELECT wid FROM geo_{home}.posts WHERE unit = ?", "QUORUM"), (u,)))
+        wids = Counter(
+            r.wid
+            for r in geo.sessions["us"].execute(
+                _with_cl(geo, "us", f"SELECT wid FROM geo_{home}.posts WHERE unit = ?", "QUORUM"), (u,)
+            )
+        )
         dup += sum(c - 1 for c in wids.values() if c > 1)
         lost += sum(1 for uu, w in acked if uu == u and wids[w] == 0)
     return {"acknowledged": len(acked), "lost": lost, "duplicated": dup}
@@ -159,9 +208,9 @@ def verify_units(geo: Geo, acked: list[tuple[int, str]]) -> dict[str, int]:
 # -- the experiment -----------------------------------------------------------------------------------------------
 @dataclass
 class PlacementResult:
-    rounds: Any                                   # one row per round: remote share, latency, bytes, moves
-    log: list[tuple[int, int, str]]               # (round, unit, region) of every read: the real access log
-    history: dict[int, list[str]]                 # unit -> home after each decision (first = initial)
+    rounds: Any  # one row per round: remote share, latency, bytes, moves
+    log: list[tuple[int, int, str]]  # (round, unit, region) of every read: the real access log
+    history: dict[int, list[str]]  # unit -> home after each decision (first = initial)
     writes: dict[str, int] = field(default_factory=dict)
     moves: int = 0
     policy: str = ""
@@ -205,10 +254,22 @@ def _move_all(geo: Geo, moves: list[tuple[int, str, str]], opts: dict[str, Any],
         failed.append(e)
 
 
-def run_placement(geo: Geo, policy: Policy = Hysteresis(), *, units: int = 16, rounds: int = 3,
-                  ops_per_round: int = 300,
-                  clients: int = 8, skew: float = 0.95, balanced: float = 0.2, write_share: float = 0.2,
-                  delay_ms: float = 40, decay: float = 0.5, seed: int = 1, **migrate_opts: Any) -> PlacementResult:
+def run_placement(
+    geo: Geo,
+    policy: Policy = Hysteresis(),
+    *,
+    units: int = 16,
+    rounds: int = 3,
+    ops_per_round: int = 300,
+    clients: int = 8,
+    skew: float = 0.95,
+    balanced: float = 0.2,
+    write_share: float = 0.2,
+    delay_ms: float = 40,
+    decay: float = 0.5,
+    seed: int = 1,
+    **migrate_opts: Any,
+) -> PlacementResult:
     """Rounds of reads and writes from both continents; after each round (but the last) ``policy`` picks each
     unit's home from decayed access counts, and the moves run during the next round while writers write."""
     import pandas as pd
@@ -239,8 +300,9 @@ def run_placement(geo: Geo, policy: Policy = Hysteresis(), *, units: int = 16, r
                 acked.append((unit, wid))
                 return
             home, _ = lookup(geo, region, unit)
-            geo.sessions[region].execute(_with_cl(geo, region, f"SELECT id FROM geo_{home}.posts WHERE unit = ?",
-                                                  "QUORUM"), (unit,))
+            geo.sessions[region].execute(
+                _with_cl(geo, region, f"SELECT id FROM geo_{home}.posts WHERE unit = ?", "QUORUM"), (unit,)
+            )
             log.append((rnd, unit, region))
             remote[home != region] += 1
             ctx.count("remote_reads" if home != region else "local_reads")
@@ -250,9 +312,19 @@ def run_placement(geo: Geo, policy: Policy = Hysteresis(), *, units: int = 16, r
         mover = threading.Thread(target=_move_all, args=(geo, moves_now, migrate_opts, failed))
         b0 = geo.link_bytes()
         mover.start()
-        res = run(op, Workload(keys=Uniform(units), mix={"read": 1 - write_share, "write": write_share} if write_share
-                               else {"read": 1.0}, clients=clients, ops=ops_per_round, duration=None, seed=seed + rnd),
-                  name=f"round {rnd}", op_timeout=20)
+        res = run(
+            op,
+            Workload(
+                keys=Uniform(units),
+                mix={"read": 1 - write_share, "write": write_share} if write_share else {"read": 1.0},
+                clients=clients,
+                ops=ops_per_round,
+                duration=None,
+                seed=seed + rnd,
+            ),
+            name=f"round {rnd}",
+            op_timeout=20,
+        )
         mover.join()
         if failed:
             raise failed[0]
@@ -260,16 +332,25 @@ def run_placement(geo: Geo, policy: Policy = Hysteresis(), *, units: int = 16, r
         crossed = geo.link_bytes() - b0
         reads = res.counters.get("remote_reads", 0) + res.counters.get("local_reads", 0)
         p = res.percentiles("read")
-        rows.append({"round": rnd, "reads": reads, "remote share": res.counters.get("remote_reads", 0) / max(1, reads),
-                     "read p50 ms": p["p50"], "read p99 ms": p["p99"], "errors": res.error_count,
-                     "KB across link per 1000 ops": crossed / max(1, res.ops) * 1000 / 1024, "units moved": moved})
+        rows.append(
+            {
+                "round": rnd,
+                "reads": reads,
+                "remote share": res.counters.get("remote_reads", 0) / max(1, reads),
+                "read p50 ms": p["p50"],
+                "read p99 ms": p["p99"],
+                "errors": res.error_count,
+                "KB across link per 1000 ops": crossed / max(1, res.ops) * 1000 / 1024,
+                "units moved": moved,
+            }
+        )
         total_moves += moved
         if rnd == rounds:
             break
         for u in range(units):  # decayed counters: recent rounds weigh most
             for r in REGIONS:
                 counts[u][r] *= decay
-        for (rr, u, r) in log:
+        for rr, u, r in log:
             if rr == rnd:
                 counts[u][r] += 1
         for u in range(units):
@@ -283,12 +364,19 @@ def run_placement(geo: Geo, policy: Policy = Hysteresis(), *, units: int = 16, r
     writes = verify_units(geo, acked)
     move_rounds = {f"r{int(r['round'])}-" for r in rows if r["units moved"]}
     writes["during moves"] = sum(1 for _, w in acked if w.split("c", 1)[0] in move_rounds)
-    return PlacementResult(rounds=pd.DataFrame(rows), log=log, history=history, writes=writes, moves=total_moves,
-                           policy=getattr(policy, "__name__", type(policy).__name__))
+    return PlacementResult(
+        rounds=pd.DataFrame(rows),
+        log=log,
+        history=history,
+        writes=writes,
+        moves=total_moves,
+        policy=getattr(policy, "__name__", type(policy).__name__),
+    )
 
 
-def replay(policy: Policy, log: list[tuple[int, int, str]], windows: int = 8, decay: float = 0.5,
-           start: str = "us") -> tuple[dict[int, list[str]], float, float]:
+def replay(
+    policy: Policy, log: list[tuple[int, int, str]], windows: int = 8, decay: float = 0.5, start: str = "us"
+) -> tuple[dict[int, list[str]], float, float]:
     """Run ``policy`` offline over a real access log cut into ``windows``: the homes it would have chosen, and the
     remote-read share of the log's last round under the initial placement and under the policy's."""
     if not log:
@@ -302,7 +390,7 @@ def replay(policy: Policy, log: list[tuple[int, int, str]], windows: int = 8, de
         for u in units:
             for r in REGIONS:
                 counts[u][r] *= decay
-        for _, u, r in log[w * size:(w + 1) * size]:
+        for _, u, r in log[w * size : (w + 1) * size]:
             counts[u][r] += 1
         for u in units:
             home[u] = policy(dict(counts[u]), home[u])
@@ -338,30 +426,55 @@ def plot_rounds(res: PlacementResult) -> Any:
 def check_remote_share(res: PlacementResult, fall: float = 0.5) -> None:
     t = res.rounds
     before, after = float(t["remote share"].iloc[0]), float(t["remote share"].iloc[-1])
-    checkpoint(f"the remote-read share falls by at least {fall:.0%} after migration", 1 - after / max(before, 1e-9),
-               at_least=fall, context=f"{before:.0%} before, {after:.0%} after, {res.moves} units moved")
+    checkpoint(
+        f"the remote-read share falls by at least {fall:.0%} after migration",
+        1 - after / max(before, 1e-9),
+        at_least=fall,
+        context=f"{before:.0%} before, {after:.0%} after, {res.moves} units moved",
+    )
     p0, p1 = float(t["read p50 ms"].iloc[0]), float(t["read p50 ms"].iloc[-1])
-    checkpoint("p50 read latency falls with it (after / before)", p1 / p0, at_most=0.75,
-               context=f"p50 {p0:.1f} ms before, {p1:.1f} ms after")
+    checkpoint(
+        "p50 read latency falls with it (after / before)",
+        p1 / p0,
+        at_most=0.75,
+        context=f"p50 {p0:.1f} ms before, {p1:.1f} ms after",
+    )
 
 
 def check_no_lost_writes(res: PlacementResult) -> None:
     w = res.writes
-    checkpoint("writes kept landing while units moved (acknowledged writes)", w.get("during moves", 0), at_least=1,
-               context=f"{w['acknowledged']} acknowledged writes in all")
-    checkpoint("0 acknowledged writes lost during the moves", w["lost"], at_most=0,
-               context=f"{w['lost']} of {w['acknowledged']} acknowledged writes missing at their unit's home")
-    checkpoint("0 writes duplicated during the moves", w["duplicated"], at_most=0,
-               context=f"{w['duplicated']} extra copies among {w['acknowledged']} writes")
+    checkpoint(
+        "writes kept landing while units moved (acknowledged writes)",
+        w.get("during moves", 0),
+        at_least=1,
+        context=f"{w['acknowledged']} acknowledged writes in all",
+    )
+    checkpoint(
+        "0 acknowledged writes lost during the moves",
+        w["lost"],
+        at_most=0,
+        context=f"{w['lost']} of {w['acknowledged']} acknowledged writes missing at their unit's home",
+    )
+    checkpoint(
+        "0 writes duplicated during the moves",
+        w["duplicated"],
+        at_most=0,
+        context=f"{w['duplicated']} extra copies among {w['acknowledged']} writes",
+    )
 
 
-def check_flapping(history: dict[int, list[str]], moves: int | None = None, label: str = "",
-                   claim_prefix: str = "") -> None:
+def check_flapping(
+    history: dict[int, list[str]], moves: int | None = None, label: str = "", claim_prefix: str = ""
+) -> None:
     n = flaps(history)
     if moves is None:
         moves = sum(sum(1 for a, b in itertools.pairwise(h) if a != b) for h in history.values())
-    checkpoint(f"{claim_prefix}0 flapping under a stable access pattern (units moved back)", n, at_most=0,
-               context=f"{label}{n} moves back among {moves} moves of {len(history)} units")
+    checkpoint(
+        f"{claim_prefix}0 flapping under a stable access pattern (units moved back)",
+        n,
+        at_most=0,
+        context=f"{label}{n} moves back among {moves} moves of {len(history)} units",
+    )
 
 
 # -- exercise ---------------------------------------------------------------------------------------------------
@@ -377,17 +490,24 @@ def check_policy(choose_home: Policy, res: PlacementResult, windows: int = 8) ->
 def _check_policy(choose_home: Policy, res: PlacementResult, windows: int) -> None:
     from labkit.errors import CheckpointFailed
 
-    cases = [({"us": 3.0, "eu": 2.0}, "us", "us", "too few accesses to know: stay"),
-             ({"us": 48.0, "eu": 52.0}, "us", "us", "read evenly from both regions: stay (hysteresis)"),
-             ({"us": 52.0, "eu": 48.0}, "eu", "eu", "read evenly from both regions: stay (hysteresis)"),
-             ({"us": 5.0, "eu": 95.0}, "us", "eu", "95% of the reads come from eu: move there"),
-             ({"us": 90.0, "eu": 10.0}, "us", "us", "already where it is read: stay")]
+    cases = [
+        ({"us": 3.0, "eu": 2.0}, "us", "us", "too few accesses to know: stay"),
+        ({"us": 48.0, "eu": 52.0}, "us", "us", "read evenly from both regions: stay (hysteresis)"),
+        ({"us": 52.0, "eu": 48.0}, "eu", "eu", "read evenly from both regions: stay (hysteresis)"),
+        ({"us": 5.0, "eu": 95.0}, "us", "eu", "95% of the reads come from eu: move there"),
+        ({"us": 90.0, "eu": 10.0}, "us", "us", "already where it is read: stay"),
+    ]
     for counts, current, want, why in cases:
         got = choose_home(dict(counts), current)
         if got != want:
-            raise CheckpointFailed(f"choose_home({counts}, current={current!r}) returned {got!r}, expected {want!r}: "
-                                   f"{why}")
+            raise CheckpointFailed(
+                f"choose_home({counts}, current={current!r}) returned {got!r}, expected {want!r}: {why}"
+            )
     history, before, after = replay(choose_home, res.log, windows=windows)
-    checkpoint("exercise: your policy halves the remote reads of the real access log", 1 - after / max(before, 1e-9),
-               at_least=0.5, context=f"remote share {before:.0%} with every unit in the US, {after:.0%} with yours")
+    checkpoint(
+        "exercise: your policy halves the remote reads of the real access log",
+        1 - after / max(before, 1e-9),
+        at_least=0.5,
+        context=f"remote share {before:.0%} with every unit in the US, {after:.0%} with yours",
+    )
     check_flapping(history, label="replayed over the access log in windows: ", claim_prefix="exercise: ")

@@ -6,6 +6,7 @@ shards it holds), waits for the slowest, and merges. Because Instagram IDs sort 
 "largest IDs first" with no timestamp column. Both versions run through labkit.load on the same
 data; the single-server copy is a table ``public.photos_all`` on the first server.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -61,7 +62,7 @@ def prepare_feeds(router: Router, *, follows: int = 30, seed: int = 7) -> Feeds:
     followees = []
     for u in range(users):
         f = rng.choice(users - 1, follows, replace=False)
-        followees.append(np.where(f >= u, f + 1, f))   # never oneself
+        followees.append(np.where(f >= u, f + 1, f))  # never oneself
     with psycopg.connect(router.dsns[0], autocommit=True) as home:
         home.execute("DROP TABLE IF EXISTS public.photos_all")
         home.execute("CREATE TABLE public.photos_all (id bigint PRIMARY KEY, user_id bigint NOT NULL, token bigint)")
@@ -70,17 +71,22 @@ def prepare_feeds(router: Router, *, follows: int = 30, seed: int = 7) -> Feeds:
             if not shards:
                 continue
             # only this layout's users: schemas are shared by layouts of other shard counts (other runs)
-            union = " UNION ALL ".join(f"SELECT id, user_id, token FROM {schema(s)}.photos "
-                                       f"WHERE user_id % {router.n_shards} = {s}" for s in shards)
-            with psycopg.connect(dsn, autocommit=True) as src, \
-                    src.cursor().copy(f"COPY ({union}) TO STDOUT") as out, \
-                    home.cursor().copy("COPY public.photos_all FROM STDIN") as inp:
+            union = " UNION ALL ".join(
+                f"SELECT id, user_id, token FROM {schema(s)}.photos WHERE user_id % {router.n_shards} = {s}"
+                for s in shards
+            )
+            with (
+                psycopg.connect(dsn, autocommit=True) as src,
+                src.cursor().copy(f"COPY ({union}) TO STDOUT") as out,
+                home.cursor().copy("COPY public.photos_all FROM STDIN") as inp,
+            ):
                 for block in out:
                     inp.write(block)
         home.execute("CREATE INDEX photos_all_user ON public.photos_all (user_id, id DESC)")
         home.execute("ANALYZE public.photos_all")
-    single_sql = (f"SELECT id FROM public.photos_all WHERE user_id = ANY(%s::bigint[]) "
-                  f"ORDER BY id DESC LIMIT {FEED_LIMIT}")
+    single_sql = (
+        f"SELECT id FROM public.photos_all WHERE user_id = ANY(%s::bigint[]) ORDER BY id DESC LIMIT {FEED_LIMIT}"
+    )
     single: list[tuple[str, tuple[str, ...]]] = []
     sharded: list[list[tuple[int, str, tuple[str, ...]]]] = []
     for fs in followees:
@@ -91,10 +97,18 @@ def prepare_feeds(router: Router, *, follows: int = 30, seed: int = 7) -> Feeds:
             by_server.setdefault(router.map[s], {}).setdefault(s, []).append(int(f))
         per: list[tuple[int, str, tuple[str, ...]]] = []
         for j, on_server in sorted(by_server.items()):
-            parts = " UNION ALL ".join(f"(SELECT id FROM {schema(s)}.photos WHERE user_id = ANY(%s::bigint[]) "
-                                       f"ORDER BY id DESC LIMIT {FEED_LIMIT})" for s in sorted(on_server))
-            per.append((j, f"SELECT id FROM ({parts}) t ORDER BY id DESC LIMIT {FEED_LIMIT}",
-                        tuple(_array(on_server[s]) for s in sorted(on_server))))
+            parts = " UNION ALL ".join(
+                f"(SELECT id FROM {schema(s)}.photos WHERE user_id = ANY(%s::bigint[]) "
+                f"ORDER BY id DESC LIMIT {FEED_LIMIT})"
+                for s in sorted(on_server)
+            )
+            per.append(
+                (
+                    j,
+                    f"SELECT id FROM ({parts}) t ORDER BY id DESC LIMIT {FEED_LIMIT}",
+                    tuple(_array(on_server[s]) for s in sorted(on_server)),
+                )
+            )
         sharded.append(per)
     return Feeds(router, followees, single, sharded)
 
@@ -124,8 +138,9 @@ class FeedResult:
         return self.single.throughput / self.sharded.throughput
 
 
-def feed_compare(feeds: Feeds, pool: ConnectionPool, *, clients: int = 8, duration: float = 2.0, check_users: int = 50,
-                 seed: int = 0) -> FeedResult:
+def feed_compare(
+    feeds: Feeds, pool: ConnectionPool, *, clients: int = 8, duration: float = 2.0, check_users: int = 50, seed: int = 0
+) -> FeedResult:
     """Time the feed on one server vs across the shards (same users, same data), after checking that
     both give the same photos for ``check_users`` users."""
     pool.reserve(clients)
@@ -141,8 +156,20 @@ def feed_compare(feeds: Feeds, pool: ConnectionPool, *, clients: int = 8, durati
         if one != many:
             ctx.count("mismatches")
 
-    chk = run(compare_op, Workload(keys=Uniform(len(sample)), mix={"check": 1.0}, clients=1, ops=len(sample),
-                                   duration=None, seed=seed, value_size=0), driver=pool.driver(), name="check")
+    chk = run(
+        compare_op,
+        Workload(
+            keys=Uniform(len(sample)),
+            mix={"check": 1.0},
+            clients=1,
+            ops=len(sample),
+            duration=None,
+            seed=seed,
+            value_size=0,
+        ),
+        driver=pool.driver(),
+        name="check",
+    )
 
     async def single_op(ctx: Any, op: Any) -> None:
         sql, params = feeds.single[op.rank]
@@ -153,34 +180,59 @@ def feed_compare(feeds: Feeds, pool: ConnectionPool, *, clients: int = 8, durati
 
     results = {}
     for name, fn in (("one server", single_op), ("sharded", sharded_op)):
-        wl = Workload(keys=Uniform(feeds.users), mix={"feed": 1.0}, clients=clients, duration=duration, seed=seed,
-                      value_size=0)
+        wl = Workload(
+            keys=Uniform(feeds.users), mix={"feed": 1.0}, clients=clients, duration=duration, seed=seed, value_size=0
+        )
         results[name] = run(fn, wl, driver=pool.driver(), name=name, use_uvloop=True)
-    return FeedResult(results["one server"], results["sharded"], feeds.shards_touched(), feeds.servers_touched(),
-                      int(chk.counters.get("mismatches", 0)) + chk.error_count, chk.ops, clients,
-                      [n for r in results.values() for n in r.notes])
+    return FeedResult(
+        results["one server"],
+        results["sharded"],
+        feeds.shards_touched(),
+        feeds.servers_touched(),
+        int(chk.counters.get("mismatches", 0)) + chk.error_count,
+        chk.ops,
+        clients,
+        [n for r in results.values() for n in r.notes],
+    )
 
 
 def table(r: FeedResult) -> Any:
     import pandas as pd
 
     rows = []
-    for name, res, queries, shards in (("one server", r.single, 1, 1),
-                                       ("sharded", r.sharded, r.servers_touched, r.shards_touched)):
+    for name, res, queries, shards in (
+        ("one server", r.single, 1, 1),
+        ("sharded", r.sharded, r.servers_touched, r.shards_touched),
+    ):
         p = res.percentiles()
-        rows.append({"layout": name, "queries per feed": round(queries, 1), "shards read per feed": round(shards, 1),
-                     "p50 (ms)": round(p["p50"], 2), "p99 (ms)": round(p["p99"], 2),
-                     "feeds/s": round(res.throughput), "errors": res.error_count})
+        rows.append(
+            {
+                "layout": name,
+                "queries per feed": round(queries, 1),
+                "shards read per feed": round(shards, 1),
+                "p50 (ms)": round(p["p50"], 2),
+                "p99 (ms)": round(p["p99"], 2),
+                "feeds/s": round(res.throughput),
+                "errors": res.error_count,
+            }
+        )
     return pd.DataFrame(rows).set_index("layout")
 
 
 def check_feed(r: FeedResult, *, slower: float = 1.2) -> None:
     """The cost checkpoint: the sharded feed returns the same photos, reads many shards, and is slower."""
-    ctx = (f"{r.clients} clients, {r.shards_touched:.1f} shards on {r.servers_touched:.1f} servers per feed; "
-           f"p50 {r.sharded.percentiles()['p50']:.2f} vs {r.single.percentiles()['p50']:.2f} ms")
-    checkpoint("the sharded feed returns the same photos as the single-server feed", r.mismatches, at_most=0,
-               context=f"{r.checked} users compared")
+    ctx = (
+        f"{r.clients} clients, {r.shards_touched:.1f} shards on {r.servers_touched:.1f} servers per feed; "
+        f"p50 {r.sharded.percentiles()['p50']:.2f} vs {r.single.percentiles()['p50']:.2f} ms"
+    )
+    checkpoint(
+        "the sharded feed returns the same photos as the single-server feed",
+        r.mismatches,
+        at_most=0,
+        context=f"{r.checked} users compared",
+    )
     checkpoint("no feed query failed", r.single.error_count + r.sharded.error_count, at_most=0, context=ctx)
     checkpoint("a feed reads from several servers when sharded", r.servers_touched, at_least=2, context=ctx)
-    checkpoint("the cross-shard feed is slower than the single-server feed (p50)", r.p50_ratio, at_least=slower,
-               context=ctx)
+    checkpoint(
+        "the cross-shard feed is slower than the single-server feed (p50)", r.p50_ratio, at_least=slower, context=ctx
+    )

@@ -22,6 +22,7 @@ Deliberately broken variants for the lesson and its tests: ``freeze=False`` swit
 writes (in-flight rows land on the old server after the last copy), ``stale_router=True`` makes the
 writers keep the map they started with, ``keep_ids=False`` copies rows without their IDs.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -42,8 +43,8 @@ from labkit.load.workload import Uniform, Workload
 
 __all__ = ["MoveResult", "check_move", "move_shard", "move_under_writes", "plot", "table", "view"]
 
-_TAG = 10**12          # a write's token: run tag + client * 10^9 + its sequence number (unique per run)
-LAG_WINDOW_MS = 2000   # a write's ID is taken at insert time; it may commit up to this much later
+_TAG = 10**12  # a write's token: run tag + client * 10^9 + its sequence number (unique per run)
+LAG_WINDOW_MS = 2000  # a write's ID is taken at insert time; it may commit up to this much later
 
 
 @dataclass
@@ -66,30 +67,40 @@ class MoveResult:
     writers: int
     max_write_ms: float
     broken: str = ""
-    window: tuple[float, float, float] = (0.0, 0.0, 0.0)   # move start, freeze start, switch done (s into the run)
+    window: tuple[float, float, float] = (0.0, 0.0, 0.0)  # move start, freeze start, switch done (s into the run)
     notes: list[str] = field(default_factory=list)
     result: Any = None
 
     def row(self) -> dict[str, Any]:
-        return {"rows written": self.written, "acknowledged": self.acknowledged, "present afterwards": self.present,
-                "lost": self.lost, "duplicated": self.duplicated,
-                "writes to the old server after the switch": self.writes_routed_to_old_after_switch
-                + self.old_location_rows_after_switch,
-                "move (s)": round(self.move_s, 3), "write freeze (ms)": round(self.freeze_s * 1000, 1),
-                "slowest write (ms)": round(self.max_write_ms, 1)}
+        return {
+            "rows written": self.written,
+            "acknowledged": self.acknowledged,
+            "present afterwards": self.present,
+            "lost": self.lost,
+            "duplicated": self.duplicated,
+            "writes to the old server after the switch": self.writes_routed_to_old_after_switch
+            + self.old_location_rows_after_switch,
+            "move (s)": round(self.move_s, 3),
+            "write freeze (ms)": round(self.freeze_s * 1000, 1),
+            "slowest write (ms)": round(self.max_write_ms, 1),
+        }
 
 
-def _copy_rows(src: psycopg.Connection, dst: psycopg.Connection, sch: str, where: str, params: tuple[Any, ...],
-               keep_ids: bool) -> int:
+def _copy_rows(
+    src: psycopg.Connection, dst: psycopg.Connection, sch: str, where: str, params: tuple[Any, ...], keep_ids: bool
+) -> int:
     """COPY the photos matching ``where`` from source to target; with ``keep_ids`` the IDs travel too
     (via a staging table, so rows copied twice are skipped rather than failing the batch)."""
     cols = "id, user_id, token" if keep_ids else "user_id, token"
     n = 0
     with dst.transaction():
-        dst.execute("CREATE TEMP TABLE IF NOT EXISTS staging (id bigint, user_id bigint, token bigint) "
-                    "ON COMMIT DELETE ROWS")
-        with src.cursor().copy(f"COPY (SELECT {cols} FROM {sch}.photos WHERE {where}) TO STDOUT",
-                               params) as out, dst.cursor().copy(f"COPY staging ({cols}) FROM STDIN") as inp:
+        dst.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS staging (id bigint, user_id bigint, token bigint) ON COMMIT DELETE ROWS"
+        )
+        with (
+            src.cursor().copy(f"COPY (SELECT {cols} FROM {sch}.photos WHERE {where}) TO STDOUT", params) as out,
+            dst.cursor().copy(f"COPY staging ({cols}) FROM STDIN") as inp,
+        ):
             for block in out:
                 inp.write(block)
         if keep_ids:
@@ -100,8 +111,15 @@ def _copy_rows(src: psycopg.Connection, dst: psycopg.Connection, sch: str, where
     return n
 
 
-def move_shard(router: Router, shard: int, target: int, *, freeze: bool = True, keep_ids: bool = True,
-               on_switch: Callable[[], None] | None = None) -> dict[str, Any]:
+def move_shard(
+    router: Router,
+    shard: int,
+    target: int,
+    *,
+    freeze: bool = True,
+    keep_ids: bool = True,
+    on_switch: Callable[[], None] | None = None,
+) -> dict[str, Any]:
     """Move ``shard`` to server ``target`` while the router keeps serving it. Returns timings and the
     source's row count at the switch."""
     source = router.map[shard]
@@ -113,8 +131,10 @@ def move_shard(router: Router, shard: int, target: int, *, freeze: bool = True, 
     steps: dict[str, float] = {}
     t_start = time.perf_counter()
     ensure_shards(router.dsns[target], [shard], router.n_shards, seed=False)
-    with psycopg.connect(router.dsns[source], autocommit=True) as src, \
-            psycopg.connect(router.dsns[target], autocommit=True) as dst:
+    with (
+        psycopg.connect(router.dsns[source], autocommit=True) as src,
+        psycopg.connect(router.dsns[target], autocommit=True) as dst,
+    ):
         dst.execute(f"TRUNCATE {sch}.photos")
         steps["prepare"] = time.perf_counter() - t_start
         t = time.perf_counter()
@@ -151,13 +171,29 @@ def move_shard(router: Router, shard: int, target: int, *, freeze: bool = True, 
             if freeze:
                 router.unfreeze(shard)
         steps["freeze + switch"] = time.perf_counter() - t
-    return {"source": source, "steps": steps, "freeze_s": steps["freeze + switch"] if freeze else 0.0,
-            "move_s": time.perf_counter() - t_start, "source_rows_at_switch": int(at_switch[0])}
+    return {
+        "source": source,
+        "steps": steps,
+        "freeze_s": steps["freeze + switch"] if freeze else 0.0,
+        "move_s": time.perf_counter() - t_start,
+        "source_rows_at_switch": int(at_switch[0]),
+    }
 
 
-def move_under_writes(router: Router, pool: ConnectionPool, shard: int, target: int, *, writers: int = 16,
-                      duration: float = 3.0, move_at: float = 0.3, freeze: bool = True, stale_router: bool = False,
-                      keep_ids: bool = True, seed: int = 0) -> MoveResult:
+def move_under_writes(
+    router: Router,
+    pool: ConnectionPool,
+    shard: int,
+    target: int,
+    *,
+    writers: int = 16,
+    duration: float = 3.0,
+    move_at: float = 0.3,
+    freeze: bool = True,
+    stale_router: bool = False,
+    keep_ids: bool = True,
+    seed: int = 0,
+) -> MoveResult:
     """Writers (through labkit.load) insert photos for users of ``shard`` for ``duration`` s; after
     ``move_at`` of it the shard moves to ``target``. Counts written / acknowledged / present."""
     if not 0 <= shard < router.n_shards:
@@ -165,15 +201,17 @@ def move_under_writes(router: Router, pool: ConnectionPool, shard: int, target: 
     if not 0 < move_at < 1:
         raise BadParameter(f"move_at={move_at}: a fraction of the run, e.g. 0.3")
     if not 0 <= target < len(router.dsns) or target == router.map[shard]:
-        raise BadParameter(f"shard {shard} already lives on server {target + 1}: pick another target"
-                           if 0 <= target < len(router.dsns) else
-                           f"target server {target + 1}: the layout has servers 1..{len(router.dsns)}")
+        raise BadParameter(
+            f"shard {shard} already lives on server {target + 1}: pick another target"
+            if 0 <= target < len(router.dsns)
+            else f"target server {target + 1}: the layout has servers 1..{len(router.dsns)}"
+        )
     sch = schema(shard)
     n = router.n_shards
     pool.reserve(writers)
     pool.warm(router, clients=writers)
     sql = f"INSERT INTO {sch}.photos (user_id, token) VALUES (%s, %s) RETURNING id"
-    run_tag = (time.time_ns() // 1000 % 1_000_000 + 1) * _TAG   # tokens unique across runs: moves count apart
+    run_tag = (time.time_ns() // 1000 % 1_000_000 + 1) * _TAG  # tokens unique across runs: moves count apart
     acked: list[tuple[int, int]] = []
     attempted = [0]
     started_map = list(router.map)
@@ -188,7 +226,7 @@ def move_under_writes(router: Router, pool: ConnectionPool, shard: int, target: 
             server = router.begin_write(shard)
             if server is not None:
                 break
-            await asyncio.sleep(0.001)   # frozen: wait for the switch, do not fail the write
+            await asyncio.sleep(0.001)  # frozen: wait for the switch, do not fail the write
         try:
             if stale_router:
                 server = started_map[shard]
@@ -201,15 +239,23 @@ def move_under_writes(router: Router, pool: ConnectionPool, shard: int, target: 
 
     # the writers run until told to stop: ``duration * move_at`` before the move, as long as it takes,
     # then ``duration * (1 - move_at)`` more, so writes after the switch are always part of the test
-    wl = Workload(keys=Uniform(64), mix={"insert": 1.0}, clients=writers, duration=duration + 120, seed=seed,
-                  value_size=0)
+    wl = Workload(
+        keys=Uniform(64), mix={"insert": 1.0}, clients=writers, duration=duration + 120, seed=seed, value_size=0
+    )
     box: dict[str, Any] = {}
     stop = threading.Event()
 
     def load() -> None:
         try:
-            box["res"] = run(write, wl, driver=pool.driver(), name=f"writers on shard {shard}", use_uvloop=True,
-                             interval=0.1, stop=stop)
+            box["res"] = run(
+                write,
+                wl,
+                driver=pool.driver(),
+                name=f"writers on shard {shard}",
+                use_uvloop=True,
+                interval=0.1,
+                stop=stop,
+            )
         except BaseException as exc:  # noqa: BLE001 - re-raised after the join
             box["error"] = exc
 
@@ -236,26 +282,45 @@ def move_under_writes(router: Router, pool: ConnectionPool, shard: int, target: 
     acked_during = acked_at[1] - acked_at[0]
     tgt = router.dsns[target]
     with psycopg.connect(tgt, autocommit=True) as conn:
-        present = conn.execute(f"SELECT token, id FROM {sch}.photos WHERE token BETWEEN %s AND %s",
-                               (run_tag, run_tag + _TAG - 1)).fetchall()
+        present = conn.execute(
+            f"SELECT token, id FROM {sch}.photos WHERE token BETWEEN %s AND %s", (run_tag, run_tag + _TAG - 1)
+        ).fetchall()
     with psycopg.connect(router.dsns[source], autocommit=True) as conn:
         old_rows = conn.execute(f"SELECT count(*) FROM {sch}.photos").fetchone()[0]
-        conn.execute(f"TRUNCATE {sch}.photos")   # clean up: the old copy goes
+        conn.execute(f"TRUNCATE {sch}.photos")  # clean up: the old copy goes
     tokens = [p[0] for p in present]
     present_ids = {p[1] for p in present}
-    lost = sum(1 for tok, id_ in acked if id_ not in present_ids) if keep_ids else \
-        len({t for t, _ in acked} - set(tokens))
-    broken = ", ".join(x for x, on in (("no freeze", not freeze), ("stale router", stale_router),
-                                       ("IDs not copied", not keep_ids)) if on)
-    return MoveResult(shard=shard, source=source, target=target, written=attempted[0], acknowledged=len(acked),
-                      present=len(tokens), lost=lost, duplicated=len(tokens) - len(set(tokens)),
-                      old_location_rows_after_switch=int(old_rows) - info["source_rows_at_switch"],
-                      writes_routed_to_old_after_switch=routed_old_after[0], acked_during_move=acked_during,
-                      acked_after_switch=len(acked) - acked_at[1],
-                      steps=info["steps"], freeze_s=info["freeze_s"], move_s=info["move_s"], writers=writers,
-                      max_write_ms=res.percentiles()["max"], broken=broken, notes=list(res.notes), result=res,
-                      window=(t_move, t_move + info["move_s"] - info["steps"]["freeze + switch"],
-                              t_move + info["move_s"]))
+    lost = (
+        sum(1 for tok, id_ in acked if id_ not in present_ids) if keep_ids else len({t for t, _ in acked} - set(tokens))
+    )
+    broken = ", ".join(
+        x
+        for x, on in (("no freeze", not freeze), ("stale router", stale_router), ("IDs not copied", not keep_ids))
+        if on
+    )
+    return MoveResult(
+        shard=shard,
+        source=source,
+        target=target,
+        written=attempted[0],
+        acknowledged=len(acked),
+        present=len(tokens),
+        lost=lost,
+        duplicated=len(tokens) - len(set(tokens)),
+        old_location_rows_after_switch=int(old_rows) - info["source_rows_at_switch"],
+        writes_routed_to_old_after_switch=routed_old_after[0],
+        acked_during_move=acked_during,
+        acked_after_switch=len(acked) - acked_at[1],
+        steps=info["steps"],
+        freeze_s=info["freeze_s"],
+        move_s=info["move_s"],
+        writers=writers,
+        max_write_ms=res.percentiles()["max"],
+        broken=broken,
+        notes=list(res.notes),
+        result=res,
+        window=(t_move, t_move + info["move_s"] - info["steps"]["freeze + switch"], t_move + info["move_s"]),
+    )
 
 
 def table(*moves: MoveResult) -> Any:
@@ -277,8 +342,11 @@ def plot(m: MoveResult) -> Any:
     ax.set_xlabel("time since the writers started (s)")
     ax.set_ylabel("writes/s to the moving shard")
     ax.set_ylim(bottom=0)
-    ax.set_title(f"shard {m.shard}: server {m.source + 1} -> {m.target + 1}; freeze "
-                 f"{m.freeze_s * 1000:.0f} ms of a {m.move_s:.2f} s move", fontsize=10)
+    ax.set_title(
+        f"shard {m.shard}: server {m.source + 1} -> {m.target + 1}; freeze "
+        f"{m.freeze_s * 1000:.0f} ms of a {m.move_s:.2f} s move",
+        fontsize=10,
+    )
     ax.legend()
     return ax
 
@@ -291,13 +359,18 @@ def view(m: MoveResult) -> list[Any]:
 def check_move(m: MoveResult) -> None:
     """The move checkpoint: the move happened under real writes, lost and duplicated nothing, and no
     write reached the old location after the switch."""
-    ctx = (f"shard {m.shard} moved {m.source}->{m.target} under {m.writers} writers"
-           + (f" ({m.broken})" if m.broken else "") + f": {m.acknowledged} acknowledged, {m.present} present")
+    ctx = (
+        f"shard {m.shard} moved {m.source}->{m.target} under {m.writers} writers"
+        + (f" ({m.broken})" if m.broken else "")
+        + f": {m.acknowledged} acknowledged, {m.present} present"
+    )
     checkpoint("writers kept writing to the shard while it moved", m.acked_during_move, at_least=10, context=ctx)
-    checkpoint("writers kept writing to the shard after the switch", m.acked_after_switch, at_least=10,
-               context=ctx)
+    checkpoint("writers kept writing to the shard after the switch", m.acked_after_switch, at_least=10, context=ctx)
     checkpoint("the move lost no acknowledged row", m.lost, at_most=0, context=ctx)
     checkpoint("the move duplicated no row", m.duplicated, at_most=0, context=ctx)
-    checkpoint("after the switch no write went to the old location",
-               m.writes_routed_to_old_after_switch + m.old_location_rows_after_switch, at_most=0, context=ctx)
-
+    checkpoint(
+        "after the switch no write went to the old location",
+        m.writes_routed_to_old_after_switch + m.old_location_rows_after_switch,
+        at_most=0,
+        context=ctx,
+    )

@@ -5,6 +5,7 @@ queries over the connection to the server that holds it. :class:`ConnectionPool`
 (one connection per server) between load runs, and :class:`ShardedDriver` lends one bundle to each
 load client: ``ctx.conn[i]`` talks to server ``i``.
 """
+
 from __future__ import annotations
 
 import threading
@@ -50,6 +51,7 @@ class _Conn(drivers.PqConnection):
 
     def broken(self) -> bool:
         from psycopg import pq
+
         return self.pg.status != pq.ConnStatus.OK or self.conn.closed
 
 
@@ -92,27 +94,34 @@ class ConnectionPool:
             conns = list(pool.map(self._connect, jobs))
         with self._lock:
             for i in range(missing):
-                bundle = conns[i * len(self.dsns):(i + 1) * len(self.dsns)]
+                bundle = conns[i * len(self.dsns) : (i + 1) * len(self.dsns)]
                 self._all.append(bundle)
                 self._free.append(bundle)
 
-    def warm(self, router: Router, mappings: Sequence[Sequence[int]] | None = None,
-             clients: int | None = None) -> float:
+    def warm(
+        self, router: Router, mappings: Sequence[Sequence[int]] | None = None, clients: int | None = None
+    ) -> float:
         """Make the connections of the next ``clients`` bundles to be lent (default: all) touch each shard
         their server holds under ``mappings``: compile the shard's ``next_id()`` and load its table.
         Returns the seconds it took."""
         t0 = time.perf_counter()
-        per_server = [{s for m in (mappings or [router.map]) for s, srv in enumerate(m) if srv == j}
-                      for j in range(len(self.dsns))]
-        with self._lock:   # take() lends from the end of the free list: warm those first
+        per_server = [
+            {s for m in (mappings or [router.map]) for s, srv in enumerate(m) if srv == j}
+            for j in range(len(self.dsns))
+        ]
+        with self._lock:  # take() lends from the end of the free list: warm those first
             bundles = list(self._all) if clients is None else self._free[-clients:]
         jobs = [(c, sorted(per_server[j] - c.warmed)) for b in bundles for j, c in enumerate(b)]  # type: ignore[attr-defined]
 
         def warm_one(job: tuple[_Conn, list[int]]) -> None:
             conn, shards = job
             if shards:
-                conn.conn.execute("".join(f"SELECT {schema(s)}.next_id(); SELECT 1 FROM {schema(s)}.photos "
-                                          "WHERE user_id = -1;" for s in shards))
+                conn.conn.execute(
+                    "".join(
+                        f"SELECT {schema(s)}.next_id(); SELECT 1 FROM {schema(s)}.photos WHERE user_id = -1;"
+                        for s in shards
+                    )
+                )
                 conn.warmed.update(shards)  # type: ignore[attr-defined]
 
         with ThreadPoolExecutor(max_workers=4) as pool:
@@ -122,8 +131,9 @@ class ConnectionPool:
     def take(self) -> list[_Conn]:
         with self._lock:
             if not self._free:
-                raise BadParameter(f"all {self.size} pooled connections are in use: call pool.reserve(clients) "
-                                   "before the run")
+                raise BadParameter(
+                    f"all {self.size} pooled connections are in use: call pool.reserve(clients) before the run"
+                )
             bundle = self._free.pop()
         for j, c in enumerate(bundle):
             if c.broken():

@@ -7,6 +7,7 @@ e.g. a quarter of a core. With k servers the cluster has k quarters; the load ge
 rest of the machine. Where cgroups cannot be written (Binder, macOS, most containers) the sweep says
 so and the scaling claim is skipped with that reason.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,8 +45,7 @@ class ScalingResult:
         for r in self.rows:
             if r["servers"] == servers:
                 return float(r["throughput (ops/s)"])
-        raise BadParameter(f"no run with {servers} servers in this sweep (it has "
-                           f"{[r['servers'] for r in self.rows]})")
+        raise BadParameter(f"no run with {servers} servers in this sweep (it has {[r['servers'] for r in self.rows]})")
 
     def summary(self) -> str:
         return ", ".join(f"{r['servers']} servers: {r['throughput (ops/s)']:.0f} ops/s" for r in self.rows)
@@ -57,8 +57,10 @@ def _postmaster_pids(st: Any, count: int) -> list[int]:
         svc = st.service("postgres" if i == 0 else f"postgres-{i + 1}")
         refs = svc.pids() if hasattr(svc, "pids") else []
         if not refs:
-            raise ResourceLimitUnavailable(f"Postgres '{svc.name}' runs as a {svc.provider} service whose process "
-                                           "labkit cannot see: CPU caps need local servers")
+            raise ResourceLimitUnavailable(
+                f"Postgres '{svc.name}' runs as a {svc.provider} service whose process "
+                "labkit cannot see: CPU caps need local servers"
+            )
         pids.append(int(refs[0]["pid"]))
     return pids
 
@@ -130,13 +132,25 @@ def _op(router: Router, read_ratio: float) -> Callable[..., Any]:
             await conn.query(inserts[shard], (user, op.seq))
         else:
             await conn.query(feeds[shard], (user,))
+
     return photo_op
 
 
-def scaling_sweep(st: Any, router: Router, pool: ConnectionPool, *, servers: int = 4, clients: int = 32,
-                  cpus_per_server: float = 0.25,
-                  duration: float = 3.0, read_ratio: float = 0.7, seed: int = 0, rounds: int = 2,
-                  progress: Callable[..., Any] | None = None, stop: Any = None) -> ScalingResult:
+def scaling_sweep(
+    st: Any,
+    router: Router,
+    pool: ConnectionPool,
+    *,
+    servers: int = 4,
+    clients: int = 32,
+    cpus_per_server: float = 0.25,
+    duration: float = 3.0,
+    read_ratio: float = 0.7,
+    seed: int = 0,
+    rounds: int = 2,
+    progress: Callable[..., Any] | None = None,
+    stop: Any = None,
+) -> ScalingResult:
     """Run the same photo workload (``read_ratio`` feed reads, the rest photo inserts, users uniform over
     every shard) with the shards spread over 1..``servers`` servers, each server capped at
     ``cpus_per_server`` cores; ``rounds=2`` measures each count twice (going up, then down) and
@@ -151,7 +165,7 @@ def scaling_sweep(st: Any, router: Router, pool: ConnectionPool, *, servers: int
     users = router.n_shards * USERS_PER_SHARD  # the seeded users: each has PHOTOS_PER_USER photos to read
     rows, results = [], []
     mappings = [router.spread(k) for k in range(1, servers + 1)]
-    router.ensure(mappings)      # DDL and warm-up before the caps slow them down
+    router.ensure(mappings)  # DDL and warm-up before the caps slow them down
     pool.reserve(clients)
     pool.warm(router, mappings, clients)
     try:
@@ -165,25 +179,44 @@ def scaling_sweep(st: Any, router: Router, pool: ConnectionPool, *, servers: int
             # up and back down (1..k..1): a slow drift of the machine's other load hits every server count
             # alike, and each count's throughput is the mean of its two runs
             runs: dict[int, list[tuple[Any, list[float]]]] = {}
-            for k in [*range(1, servers + 1), *range(servers, 0, -1)][:2 * servers if rounds == 2 else servers]:
+            for k in [*range(1, servers + 1), *range(servers, 0, -1)][: 2 * servers if rounds == 2 else servers]:
                 router.assign(router.spread(k))
                 before = [c.throttled_seconds() for c in caps]
-                wl = Workload(keys=Uniform(users), mix={"read": read_ratio, "write": 1 - read_ratio},
-                              clients=clients, duration=duration, seed=seed + k + 10 * len(runs.get(k, [])),
-                              value_size=0)
-                res = run(_op(router, read_ratio), wl, driver=pool.driver(), name=f"{k} servers",
-                          progress=progress, stop=stop, use_uvloop=True)
+                wl = Workload(
+                    keys=Uniform(users),
+                    mix={"read": read_ratio, "write": 1 - read_ratio},
+                    clients=clients,
+                    duration=duration,
+                    seed=seed + k + 10 * len(runs.get(k, [])),
+                    value_size=0,
+                )
+                res = run(
+                    _op(router, read_ratio),
+                    wl,
+                    driver=pool.driver(),
+                    name=f"{k} servers",
+                    progress=progress,
+                    stop=stop,
+                    use_uvloop=True,
+                )
                 runs.setdefault(k, []).append((res, [c.throttled_seconds() - b for c, b in zip(caps, before)][:k]))
                 results.append(res)
             for k in sorted(runs):
                 tput = sum(r.throughput for r, _ in runs[k]) / len(runs[k])
                 pct = runs[k][0][0].percentiles()
                 throttled = sum(sum(t) / k for _, t in runs[k]) / len(runs[k])
-                rows.append({"servers": k, "throughput (ops/s)": tput, "per server (ops/s)": tput / k,
-                             "p50 (ms)": pct["p50"], "p99 (ms)": pct["p99"],
-                             "errors": sum(r.error_count for r, _ in runs[k]),
-                             "CPU cap (cores)": k * cpus_per_server if capped else float("nan"),
-                             "throttled (s per server)": throttled if capped else float("nan")})
+                rows.append(
+                    {
+                        "servers": k,
+                        "throughput (ops/s)": tput,
+                        "per server (ops/s)": tput / k,
+                        "p50 (ms)": pct["p50"],
+                        "p99 (ms)": pct["p99"],
+                        "errors": sum(r.error_count for r, _ in runs[k]),
+                        "CPU cap (cores)": k * cpus_per_server if capped else float("nan"),
+                        "throttled (s per server)": throttled if capped else float("nan"),
+                    }
+                )
     finally:
         router.assign(saved)
     return ScalingResult(rows, cpus_per_server if capped else None, capped, why, router.n_shards, results)
@@ -194,8 +227,17 @@ def table(res: ScalingResult) -> pd.DataFrame:
 
     df = pd.DataFrame(res.rows).set_index("servers")
     df["speed-up vs 1"] = df["throughput (ops/s)"] / df["throughput (ops/s)"].iloc[0]
-    return df.round({"throughput (ops/s)": 0, "per server (ops/s)": 0, "p50 (ms)": 2, "p99 (ms)": 2,
-                     "CPU cap (cores)": 2, "throttled (s per server)": 2, "speed-up vs 1": 2})
+    return df.round(
+        {
+            "throughput (ops/s)": 0,
+            "per server (ops/s)": 0,
+            "p50 (ms)": 2,
+            "p99 (ms)": 2,
+            "CPU cap (cores)": 2,
+            "throttled (s per server)": 2,
+            "speed-up vs 1": 2,
+        }
+    )
 
 
 def plot(res: ScalingResult) -> Any:
@@ -213,8 +255,14 @@ def plot(res: ScalingResult) -> Any:
     ax.set_ylim(bottom=0)
     if res.capped:
         ax2 = ax.twinx()
-        ax2.bar(k, [x * res.cpus_per_server for x in k], width=0.35, alpha=0.15, color="tab:red",
-                label=f"CPU cap: {res.cpus_per_server:g} core per server")
+        ax2.bar(
+            k,
+            [x * res.cpus_per_server for x in k],
+            width=0.35,
+            alpha=0.15,
+            color="tab:red",
+            label=f"CPU cap: {res.cpus_per_server:g} core per server",
+        )
         ax2.set_ylabel("total CPU cap of the servers (cores)")
         ax2.set_ylim(0, max(k) * res.cpus_per_server * 1.3)
         ax2.legend(loc="lower right")
@@ -240,8 +288,13 @@ def check_scaling(res: ScalingResult, *, four: float = 2.5, two: float = 1.6) ->
     ctx = f"{res.n_shards} shards, {res.cpus_per_server:g} core per server; {res.summary()}"
     for r in res.rows:
         checkpoint(f"no errors with {r['servers']} servers", r["errors"], at_most=0, context=ctx)
-    checkpoint("2 capped servers give at least 1.6x the throughput of 1", res.throughput(2) / base,
-               at_least=two, context=ctx)
+    checkpoint(
+        "2 capped servers give at least 1.6x the throughput of 1", res.throughput(2) / base, at_least=two, context=ctx
+    )
     if any(r["servers"] == 4 for r in res.rows):
-        checkpoint("4 capped servers give at least 2.5x the throughput of 1", res.throughput(4) / base,
-                   at_least=four, context=ctx)
+        checkpoint(
+            "4 capped servers give at least 2.5x the throughput of 1",
+            res.throughput(4) / base,
+            at_least=four,
+            context=ctx,
+        )

@@ -19,6 +19,7 @@ This module builds that on the servers of a labkit stack:
 The scaling sweep is in :mod:`labkit.lessons.shard_scaling`, the shard move in
 :mod:`labkit.lessons.shard_move`, the cross-shard feed in :mod:`labkit.lessons.shard_feed`.
 """
+
 from __future__ import annotations
 
 import threading
@@ -55,7 +56,7 @@ __all__ = [
     "servers",
 ]
 
-PHOTOS_PER_USER = 3          # seed photos, so feed reads return rows
+PHOTOS_PER_USER = 3  # seed photos, so feed reads return rows
 USERS_PER_SHARD = 4
 
 
@@ -63,12 +64,21 @@ def defaults() -> dict[str, Any]:
     """The experiment's parameters for the current profile (LABKIT_PROFILE)."""
     from labkit import profile
 
-    return {"n_shards": int(profile.pick(1024, 256, 128)), "servers": 4,
-            "writers": int(profile.pick(16, 8)), "readers": int(profile.pick(16, 8)),
-            "cpus_per_server": 0.2, "duration": float(profile.pick(4, 2)),
-            "id_clients": int(profile.pick(32, 16)), "id_duration": float(profile.pick(5, 3)),
-            "move_writers": 16, "move_duration": float(profile.pick(4, 2)),
-            "follows": 30, "feed_clients": 8, "feed_duration": float(profile.pick(5, 2))}
+    return {
+        "n_shards": int(profile.pick(1024, 256, 128)),
+        "servers": 4,
+        "writers": int(profile.pick(16, 8)),
+        "readers": int(profile.pick(16, 8)),
+        "cpus_per_server": 0.2,
+        "duration": float(profile.pick(4, 2)),
+        "id_clients": int(profile.pick(32, 16)),
+        "id_duration": float(profile.pick(5, 3)),
+        "move_writers": 16,
+        "move_duration": float(profile.pick(4, 2)),
+        "follows": 30,
+        "feed_clients": 8,
+        "feed_duration": float(profile.pick(5, 2)),
+    }
 
 
 def servers(st: Any, count: int) -> list[str]:
@@ -87,23 +97,30 @@ def servers(st: Any, count: int) -> list[str]:
 
 def _shard_ddl(shard: int) -> str:
     s = schema(shard)
-    return (f"CREATE SCHEMA IF NOT EXISTS {s};" + ids.plpgsql(s, shard) +
-            f"CREATE TABLE IF NOT EXISTS {s}.photos (id bigint PRIMARY KEY DEFAULT {s}.next_id(), "
-            "user_id bigint NOT NULL, token bigint NOT NULL DEFAULT 0);"
-            f"CREATE INDEX IF NOT EXISTS photos_user_id ON {s}.photos (user_id, id DESC);")
+    return (
+        f"CREATE SCHEMA IF NOT EXISTS {s};"
+        + ids.plpgsql(s, shard)
+        + f"CREATE TABLE IF NOT EXISTS {s}.photos (id bigint PRIMARY KEY DEFAULT {s}.next_id(), "
+        "user_id bigint NOT NULL, token bigint NOT NULL DEFAULT 0);"
+        f"CREATE INDEX IF NOT EXISTS photos_user_id ON {s}.photos (user_id, id DESC);"
+    )
 
 
 def _seed_sql(shard: int, n_shards: int, users: int, photos: int) -> str:
     # users of this shard: shard, shard + n, shard + 2n, ...; each gets `photos` photos
-    return (f"INSERT INTO {schema(shard)}.photos (user_id) SELECT {shard} + {n_shards} * u "
-            f"FROM generate_series(0, {users - 1}) u, generate_series(1, {photos}) p;")
+    return (
+        f"INSERT INTO {schema(shard)}.photos (user_id) SELECT {shard} + {n_shards} * u "
+        f"FROM generate_series(0, {users - 1}) u, generate_series(1, {photos}) p;"
+    )
 
 
 def existing_shards(dsn: str) -> set[int]:
     """The logical shards (schemas with a photos table) present on one server."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        rows = conn.execute("SELECT table_schema FROM information_schema.tables "
-                            "WHERE table_name = 'photos' AND table_schema LIKE 'shard\\_%'").fetchall()
+        rows = conn.execute(
+            "SELECT table_schema FROM information_schema.tables "
+            "WHERE table_name = 'photos' AND table_schema LIKE 'shard\\_%'"
+        ).fetchall()
     return {int(r[0][6:]) for r in rows if r[0][6:].isdigit()}
 
 
@@ -115,7 +132,7 @@ def ensure_shards(dsn: str, shards: Sequence[int], n_shards: int, *, seed: bool 
         return 0
     with psycopg.connect(dsn) as conn:
         for i in range(0, len(missing), 128):
-            part = missing[i:i + 128]
+            part = missing[i : i + 128]
             conn.execute("".join(_shard_ddl(s) for s in part))
             if seed:
                 conn.execute("".join(_seed_sql(s, n_shards, USERS_PER_SHARD, PHOTOS_PER_USER) for s in part))
@@ -141,8 +158,9 @@ class Router:
 
     def __init__(self, dsns: Sequence[str], n_shards: int, mapping: Sequence[int] | None = None) -> None:
         if isinstance(n_shards, bool) or not isinstance(n_shards, int) or not 1 <= n_shards <= ids.MAX_SHARDS:
-            raise BadParameter(f"n_shards={n_shards!r}: Instagram IDs hold 13 bits of shard, so use 1..8192 "
-                               "logical shards")
+            raise BadParameter(
+                f"n_shards={n_shards!r}: Instagram IDs hold 13 bits of shard, so use 1..8192 logical shards"
+            )
         if not dsns:
             raise BadParameter("Router needs at least one server DSN: pass sharding.servers(st, 4)")
         self.dsns = list(dsns)
@@ -171,8 +189,9 @@ class Router:
     def assign(self, mapping: Sequence[int]) -> None:
         """Use a new map (one server index per shard) and store it in the directory."""
         if len(mapping) != self.n_shards or not all(0 <= m < len(self.dsns) for m in mapping):
-            raise BadParameter(f"a map needs one server index in 0..{len(self.dsns) - 1} for each of the "
-                               f"{self.n_shards} shards")
+            raise BadParameter(
+                f"a map needs one server index in 0..{len(self.dsns) - 1} for each of the {self.n_shards} shards"
+            )
         with self._lock:
             self.map = list(mapping)
             self.version += 1
@@ -180,8 +199,10 @@ class Router:
 
     def save(self) -> None:
         with psycopg.connect(self.dsns[0], autocommit=True) as conn, conn.transaction():
-            conn.execute("CREATE TABLE IF NOT EXISTS public.shard_map (shard int PRIMARY KEY, server int NOT "
-                         "NULL, n_shards int NOT NULL)")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS public.shard_map (shard int PRIMARY KEY, server int NOT "
+                "NULL, n_shards int NOT NULL)"
+            )
             conn.execute("TRUNCATE public.shard_map")
             with conn.cursor().copy("COPY public.shard_map FROM STDIN") as cp:
                 for s, m in enumerate(self.map):
@@ -203,8 +224,10 @@ class Router:
             for s, m in enumerate(mapping):
                 want.setdefault(m, []).append(s)
         with ThreadPoolExecutor(max_workers=len(want)) as pool:
-            futs = {m: pool.submit(ensure_shards, self.dsns[m], shards, self.n_shards, seed=seed)
-                    for m, shards in want.items()}
+            futs = {
+                m: pool.submit(ensure_shards, self.dsns[m], shards, self.n_shards, seed=seed)
+                for m, shards in want.items()
+            }
         self.save()
         return {m: f.result() for m, f in futs.items()}
 
@@ -244,6 +267,7 @@ class Router:
 
 # -------------------------------------------------------------------------------------- load driver
 
+
 class Lab:
     """The lesson's cluster: ``servers`` Postgres servers of the stack, one connection pool, and a
     router per logical shard count (layouts are created on first use)."""
@@ -281,6 +305,7 @@ def feed_sql(shard: int, limit: int = 10) -> str:
 
 # ---------------------------------------------------------------------------------------- ID checks
 
+
 @dataclass
 class IdRun:
     """IDs from concurrent inserts: per insert the shard it went to, the ID, and the client's wall
@@ -300,15 +325,30 @@ class IdRun:
         return float(self.result.throughput) if self.result is not None else float("nan")
 
     def summary(self) -> dict[str, Any]:
-        return {"IDs generated": len(self.id), "clients": self.clients, "logical shards": self.n_shards,
-                "shards used": len(np.unique(self.shard)), "IDs/s": round(self.ids_per_s),
-                "duplicates": duplicates(self.id), "order violations": order_violations(self),
-                "shard mismatches": shard_mismatches(self), "max clock error (ms)": round(max_clock_error_ms(self), 1)}
+        return {
+            "IDs generated": len(self.id),
+            "clients": self.clients,
+            "logical shards": self.n_shards,
+            "shards used": len(np.unique(self.shard)),
+            "IDs/s": round(self.ids_per_s),
+            "duplicates": duplicates(self.id),
+            "order violations": order_violations(self),
+            "shard mismatches": shard_mismatches(self),
+            "max clock error (ms)": round(max_clock_error_ms(self), 1),
+        }
 
 
-def id_run(router: Router, pool: ConnectionPool, *, clients: int = 16, duration: float | None = 2.0,
-           ops: int | None = None, seed: int = 0,
-           progress: Callable[..., Any] | None = None, stop: Any = None) -> IdRun:
+def id_run(
+    router: Router,
+    pool: ConnectionPool,
+    *,
+    clients: int = 16,
+    duration: float | None = 2.0,
+    ops: int | None = None,
+    seed: int = 0,
+    progress: Callable[..., Any] | None = None,
+    stop: Any = None,
+) -> IdRun:
     """Insert photos from ``clients`` concurrent clients into every shard for ``duration`` seconds (or
     ``ops`` inserts) through labkit.load, keeping each ID with the client's clock around its insert."""
     n = router.n_shards
@@ -324,15 +364,23 @@ def id_run(router: Router, pool: ConnectionPool, *, clients: int = 16, duration:
         got = await ctx.conn[smap[shard]].query(sqls[shard], (shard, op.seq))
         rows.append((shard, int(got[0][0]), t0 * 1000.0, time.time() * 1000.0))
 
-    wl = Workload(keys=Uniform(n), mix={"insert": 1.0}, clients=clients, duration=duration, ops=ops, seed=seed,
-                  value_size=0)
+    wl = Workload(
+        keys=Uniform(n), mix={"insert": 1.0}, clients=clients, duration=duration, ops=ops, seed=seed, value_size=0
+    )
     pool.reserve(clients)
     pool.warm(router, clients=clients)
-    res = run(insert, wl, driver=pool.driver(), name="id_run", progress=progress, stop=stop,
-              use_uvloop=True)
+    res = run(insert, wl, driver=pool.driver(), name="id_run", progress=progress, stop=stop, use_uvloop=True)
     arr = np.array(rows, dtype=np.float64).reshape(-1, 4) if rows else np.zeros((0, 4))
-    return IdRun(arr[:, 0].astype(np.int64), np.array([r[1] for r in rows], dtype=np.int64), arr[:, 2], arr[:, 3],
-                 clients, n, res, list(res.notes))
+    return IdRun(
+        arr[:, 0].astype(np.int64),
+        np.array([r[1] for r in rows], dtype=np.int64),
+        arr[:, 2],
+        arr[:, 3],
+        clients,
+        n,
+        res,
+        list(res.notes),
+    )
 
 
 def duplicates(values: np.ndarray) -> int:
@@ -347,7 +395,7 @@ def order_violations(r: IdRun) -> int:
         m = r.shard == s
         sent, acked, idv = r.t_sent_ms[m], r.t_acked_ms[m], r.id[m]
         by_ack = np.argsort(acked, kind="stable")
-        running = np.maximum.accumulate(idv[by_ack])           # max ID among the first k acknowledged
+        running = np.maximum.accumulate(idv[by_ack])  # max ID among the first k acknowledged
         k = np.searchsorted(acked[by_ack], sent, side="left")  # how many were acked before each was sent
         prior_max = np.where(k > 0, running[np.maximum(k - 1, 0)], -1)
         bad += int(np.sum(prior_max >= idv))
@@ -379,8 +427,12 @@ def check_ids(r: IdRun, *, min_ids: int = 500, min_clients: int = 8) -> None:
     checkpoint("every ID is unique", duplicates(r.id), at_most=0, context=ctx)
     checkpoint("per shard, a later insert always gets a larger ID", order_violations(r), at_most=0, context=ctx)
     checkpoint("every ID decodes to the shard it was written to", shard_mismatches(r), at_most=0, context=ctx)
-    checkpoint("every ID's time is within 1 s of its insert", max_clock_error_ms(r), at_most=1000.0,
-               context=ctx + " (ms outside the insert's send..ack window)")
+    checkpoint(
+        "every ID's time is within 1 s of its insert",
+        max_clock_error_ms(r),
+        at_most=1000.0,
+        context=ctx + " (ms outside the insert's send..ack window)",
+    )
 
 
 def layout_table(router: Router) -> Any:
@@ -390,9 +442,14 @@ def layout_table(router: Router) -> Any:
     rows = []
     for j, dsn in enumerate(router.dsns):
         mine = [s for s, m in enumerate(router.map) if m == j]
-        rows.append({"server": j + 1, "port": psycopg.conninfo.conninfo_to_dict(dsn).get("port"),
-                     "logical shards": len(mine),
-                     "schemas": f"{schema(mine[0])} .. {schema(mine[-1])}" if mine else "-"})
+        rows.append(
+            {
+                "server": j + 1,
+                "port": psycopg.conninfo.conninfo_to_dict(dsn).get("port"),
+                "logical shards": len(mine),
+                "schemas": f"{schema(mine[0])} .. {schema(mine[-1])}" if mine else "-",
+            }
+        )
     return pd.DataFrame(rows).set_index("server")
 
 
@@ -404,10 +461,17 @@ def decoded_sample(r: IdRun, n: int = 6) -> Any:
     rows = []
     for i in idx:
         d = ids.decode(int(r.id[i]))
-        rows.append({"id": int(r.id[i]), "binary (41 | 13 | 10)": f"{d.ms_since_epoch:041b} | {d.shard:013b} | "
-                     f"{d.seq:010b}", "shard written to": int(r.shard[i]), "decoded shard": d.shard, "seq": d.seq,
-                     "decoded time (UTC)": d.time.strftime("%H:%M:%S.%f")[:-3],
-                     "insert sent at (UTC)": _dt_ms(r.t_sent_ms[i])})
+        rows.append(
+            {
+                "id": int(r.id[i]),
+                "binary (41 | 13 | 10)": f"{d.ms_since_epoch:041b} | {d.shard:013b} | {d.seq:010b}",
+                "shard written to": int(r.shard[i]),
+                "decoded shard": d.shard,
+                "seq": d.seq,
+                "decoded time (UTC)": d.time.strftime("%H:%M:%S.%f")[:-3],
+                "insert sent at (UTC)": _dt_ms(r.t_sent_ms[i]),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -418,6 +482,7 @@ def _dt_ms(ms: float) -> str:
 
 
 # -------------------------------------------------------------------------------------------- exercise
+
 
 def _expect(ok: bool, what: str) -> None:
     if not ok:
@@ -461,14 +526,24 @@ def _check_decoder(decode_id: Callable[[int], Any], router: Router, samples: int
     cases = _generated(router, samples)
     for id_, shard, seq, t0, t1 in cases:
         got = decode_id(id_)
-        _expect(isinstance(got, tuple) and len(got) == 3,
-                f"decode_id({id_}) returned {got!r}: return a tuple (unix_ms, shard, seq)")
+        _expect(
+            isinstance(got, tuple) and len(got) == 3,
+            f"decode_id({id_}) returned {got!r}: return a tuple (unix_ms, shard, seq)",
+        )
         unix_ms, g_shard, g_seq = got
-        _expect(g_seq == seq, f"decode_id({id_}) gave seq {g_seq}, but Postgres used {seq} (nextval % 1024): "
-                              "the sequence is the lowest 10 bits, id & 1023")
-        _expect(g_shard == shard, f"decode_id({id_}) gave shard {g_shard}, but it came from shard {shard}: the "
-                                  "shard is the 13 bits above the sequence, (id >> 10) & 8191")
-        _expect(t0 - 1000 <= unix_ms <= t1 + 1000,
-                f"decode_id({id_}) gave {unix_ms} ms, but the ID was made between {t0:.0f} and {t1:.0f} "
-                f"(Unix ms): the time is id >> 23, in ms since Instagram's epoch {ids.EPOCH_MS}; add the epoch")
+        _expect(
+            g_seq == seq,
+            f"decode_id({id_}) gave seq {g_seq}, but Postgres used {seq} (nextval % 1024): "
+            "the sequence is the lowest 10 bits, id & 1023",
+        )
+        _expect(
+            g_shard == shard,
+            f"decode_id({id_}) gave shard {g_shard}, but it came from shard {shard}: the "
+            "shard is the 13 bits above the sequence, (id >> 10) & 8191",
+        )
+        _expect(
+            t0 - 1000 <= unix_ms <= t1 + 1000,
+            f"decode_id({id_}) gave {unix_ms} ms, but the ID was made between {t0:.0f} and {t1:.0f} "
+            f"(Unix ms): the time is id >> 23, in ms since Instagram's epoch {ids.EPOCH_MS}; add the epoch",
+        )
     print(f"PASS  exercise: decode_id reads time, shard and sequence of {len(cases)} IDs made by Postgres")

@@ -57,7 +57,7 @@ def worker_main(dsn: str, name: str, task_ms: float, unsafe: bool = False) -> No
 
     log = psycopg.connect(dsn, autocommit=True)
     conn = psycopg.connect(dsn)
-    ready = os.environ.get("LABKIT_WORKER_READY")
+    ready = os.environ.get("_LABKIT_WORKER_READY")
     if ready:
         open(ready, "w").close()
 

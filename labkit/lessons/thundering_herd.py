@@ -19,6 +19,7 @@ Strategies (all on the real memcached, meta protocol):
 Each strategy is a function ``(mc, key, recompute) -> (value, served_stale)``; :func:`run_herd` measures
 DB queries per invalidation, peak DB queries/s, client p50/p99 and stale reads served.
 """
+
 from __future__ import annotations
 
 import threading
@@ -61,18 +62,20 @@ __all__ = [
     "view",
 ]
 
-LEASE_TTL = 10       # s: how long a lease / a stale item lives if the winner never sets
-LOCK_TTL = 10        # s: the lock key's TTL, so a crashed lock holder doesn't block forever
-BACKOFF = 0.005      # s: how long a loser waits before asking again
-MAX_WAIT = 10.0      # s: a read that waits longer is a bug (lost lease), not a slow read
-POOL_MAX = 32        # Postgres connections the readers share at most (the herd still sends every recompute)
+LEASE_TTL = 10  # s: how long a lease / a stale item lives if the winner never sets
+LOCK_TTL = 10  # s: the lock key's TTL, so a crashed lock holder doesn't block forever
+BACKOFF = 0.005  # s: how long a loser waits before asking again
+MAX_WAIT = 10.0  # s: a read that waits longer is a bug (lost lease), not a slow read
+POOL_MAX = 32  # Postgres connections the readers share at most (the herd still sends every recompute)
 
 Strategy = Callable[[MetaClient, str, Callable[[], bytes]], "tuple[bytes, bool]"]
 
 
 def _gave_up(key: str) -> TimeoutError:
-    return TimeoutError(f"a reader waited {MAX_WAIT}s for {key!r}: the client holding the lease/lock never "
-                        "set the value (did the winner forget to set, or set with the wrong CAS?)")
+    return TimeoutError(
+        f"a reader waited {MAX_WAIT}s for {key!r}: the client holding the lease/lock never "
+        "set the value (did the winner forget to set, or set with the wrong CAS?)"
+    )
 
 
 def no_protection(mc: MetaClient, key: str, recompute: Callable[[], bytes]) -> tuple[bytes, bool]:
@@ -150,8 +153,10 @@ def lease_ignoring_z(mc: MetaClient, key: str, recompute: Callable[[], bytes]) -
 
 def from_lease_get(fn: Callable[[MetaClient, str, Callable[[], bytes]], bytes]) -> Strategy:
     """Wrap a learner's ``lease_get(mc, key, recompute) -> bytes`` as a strategy."""
+
     def strategy(mc: MetaClient, key: str, recompute: Callable[[], bytes]) -> tuple[bytes, bool]:
         return fn(mc, key, recompute), False
+
     strategy.__name__ = getattr(fn, "__name__", "lease_get")
     return strategy
 
@@ -241,17 +246,38 @@ class HerdResult:
         return float(np.percentile(quiet, q)) if len(quiet) else float("nan")
 
     def row(self) -> dict[str, Any]:
-        return {"strategy": self.strategy, "readers": self.readers, "invalidations": self.invalidations,
-                "db_queries": self.db_queries, "db_queries_per_invalidation": self.db_queries_per_invalidation,
-                "peak_db_queries_per_s": self.peak_db_queries_per_s(), "reads": self.reads,
-                "p50_ms": self.p(50), "p99_ms": self.p(99), "max_ms": float(self.latencies_ms.max()),
-                "hit_p99_ms": self.refresh_p(99, during=False), "refresh_p99_ms": self.refresh_p(99),
-                "stale_reads": self.stale_reads}
+        return {
+            "strategy": self.strategy,
+            "readers": self.readers,
+            "invalidations": self.invalidations,
+            "db_queries": self.db_queries,
+            "db_queries_per_invalidation": self.db_queries_per_invalidation,
+            "peak_db_queries_per_s": self.peak_db_queries_per_s(),
+            "reads": self.reads,
+            "p50_ms": self.p(50),
+            "p99_ms": self.p(99),
+            "max_ms": float(self.latencies_ms.max()),
+            "hit_p99_ms": self.refresh_p(99, during=False),
+            "refresh_p99_ms": self.refresh_p(99),
+            "stale_reads": self.stale_reads,
+        }
 
 
-def run_herd(mc_address: Any, dsn: str, post_id: int, strategy: str | Strategy, *, readers: int = 50,
-             invalidations: int = 6, interval: float = 0.6, cost: float = 0.2, think: float = 0.05,
-             mark_stale: bool | None = None, name: str | None = None, pool_size: int | None = None) -> HerdResult:
+def run_herd(
+    mc_address: Any,
+    dsn: str,
+    post_id: int,
+    strategy: str | Strategy,
+    *,
+    readers: int = 50,
+    invalidations: int = 6,
+    interval: float = 0.6,
+    cost: float = 0.2,
+    think: float = 0.05,
+    mark_stale: bool | None = None,
+    name: str | None = None,
+    pool_size: int | None = None,
+) -> HerdResult:
     """Run ``readers`` concurrent clients on the hot post while it is invalidated ``invalidations`` times.
 
     ``strategy`` is a name from STRATEGIES or a strategy function. ``think`` is each reader's pause
@@ -271,8 +297,10 @@ def run_herd(mc_address: Any, dsn: str, post_id: int, strategy: str | Strategy, 
         name = name or getattr(strategy, "__name__", "custom")
     mark_stale = default_stale if mark_stale is None else mark_stale
     if readers < 1 or invalidations < 1 or interval <= cost or cost < 0 or think < 0:
-        raise BadParameter(f"need readers >= 1, invalidations >= 1, 0 <= cost < interval (got readers={readers}, "
-                           f"invalidations={invalidations}, cost={cost}, interval={interval})")
+        raise BadParameter(
+            f"need readers >= 1, invalidations >= 1, 0 <= cost < interval (got readers={readers}, "
+            f"invalidations={invalidations}, cost={cost}, interval={interval})"
+        )
     key = post_key(post_id)
     query_log: list[float] = []
     size = min(readers, pool_size or POOL_MAX)
@@ -343,15 +371,29 @@ def run_herd(mc_address: Any, dsn: str, post_id: int, strategy: str | Strategy, 
     samples = [s for lst in per_thread for s in lst if s[0] >= t_start]
     queries = np.array(query_log[n_queries_before:]) - t_start
     return HerdResult(
-        strategy=name, readers=readers, invalidations=len(inval_times), recompute_s=cost,
-        db_queries=len(queries), reads=len(samples), stale_reads=sum(1 for s in samples if s[2]),
-        latencies_ms=np.array([s[1] * 1000 for s in samples]), query_times=queries,
-        invalidation_times=np.array(inval_times) - t_start, duration_s=duration,
-        start_times=np.array([s[0] for s in samples]) - t_start)
+        strategy=name,
+        readers=readers,
+        invalidations=len(inval_times),
+        recompute_s=cost,
+        db_queries=len(queries),
+        reads=len(samples),
+        stale_reads=sum(1 for s in samples if s[2]),
+        latencies_ms=np.array([s[1] * 1000 for s in samples]),
+        query_times=queries,
+        invalidation_times=np.array(inval_times) - t_start,
+        duration_s=duration,
+        start_times=np.array([s[0] for s in samples]) - t_start,
+    )
 
 
-def compare(mc_address: Any, dsn: str, post_id: int, strategies: list[str] | None = None,
-            progress: Callable[..., None] | None = None, **kw: Any) -> dict[str, HerdResult]:
+def compare(
+    mc_address: Any,
+    dsn: str,
+    post_id: int,
+    strategies: list[str] | None = None,
+    progress: Callable[..., None] | None = None,
+    **kw: Any,
+) -> dict[str, HerdResult]:
     """Run :func:`run_herd` for each strategy with the same parameters.
     ``progress(fraction, text)`` is called after each strategy (the panel's progress bar)."""
     names = strategies or list(STRATEGIES)
@@ -393,9 +435,17 @@ def protocol_demo(mc_address: Any, key: str = "demo:celebrity") -> pd.DataFrame:
 
 # -------------------------------------------------------------------------------------------- exercise
 
-def check_lease_get(lease_get: Callable[[MetaClient, str, Callable[[], bytes]], bytes], mc_address: Any,
-                    dsn: str, post_id: int, *, readers: int = 20, invalidations: int = 3,
-                    cost: float = 0.05) -> HerdResult | None:
+
+def check_lease_get(
+    lease_get: Callable[[MetaClient, str, Callable[[], bytes]], bytes],
+    mc_address: Any,
+    dsn: str,
+    post_id: int,
+    *,
+    readers: int = 20,
+    invalidations: int = 3,
+    cost: float = 0.05,
+) -> HerdResult | None:
     """Run the learner's ``lease_get(mc, key, recompute) -> bytes`` as ``readers`` concurrent clients
     on the real servers while the key is invalidated; print PASS or raise CheckpointFailed with what
     was measured. Returns the herd run's result (None if the function is not written yet)."""
@@ -406,8 +456,15 @@ def check_lease_get(lease_get: Callable[[MetaClient, str, Callable[[], bytes]], 
         return None
 
 
-def _check_lease_get(lease_get: Callable[..., bytes], mc_address: Any, dsn: str, post_id: int, readers: int,
-                     invalidations: int, cost: float) -> HerdResult:
+def _check_lease_get(
+    lease_get: Callable[..., bytes],
+    mc_address: Any,
+    dsn: str,
+    post_id: int,
+    readers: int,
+    invalidations: int,
+    cost: float,
+) -> HerdResult:
     key = post_key(post_id)
     with MetaClient(mc_address) as mc:
         mc.delete(key)
@@ -415,30 +472,51 @@ def _check_lease_get(lease_get: Callable[..., bytes], mc_address: Any, dsn: str,
         rc = Recompute(dsn, post_id, 0.0, calls)
         try:
             value = lease_get(mc, key, rc)
-            _expect(isinstance(value, (bytes, bytearray)) and value,
-                    f"lease_get on a cold cache returned {type(value).__name__} {str(value)[:60]!r}: return the "
-                    "value recompute() gave you")
-            _expect(len(calls) == 1, f"lease_get on a cold cache called recompute() {len(calls)} times; expected 1 "
-                                     "(the client that gets W recomputes)")
+            _expect(
+                isinstance(value, (bytes, bytearray)) and value,
+                f"lease_get on a cold cache returned {type(value).__name__} {str(value)[:60]!r}: return the "
+                "value recompute() gave you",
+            )
+            _expect(
+                len(calls) == 1,
+                f"lease_get on a cold cache called recompute() {len(calls)} times; expected 1 "
+                "(the client that gets W recomputes)",
+            )
             held = mc.get(key)
-            _expect(held.hit, f"after lease_get won the lease, memcached holds no value under {key!r}: set it "
-                              "with the lease's CAS (mc.set(key, value, cas=r.cas))")
+            _expect(
+                held.hit,
+                f"after lease_get won the lease, memcached holds no value under {key!r}: set it "
+                "with the lease's CAS (mc.set(key, value, cas=r.cas))",
+            )
             lease_get(mc, key, rc)
             _expect(len(calls) == 1, "lease_get on a warm cache called recompute() again: return r.value on a hit")
         finally:
             rc.close()
     try:
-        res = run_herd(mc_address, dsn, post_id, from_lease_get(lease_get), readers=readers,
-                       invalidations=invalidations, interval=max(0.3, 4 * cost), cost=cost)
+        res = run_herd(
+            mc_address,
+            dsn,
+            post_id,
+            from_lease_get(lease_get),
+            readers=readers,
+            invalidations=invalidations,
+            interval=max(0.3, 4 * cost),
+            cost=cost,
+        )
     except TimeoutError as e:
         raise CheckpointFailed(f"exercise: readers waited forever: {e}") from None
     per = res.db_queries_per_invalidation
-    _expect(per <= 1.5, f"with {readers} concurrent readers, lease_get sent {res.db_queries} recomputes to Postgres "
-                        f"over {res.invalidations} invalidations ({per:.1f} per invalidation); a lease allows ~1: "
-                        "only the client whose mg answer has W (r.win) may recompute, a Z answer must wait and retry")
-    _expect(res.db_queries >= res.invalidations,
-            f"only {res.db_queries} recomputes for {res.invalidations} invalidations: readers must recompute "
-            "after an invalidation, not keep an old value")
+    _expect(
+        per <= 1.5,
+        f"with {readers} concurrent readers, lease_get sent {res.db_queries} recomputes to Postgres "
+        f"over {res.invalidations} invalidations ({per:.1f} per invalidation); a lease allows ~1: "
+        "only the client whose mg answer has W (r.win) may recompute, a Z answer must wait and retry",
+    )
+    _expect(
+        res.db_queries >= res.invalidations,
+        f"only {res.db_queries} recomputes for {res.invalidations} invalidations: readers must recompute "
+        "after an invalidation, not keep an old value",
+    )
     _expect(res.stale_reads == 0, f"{res.stale_reads} reads returned an older version than Postgres had committed")
     print("PASS  exercise: lease-based get (one recompute per invalidation)")
     return res
@@ -451,12 +529,18 @@ def _expect(ok: bool, what: str) -> None:
 
 # ------------------------------------------------------------------ notebook level: runs, plots, claims
 
+
 def defaults() -> dict[str, Any]:
     """Parameters of the herd experiment for the current profile (LABKIT_PROFILE)."""
     from labkit import profile
 
-    return {"readers": int(profile.pick(100, 50)), "invalidations": int(profile.pick(12, 6)),
-            "interval": 0.6, "cost": 0.2, "think": 0.05}
+    return {
+        "readers": int(profile.pick(100, 50)),
+        "invalidations": int(profile.pick(12, 6)),
+        "interval": 0.6,
+        "cost": 0.2,
+        "think": 0.05,
+    }
 
 
 def hot_post(data: Any) -> int:
@@ -469,13 +553,44 @@ def table(results: dict[str, HerdResult]) -> pd.DataFrame:
     import pandas as pd
 
     df = pd.DataFrame([r.row() for r in results.values()]).set_index("strategy")
-    df = df[["readers", "invalidations", "db_queries", "db_queries_per_invalidation", "peak_db_queries_per_s",
-             "p50_ms", "p99_ms", "refresh_p99_ms", "hit_p99_ms", "stale_reads", "reads"]]
-    df.columns = ["readers", "invalidations", "DB queries", "DB queries / invalidation", "peak DB queries/s",
-                  "p50 (ms)", "p99 (ms)", "p99 during refresh (ms)", "p99 otherwise (ms)", "stale reads served",
-                  "reads"]
-    return df.round({"DB queries / invalidation": 1, "peak DB queries/s": 0, "p50 (ms)": 2, "p99 (ms)": 1,
-                     "p99 during refresh (ms)": 1, "p99 otherwise (ms)": 1})
+    df = df[
+        [
+            "readers",
+            "invalidations",
+            "db_queries",
+            "db_queries_per_invalidation",
+            "peak_db_queries_per_s",
+            "p50_ms",
+            "p99_ms",
+            "refresh_p99_ms",
+            "hit_p99_ms",
+            "stale_reads",
+            "reads",
+        ]
+    ]
+    df.columns = [
+        "readers",
+        "invalidations",
+        "DB queries",
+        "DB queries / invalidation",
+        "peak DB queries/s",
+        "p50 (ms)",
+        "p99 (ms)",
+        "p99 during refresh (ms)",
+        "p99 otherwise (ms)",
+        "stale reads served",
+        "reads",
+    ]
+    return df.round(
+        {
+            "DB queries / invalidation": 1,
+            "peak DB queries/s": 0,
+            "p50 (ms)": 2,
+            "p99 (ms)": 1,
+            "p99 during refresh (ms)": 1,
+            "p99 otherwise (ms)": 1,
+        }
+    )
 
 
 def plot_results(results: dict[str, HerdResult]) -> Any:
@@ -513,8 +628,9 @@ def plot_timeline(results: dict[str, HerdResult], window: float = 0.1) -> Any:
     import matplotlib.pyplot as plt
 
     names = list(results)
-    fig, axes = plt.subplots(len(names), 1, figsize=(11, 1.3 * len(names) + 0.6), sharex=True, sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(names), 1, figsize=(11, 1.3 * len(names) + 0.6), sharex=True, sharey=True, squeeze=False
+    )
     for i, (ax, name) in enumerate(zip(axes[:, 0], names)):
         r = results[name]
         edges = np.arange(0, r.duration_s + window, window)
@@ -524,8 +640,7 @@ def plot_timeline(results: dict[str, HerdResult], window: float = 0.1) -> Any:
             ax.axvline(t, color="grey", lw=0.7, ls=":")
         ax.set_ylabel(name, rotation=0, ha="right", va="center")
         ax.grid(alpha=0.3)
-    axes[0, 0].set_title(f"Postgres queries/s ({window * 1000:.0f} ms bins); dotted lines: invalidations",
-                         fontsize=10)
+    axes[0, 0].set_title(f"Postgres queries/s ({window * 1000:.0f} ms bins); dotted lines: invalidations", fontsize=10)
     axes[-1, 0].set_xlabel("time since start (s)")
     fig.tight_layout()
     return fig
@@ -536,36 +651,57 @@ def view(results: dict[str, HerdResult]) -> list[Any]:
     return [table(results), plot_results(results), plot_timeline(results)]
 
 
-def check_leases_cut_queries(none: HerdResult, leased: HerdResult, factor: float = 10.0,
-                             min_readers: int = 50) -> None:
+def check_leases_cut_queries(none: HerdResult, leased: HerdResult, factor: float = 10.0, min_readers: int = 50) -> None:
     """Claim: with >= 50 concurrent readers, leases cut DB queries per invalidation by >= ``factor``."""
     from labkit.checkpoints import checkpoint
 
     ratio = none.db_queries_per_invalidation / max(leased.db_queries_per_invalidation, 1e-9)
-    checkpoint(f"the herd has at least {min_readers} concurrent readers", min(none.readers, leased.readers),
-               at_least=min_readers)
-    checkpoint(f"leases cut DB queries per invalidation by at least {factor:g}x", ratio, at_least=factor,
-               context=f"{leased.strategy}: {leased.db_queries_per_invalidation:.1f} vs {none.strategy}: "
-                       f"{none.db_queries_per_invalidation:.1f} queries per invalidation, {leased.readers} readers")
+    checkpoint(
+        f"the herd has at least {min_readers} concurrent readers",
+        min(none.readers, leased.readers),
+        at_least=min_readers,
+    )
+    checkpoint(
+        f"leases cut DB queries per invalidation by at least {factor:g}x",
+        ratio,
+        at_least=factor,
+        context=f"{leased.strategy}: {leased.db_queries_per_invalidation:.1f} vs {none.strategy}: "
+        f"{none.db_queries_per_invalidation:.1f} queries per invalidation, {leased.readers} readers",
+    )
 
 
-def check_serve_stale_p99(stale: HerdResult, none: HerdResult, fraction: float = 0.5, factor: float = 3.0,
-                          near: float = 3.0) -> None:
+def check_serve_stale_p99(
+    stale: HerdResult, none: HerdResult, fraction: float = 0.5, factor: float = 3.0, near: float = 3.0
+) -> None:
     """Claims: under serve-stale, reads during a refresh are as fast as plain hits (within ``near``x, same
     run), p99 stays under ``fraction`` of the recompute time and ``factor``x below no protection's."""
     from labkit.checkpoints import checkpoint
 
     bound = fraction * stale.recompute_s * 1000
     during, otherwise = stale.refresh_p(99), stale.refresh_p(99, during=False)
-    checkpoint(f"serve-stale: p99 while the value refreshes stays within {near:g}x of a plain hit's",
-               during / max(otherwise, 1e-9), at_most=near,
-               context=f"{stale.strategy}: p99 {during:.1f} ms during refreshes vs {otherwise:.1f} ms otherwise, "
-                       f"recompute {stale.recompute_s * 1000:.0f} ms, {stale.readers} readers")
-    checkpoint(f"serve-stale keeps p99 under {fraction:g}x the recompute time", stale.p(99), at_most=bound,
-               context=f"{stale.strategy} p99 {stale.p(99):.1f} ms, recompute {stale.recompute_s * 1000:.0f} ms, "
-                       f"{stale.readers} readers")
-    checkpoint(f"serve-stale p99 is at least {factor:g}x lower than without protection",
-               none.p(99) / max(stale.p(99), 1e-9), at_least=factor,
-               context=f"{none.strategy} p99 {none.p(99):.1f} ms vs {stale.strategy} p99 {stale.p(99):.1f} ms")
-    checkpoint("serve-stale also needs about one DB query per invalidation", stale.db_queries_per_invalidation,
-               at_most=2.0, context=f"{stale.db_queries} queries over {stale.invalidations} invalidations")
+    checkpoint(
+        f"serve-stale: p99 while the value refreshes stays within {near:g}x of a plain hit's",
+        during / max(otherwise, 1e-9),
+        at_most=near,
+        context=f"{stale.strategy}: p99 {during:.1f} ms during refreshes vs {otherwise:.1f} ms otherwise, "
+        f"recompute {stale.recompute_s * 1000:.0f} ms, {stale.readers} readers",
+    )
+    checkpoint(
+        f"serve-stale keeps p99 under {fraction:g}x the recompute time",
+        stale.p(99),
+        at_most=bound,
+        context=f"{stale.strategy} p99 {stale.p(99):.1f} ms, recompute {stale.recompute_s * 1000:.0f} ms, "
+        f"{stale.readers} readers",
+    )
+    checkpoint(
+        f"serve-stale p99 is at least {factor:g}x lower than without protection",
+        none.p(99) / max(stale.p(99), 1e-9),
+        at_least=factor,
+        context=f"{none.strategy} p99 {none.p(99):.1f} ms vs {stale.strategy} p99 {stale.p(99):.1f} ms",
+    )
+    checkpoint(
+        "serve-stale also needs about one DB query per invalidation",
+        stale.db_queries_per_invalidation,
+        at_most=2.0,
+        context=f"{stale.db_queries} queries over {stale.invalidations} invalidations",
+    )

@@ -14,11 +14,13 @@ Neil Gunther's USL models throughput at concurrency N (clients, or processors) a
 :func:`fit` runs a bounded non-linear least-squares fit (``scipy.optimize.curve_fit``) and returns the
 parameters with 95 % confidence intervals (Student t on the covariance's standard errors), R^2 and N*.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -70,9 +72,15 @@ class USLFit:
     def table(self) -> Any:
         """The parameters with their intervals, as a small DataFrame for the notebook."""
         import pandas as pd
-        rows = [(name, getattr(self, attr), *self.ci[attr]) for name, attr in
-                (("lambda (ops/s per client)", "lam"), ("sigma (contention)", "sigma"),
-                 ("kappa (coherency)", "kappa"))]
+
+        rows = [
+            (name, getattr(self, attr), *self.ci[attr])
+            for name, attr in (
+                ("lambda (ops/s per client)", "lam"),
+                ("sigma (contention)", "sigma"),
+                ("kappa (coherency)", "kappa"),
+            )
+        ]
         rows.append(("N* (peak concurrency)", self.n_star, math.nan, math.nan))
         rows.append(("R^2", self.r2, math.nan, math.nan))
         return pd.DataFrame(rows, columns=["parameter", "estimate", "95% CI low", "95% CI high"])
@@ -87,20 +95,25 @@ def fit(n: Sequence[float], x: Sequence[float]) -> USLFit:
     if n_arr.shape != x_arr.shape or n_arr.ndim != 1:
         raise BadParameter(f"give as many throughputs as concurrencies (got {n_arr.shape} and {x_arr.shape})")
     if len(n_arr) < 4 or len(set(n_arr.tolist())) < 4:
-        raise BadParameter(f"the USL has 3 parameters: measure at least 4 different concurrencies (got {len(set(n_arr.tolist()))})")
+        raise BadParameter(
+            f"the USL has 3 parameters: measure at least 4 different concurrencies (got {len(set(n_arr.tolist()))})"
+        )
     if (n_arr < 1).any() or not np.isfinite(x_arr).all() or (x_arr <= 0).any():
         raise BadParameter("concurrencies must be >= 1 and throughputs finite and > 0 (a run that did nothing?)")
     order = np.argsort(n_arr)
     n_arr, x_arr = n_arr[order], x_arr[order]
     lam0 = float(x_arr[0] / n_arr[0])
     (lam, sigma, kappa), cov = optimize.curve_fit(
-        usl, n_arr, x_arr, p0=(lam0, 0.05, 1e-4), bounds=([0, 0, 0], [np.inf, 1, 1]), maxfev=20_000)
+        usl, n_arr, x_arr, p0=(lam0, 0.05, 1e-4), bounds=([0, 0, 0], [np.inf, 1, 1]), maxfev=20_000
+    )
     resid = x_arr - usl(n_arr, lam, sigma, kappa)
     ss_tot = float(np.sum((x_arr - x_arr.mean()) ** 2))
-    r2 = 1 - float(np.sum(resid ** 2)) / ss_tot if ss_tot > 0 else 0.0
+    r2 = 1 - float(np.sum(resid**2)) / ss_tot if ss_tot > 0 else 0.0
     dof = len(n_arr) - 3
     se = np.sqrt(np.clip(np.diag(cov), 0, None)) if np.isfinite(cov).all() else np.full(3, np.inf)
     t = float(stats.t.ppf(0.975, dof)) if dof > 0 else math.inf
-    ci = {name: (float(v - t * s), float(v + t * s)) for name, v, s in
-          (("lam", lam, se[0]), ("sigma", sigma, se[1]), ("kappa", kappa, se[2]))}
+    ci = {
+        name: (float(v - t * s), float(v + t * s))
+        for name, v, s in (("lam", lam, se[0]), ("sigma", sigma, se[1]), ("kappa", kappa, se[2]))
+    }
     return USLFit(float(lam), float(sigma), float(kappa), ci, r2, tuple(n_arr.tolist()), tuple(x_arr.tolist()))

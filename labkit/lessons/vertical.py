@@ -16,6 +16,7 @@ so a few clients cannot saturate the server by themselves and the curve has room
 Connections are opened before the clock starts (pgbench also reports tps "without initial connection
 time"), so a sweep measures transactions, not connection storms.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,10 +39,31 @@ from labkit.load.drivers import Driver, PqConnection
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["DATASETS", "cap_status", "check_cost_rises", "check_knee",
-           "check_n_star", "check_published_peak", "check_usl_fit", "client_sweep", "clients_up_to", "cost_table", "cpu_cap",
-           "cpu_sweep", "defaults", "efficiency", "measure", "plot_cost", "plot_cpu", "plot_sweep", "prepare",
-           "prices", "published", "server_pid", "sleep_sweep"]
+__all__ = [
+    "DATASETS",
+    "cap_status",
+    "check_cost_rises",
+    "check_knee",
+    "check_n_star",
+    "check_published_peak",
+    "check_usl_fit",
+    "client_sweep",
+    "clients_up_to",
+    "cost_table",
+    "cpu_cap",
+    "cpu_sweep",
+    "defaults",
+    "efficiency",
+    "measure",
+    "plot_cost",
+    "plot_cpu",
+    "plot_sweep",
+    "prepare",
+    "prices",
+    "published",
+    "server_pid",
+    "sleep_sweep",
+]
 
 DATASETS = Path(__file__).resolve().parents[2] / "datasets"
 PUBLISHED_CSV = "pgbench-pg91-select-only-haas.csv"
@@ -59,9 +81,17 @@ ACCOUNTS_PER_BRANCH = 100_000
 def defaults() -> dict[str, Any]:
     """The notebook's knobs for the current profile."""
     from labkit import profile
-    return {"max_clients": 64, "duration": profile.pick(4.5, 1.5), "read_ratio": 1.0, "think_ms": 20.0,
-            "cpu_limit": 0.05, "scale": int(profile.pick(4, 1)), "sweep_clients": 16,
-            "cpus": [0.05, 0.1, 0.25, 0.5, 1.0]}
+
+    return {
+        "max_clients": 64,
+        "duration": profile.pick(4.5, 1.5),
+        "read_ratio": 1.0,
+        "think_ms": 20.0,
+        "cpu_limit": 0.05,
+        "scale": int(profile.pick(4, 1)),
+        "sweep_clients": 16,
+        "cpus": [0.05, 0.1, 0.25, 0.5, 1.0],
+    }
 
 
 def prepare(dsn: str, scale: int = 1) -> int:
@@ -108,7 +138,7 @@ class _WarmPostgres(Driver):
         return self.free.pop()
 
     async def aclose(self, conn: Any) -> None:
-        conn._detach()          # the next run brings its own event loop
+        conn._detach()  # the next run brings its own event loop
         if getattr(conn, "lk_broken", False) or conn.pg.status != psycopg.pq.ConnStatus.OK:
             # a broken connection (server restarted, backend killed) is replaced, never handed out again
             with contextlib.suppress(Exception):
@@ -146,6 +176,7 @@ def _transaction(accounts: int, think_s: float) -> Callable[..., Any]:
             raise
         if think_s > 0:
             await asyncio.sleep(think_s)
+
     return tx
 
 
@@ -158,7 +189,10 @@ def server_pid(st: Any, name: str = "postgres") -> int | None:
 def cap_status(pid: int | None) -> tuple[bool, str]:
     """Can this notebook cap the server's CPU here? (True, "") or (False, why, in words)."""
     if pid is None:
-        return False, "the Postgres server is not a local process (Docker or external): its CPU cannot be capped from here"
+        return (
+            False,
+            "the Postgres server is not a local process (Docker or external): its CPU cannot be capped from here",
+        )
     return cgroups.available("cpu")
 
 
@@ -176,21 +210,42 @@ def cpu_cap(pid: int | None, cpus: float | None) -> Iterator[Any]:
         yield cap
 
 
-def measure(driver: _WarmPostgres, accounts: int, clients: int, *, duration: float, read_ratio: float,
-            think_ms: float, fn: Callable[..., Any] | None = None, name: str = "pgbench-like") -> dict[str, Any]:
+def measure(
+    driver: _WarmPostgres,
+    accounts: int,
+    clients: int,
+    *,
+    duration: float,
+    read_ratio: float,
+    think_ms: float,
+    fn: Callable[..., Any] | None = None,
+    name: str = "pgbench-like",
+) -> dict[str, Any]:
     """One closed-loop run; throughput in transactions/s and latency percentiles in ms."""
     if not 0 <= read_ratio <= 1:
         raise BadParameter(f"read_ratio={read_ratio!r}: the share of read transactions is in [0, 1]")
     if think_ms < 0:
         raise BadParameter(f"think_ms={think_ms!r}: think time between transactions must be >= 0 ms")
     op = fn or _transaction(accounts, think_ms / 1000)
-    wl = Workload(keys=Uniform(accounts), mix={"read": read_ratio, "write": 1 - read_ratio}, clients=clients,
-                  duration=duration, seed=clients)
+    wl = Workload(
+        keys=Uniform(accounts),
+        mix={"read": read_ratio, "write": 1 - read_ratio},
+        clients=clients,
+        duration=duration,
+        seed=clients,
+    )
     res = run(op, wl, driver=driver, name=name, use_uvloop=True)
     hist = res.histogram  # two percentiles straight from the HDR histogram (the full summary is slow)
     p50, p99 = (hist.get_value_at_percentile(q) / 1000 if res.ops else math.nan for q in (50, 99))
-    return {"clients": clients, "tps": res.throughput, "p50_ms": p50, "p99_ms": p99,
-            "errors": res.error_count, "ops": res.ops, "error_kinds": dict(res.errors)}
+    return {
+        "clients": clients,
+        "tps": res.throughput,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "errors": res.error_count,
+        "ops": res.ops,
+        "error_kinds": dict(res.errors),
+    }
 
 
 def _sweep_clients(clients: list[int]) -> list[int]:
@@ -211,9 +266,19 @@ def clients_up_to(max_clients: int) -> list[int]:
     return out + [max_clients]
 
 
-def client_sweep(dsn: str, accounts: int, clients: list[int], *, duration: float, read_ratio: float = 1.0,
-                 think_ms: float = 20.0, cpu_limit: float | None = None, pid: int | None = None, rounds: int = 3,
-                 progress: Callable[[Any], Any] | None = None) -> pd.DataFrame:
+def client_sweep(
+    dsn: str,
+    accounts: int,
+    clients: list[int],
+    *,
+    duration: float,
+    read_ratio: float = 1.0,
+    think_ms: float = 20.0,
+    cpu_limit: float | None = None,
+    pid: int | None = None,
+    rounds: int = 3,
+    progress: Callable[[Any], Any] | None = None,
+) -> pd.DataFrame:
     """Throughput at each client count, with the server capped to ``cpu_limit`` cores (None: uncapped).
 
     Each client count is measured ``rounds`` times for ``duration / rounds`` seconds, the rounds
@@ -224,6 +289,7 @@ def client_sweep(dsn: str, accounts: int, clients: list[int], *, duration: float
     """
     import numpy as np
     import pandas as pd
+
     clients = _sweep_clients(clients)
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise BadParameter(f"rounds={rounds!r}: measure each client count at least once")
@@ -234,8 +300,9 @@ def client_sweep(dsn: str, accounts: int, clients: list[int], *, duration: float
         with cpu_cap(pid, cpu_limit) as cap:
             for _ in range(rounds):
                 for n in rng.permutation(clients).tolist():
-                    runs[n].append(measure(drv, accounts, n, duration=duration / rounds, read_ratio=read_ratio,
-                                           think_ms=think_ms))
+                    runs[n].append(
+                        measure(drv, accounts, n, duration=duration / rounds, read_ratio=read_ratio, think_ms=think_ms)
+                    )
                     if progress is not None:
                         progress(runs[n][-1])
             throttled = cap.throttled_seconds() if cap is not None else 0.0
@@ -244,28 +311,49 @@ def client_sweep(dsn: str, accounts: int, clients: list[int], *, duration: float
     rows = []
     for n in clients:
         r = runs[n]
-        rows.append({"clients": n, "tps": max(x["tps"] for x in r),
-                     "tps_median": float(np.median([x["tps"] for x in r])), "tps_min": min(x["tps"] for x in r),
-                     "p50_ms": float(np.median([x["p50_ms"] for x in r])),
-                     "p99_ms": float(np.median([x["p99_ms"] for x in r])),
-                     "errors": sum(x["errors"] for x in r), "cpu_limit": cpu_limit,
-                     "error_kinds": {k: v for x in r for k, v in x["error_kinds"].items()}})
+        rows.append(
+            {
+                "clients": n,
+                "tps": max(x["tps"] for x in r),
+                "tps_median": float(np.median([x["tps"] for x in r])),
+                "tps_min": min(x["tps"] for x in r),
+                "p50_ms": float(np.median([x["p50_ms"] for x in r])),
+                "p99_ms": float(np.median([x["p99_ms"] for x in r])),
+                "errors": sum(x["errors"] for x in r),
+                "cpu_limit": cpu_limit,
+                "error_kinds": {k: v for x in r for k, v in x["error_kinds"].items()},
+            }
+        )
     df = pd.DataFrame(rows)
     df.attrs.update(throttled_s=throttled, read_ratio=read_ratio, think_ms=think_ms, rounds=rounds)
     return df
 
 
-def cpu_sweep(dsn: str, accounts: int, pid: int | None, cpus: list[float], *, clients: int, duration: float,
-              read_ratio: float = 1.0, think_ms: float = 20.0) -> pd.DataFrame:
+def cpu_sweep(
+    dsn: str,
+    accounts: int,
+    pid: int | None,
+    cpus: list[float],
+    *,
+    clients: int,
+    duration: float,
+    read_ratio: float = 1.0,
+    think_ms: float = 20.0,
+) -> pd.DataFrame:
     """Throughput at ``clients`` clients against the cores the server may use (a real CFS quota)."""
     import pandas as pd
+
     drv = _WarmPostgres(dsn, clients)
     rows = []
     try:
         for c in cpus:
             with cpu_cap(pid, c):
-                rows.append({**measure(drv, accounts, clients, duration=duration, read_ratio=read_ratio,
-                                       think_ms=think_ms), "cpu_limit": c})
+                rows.append(
+                    {
+                        **measure(drv, accounts, clients, duration=duration, read_ratio=read_ratio, think_ms=think_ms),
+                        "cpu_limit": c,
+                    }
+                )
     finally:
         drv.close_all()
     return pd.DataFrame(rows)
@@ -274,6 +362,7 @@ def cpu_sweep(dsn: str, accounts: int, pid: int | None, cpus: list[float], *, cl
 def sleep_sweep(dsn: str, clients: list[int], *, sleep_ms: float = 50.0, duration: float = 1.0) -> pd.DataFrame:
     """A workload that is sleep-bound by construction (``SELECT pg_sleep``): it scales linearly."""
     import pandas as pd
+
     clients = _sweep_clients(clients)
     drv = _WarmPostgres(dsn, max(clients))
     sql = f"SELECT pg_sleep({float(sleep_ms) / 1000})"
@@ -284,9 +373,11 @@ def sleep_sweep(dsn: str, clients: list[int], *, sleep_ms: float = 50.0, duratio
         except (OSError, psycopg.OperationalError):
             ctx.conn.lk_broken = True
             raise
+
     try:
-        rows = [measure(drv, 1, n, duration=duration, read_ratio=1.0, think_ms=0, fn=nap, name="pg_sleep")
-                for n in clients]
+        rows = [
+            measure(drv, 1, n, duration=duration, read_ratio=1.0, think_ms=0, fn=nap, name="pg_sleep") for n in clients
+        ]
     finally:
         drv.close_all()
     return pd.DataFrame(rows)
@@ -304,11 +395,14 @@ def efficiency(df: pd.DataFrame) -> float:
 
 # -- published data, prices, cost ----------------------------------------------------------------
 
+
 def _csv(name: str) -> list[dict[str, str]]:
     path = DATASETS / name
     if not path.is_file():
-        raise LabkitError(f"{path} not found: the lesson reads it from the repository's datasets/ folder "
-                          "(run from a checkout of the course)")
+        raise LabkitError(
+            f"{path} not found: the lesson reads it from the repository's datasets/ folder "
+            "(run from a checkout of the course)"
+        )
     with path.open(newline="") as fh:
         return list(csv.DictReader(fh))
 
@@ -316,6 +410,7 @@ def _csv(name: str) -> list[dict[str, str]]:
 def published() -> pd.DataFrame:
     """Robert Haas's PostgreSQL 9.1 pgbench -S throughput vs clients (see datasets/README.md)."""
     import pandas as pd
+
     rows = _csv(PUBLISHED_CSV)
     return pd.DataFrame({"clients": [int(r["clients"]) for r in rows], "tps": [float(r["tps"]) for r in rows]})
 
@@ -323,10 +418,16 @@ def published() -> pd.DataFrame:
 def prices() -> pd.DataFrame:
     """Machine sizes and on-demand prices (see datasets/README.md for source and date)."""
     import pandas as pd
+
     rows = _csv(PRICES_CSV)
-    return pd.DataFrame({"instance": [r["instance"] for r in rows], "vcpus": [int(r["vcpus"]) for r in rows],
-                         "memory_gib": [float(r["memory_gib"]) for r in rows],
-                         "usd_per_hour": [float(r["usd_per_hour"]) for r in rows]})
+    return pd.DataFrame(
+        {
+            "instance": [r["instance"] for r in rows],
+            "vcpus": [int(r["vcpus"]) for r in rows],
+            "memory_gib": [float(r["memory_gib"]) for r in rows],
+            "usd_per_hour": [float(r["usd_per_hour"]) for r in rows],
+        }
+    )
 
 
 def cost_table(fit: usl.USLFit, price: pd.DataFrame) -> pd.DataFrame:
@@ -343,20 +444,28 @@ def cost_table(fit: usl.USLFit, price: pd.DataFrame) -> pd.DataFrame:
 
 # -- checkpoints ----------------------------------------------------------------------------------
 
+
 def check_knee(df: pd.DataFrame, max_efficiency: float = 0.5) -> None:
     """Throughput at the most clients is below the linear projection from the fewest by a clear margin."""
     e = efficiency(df)
     n = int(df["clients"].max())
-    checkpoint(f"a knee: at {n} clients throughput is at most {max_efficiency:.0%} of the linear projection",
-               e, at_most=max_efficiency,
-               context=f"{df.sort_values('clients')['tps'].round(0).tolist()} tps at clients {sorted(df['clients'].tolist())}")
+    checkpoint(
+        f"a knee: at {n} clients throughput is at most {max_efficiency:.0%} of the linear projection",
+        e,
+        at_most=max_efficiency,
+        context=f"{df.sort_values('clients')['tps'].round(0).tolist()} tps at clients {sorted(df['clients'].tolist())}",
+    )
 
 
 def check_usl_fit(fit: usl.USLFit, min_r2: float = 0.9) -> None:
     """The USL describes the points (R^2) and finds contention or coherency (sigma or kappa > 0)."""
     ctx = f"sigma={fit.sigma:.3g}, kappa={fit.kappa:.3g}, R^2={fit.r2:.3f}"
-    checkpoint("the USL fit finds contention or coherency (sigma or kappa > 0)", max(fit.sigma, fit.kappa),
-               at_least=1e-6, context=ctx)
+    checkpoint(
+        "the USL fit finds contention or coherency (sigma or kappa > 0)",
+        max(fit.sigma, fit.kappa),
+        at_least=1e-6,
+        context=ctx,
+    )
     checkpoint(f"the USL fit explains the measurements (R^2 >= {min_r2})", fit.r2, at_least=min_r2, context=ctx)
 
 
@@ -374,8 +483,12 @@ def check_published_peak(fit: usl.USLFit, data: pd.DataFrame) -> None:
 def check_cost_rises(cost: pd.DataFrame, factor: float = 2.0) -> None:
     """The biggest machine costs at least ``factor`` times more per unit of throughput than the smallest."""
     c = cost.sort_values("vcpus")["usd_per_hour_per_1k_tps"].tolist()
-    checkpoint(f"cost per 1k tps on the biggest machine is at least {factor:g}x the smallest's", c[-1] / c[0],
-               at_least=factor, context=f"{c[0]:.3f} -> {c[-1]:.3f} USD/h per 1k tps")
+    checkpoint(
+        f"cost per 1k tps on the biggest machine is at least {factor:g}x the smallest's",
+        c[-1] / c[0],
+        at_least=factor,
+        context=f"{c[0]:.3f} -> {c[-1]:.3f} USD/h per 1k tps",
+    )
 
 
 def check_n_star(fn: Callable[[float, float], float], fits: dict[str, usl.USLFit]) -> None:
@@ -390,8 +503,10 @@ def check_n_star(fn: Callable[[float, float], float], fits: dict[str, usl.USLFit
         want = usl.peak(s, k)
         got = float(fn(s, k))
         if not (math.isinf(want) and math.isinf(got)) and not abs(got - want) <= 1e-6 * max(1.0, abs(want)):
-            raise CheckpointFailed(f"{name} (sigma={s:.4g}, kappa={k:.4g}): usl_peak gave {got:.4g}, expected "
-                                   f"{want:.4g} -- where dX/dN = 0: N* = sqrt((1 - sigma) / kappa)")
+            raise CheckpointFailed(
+                f"{name} (sigma={s:.4g}, kappa={k:.4g}): usl_peak gave {got:.4g}, expected "
+                f"{want:.4g} -- where dX/dN = 0: N* = sqrt((1 - sigma) / kappa)"
+            )
     if not math.isinf(float(fn(0.1, 0.0))):
         raise CheckpointFailed("with kappa = 0 throughput never falls, so there is no peak: return math.inf")
     print("PASS  exercise: usl_peak gives the peak of every fitted curve")
@@ -399,10 +514,12 @@ def check_n_star(fn: Callable[[float, float], float], fits: dict[str, usl.USLFit
 
 # -- plots ----------------------------------------------------------------------------------------
 
+
 def plot_sweep(df: pd.DataFrame, fit: usl.USLFit, title: str = "", ax: Any = None) -> Any:
     """Measured throughput vs clients, the USL curve, and the linear projection from the fewest clients."""
     import matplotlib.pyplot as plt
     import numpy as np
+
     fig = None
     if ax is None:
         fig, ax = plt.subplots(figsize=(6.5, 3.8))
@@ -410,8 +527,7 @@ def plot_sweep(df: pd.DataFrame, fit: usl.USLFit, title: str = "", ax: Any = Non
     xs = np.linspace(1, float(d["clients"].max()) * 1.05, 200)
     n0, x0 = float(d["clients"].iloc[0]), float(d["tps"].iloc[0])
     ax.plot(xs, x0 * xs / n0, ":", color="grey", label="linear projection")
-    ax.plot(xs, fit.predict(xs), "-", color="C1",
-            label=f"USL: σ={fit.sigma:.3f}, κ={fit.kappa:.2g}, R²={fit.r2:.2f}")
+    ax.plot(xs, fit.predict(xs), "-", color="C1", label=f"USL: σ={fit.sigma:.3f}, κ={fit.kappa:.2g}, R²={fit.r2:.2f}")
     ax.plot(d["clients"], d["tps"], "o", color="C0", label="measured")
     if not math.isinf(fit.n_star) and fit.n_star <= xs[-1]:
         ax.axvline(fit.n_star, color="C1", ls="--", lw=1, label=f"N* = {fit.n_star:.1f}")
@@ -429,6 +545,7 @@ def plot_sweep(df: pd.DataFrame, fit: usl.USLFit, title: str = "", ax: Any = Non
 def plot_cpu(df: pd.DataFrame) -> Any:
     """Throughput against the cores the server may use, with proportional scaling from the smallest cap."""
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     d = df.sort_values("cpu_limit")
     c0, x0 = float(d["cpu_limit"].iloc[0]), float(d["tps"].iloc[0])
@@ -445,6 +562,7 @@ def plot_cpu(df: pd.DataFrame) -> Any:
 def plot_cost(cost: pd.DataFrame) -> Any:
     """Price per hour and cost per 1000 tps against machine size."""
     import matplotlib.pyplot as plt
+
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
     ax1.plot(cost["vcpus"], cost["usd_per_hour"], "o-")
     ax1.set_xlabel("machine size (vCPUs)")

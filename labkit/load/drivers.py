@@ -12,23 +12,34 @@ backoff. The lesson's operation receives the connection as ``ctx.conn``::
 Each driver also offers a ready-made operation for the common case (``pg.query_op(sql)``,
 ``mc.get_set_op()``, ``cass.query_op(cql, consistency="QUORUM")``).
 """
+
 from __future__ import annotations
 
 import asyncio
 import os
 import threading
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from labkit.errors import BadParameter
 from labkit.load.workload import Op
 
-__all__ = ["Driver", "PostgresDriver", "MemcachedDriver", "CassandraDriver", "postgres", "memcached",
-           "cassandra", "consistency_level", "CONSISTENCY_LEVELS"]
+__all__ = [
+    "Driver",
+    "PostgresDriver",
+    "MemcachedDriver",
+    "CassandraDriver",
+    "postgres",
+    "memcached",
+    "cassandra",
+    "consistency_level",
+    "CONSISTENCY_LEVELS",
+]
 
 
 def _endpoint(target: Any, kind: str) -> Any:
     """Accept an Endpoint, a Stack (takes its `kind` service), or a plain DSN/address."""
-    if hasattr(target, "endpoint") and callable(getattr(target, "endpoint")):
+    if hasattr(target, "endpoint") and callable(target.endpoint):
         return target.endpoint(kind)
     return target
 
@@ -39,8 +50,10 @@ class Driver:
     kind = "none"
 
     def connect(self) -> Any:
-        raise BadParameter(f"the {self.kind} driver has no blocking client: define the operation with "
-                           "`async def` so it runs on the event loop")
+        raise BadParameter(
+            f"the {self.kind} driver has no blocking client: define the operation with "
+            "`async def` so it runs on the event loop"
+        )
 
     def close(self, conn: Any) -> None:
         close = getattr(conn, "close", None)
@@ -48,8 +61,10 @@ class Driver:
             close()
 
     async def aconnect(self) -> Any:
-        raise BadParameter(f"the {self.kind} driver has no asyncio client: define the operation as a "
-                           "plain function (it runs on threads)")
+        raise BadParameter(
+            f"the {self.kind} driver has no asyncio client: define the operation as a "
+            "plain function (it runs on threads)"
+        )
 
     async def aclose(self, conn: Any) -> None:
         close = getattr(conn, "close", None)
@@ -70,6 +85,7 @@ class Driver:
 
 # -- Postgres ---------------------------------------------------------------------------------
 
+
 class PqConnection:
     """A lean connection for load generation: psycopg's own libpq binding (``psycopg.pq``) used
     directly, statements prepared once, parameters and results in text format.
@@ -81,7 +97,7 @@ class PqConnection:
     """
 
     def __init__(self, conn: Any) -> None:
-        self.conn = conn            # the psycopg connection that owns the socket (closed with us)
+        self.conn = conn  # the psycopg connection that owns the socket (closed with us)
         self.pg = conn.pgconn
         self._names: dict[str, bytes] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -106,20 +122,31 @@ class PqConnection:
 
     @staticmethod
     def _params(params: Sequence[Any]) -> list[bytes | None]:
-        return [None if v is None else v if isinstance(v, bytes) else (b"t" if v else b"f")
-                if isinstance(v, bool) else str(v).encode() for v in params]
+        return [
+            None
+            if v is None
+            else v
+            if isinstance(v, bytes)
+            else (b"t" if v else b"f")
+            if isinstance(v, bool)
+            else str(v).encode()
+            for v in params
+        ]
 
     @staticmethod
     def _rows(res: Any) -> list[tuple[str | None, ...]]:
         from psycopg import pq
         from psycopg.errors import error_from_result
+
         if res.status == pq.ExecStatus.FATAL_ERROR:
             raise error_from_result(res)
         if res.status != pq.ExecStatus.TUPLES_OK:
             return []
         nf = res.nfields
-        return [tuple(None if (v := res.get_value(r, c)) is None else bytes(v).decode() for c in range(nf))
-                for r in range(res.ntuples)]
+        return [
+            tuple(None if (v := res.get_value(r, c)) is None else bytes(v).decode() for c in range(nf))
+            for r in range(res.ntuples)
+        ]
 
     # blocking (threads): exec_* release the GIL while the server works
     def _name_blocking(self, sql: str) -> bytes:
@@ -203,27 +230,42 @@ class PostgresDriver(Driver):
 
     kind = "postgres"
 
-    def __init__(self, target: Any, *, engine: str = "psycopg", autocommit: bool = True,
-                 prepare_threshold: int | None = 0, connect_timeout: float = 5.0,
-                 options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        target: Any,
+        *,
+        engine: str = "psycopg",
+        autocommit: bool = True,
+        prepare_threshold: int | None = 0,
+        connect_timeout: float = 5.0,
+        options: dict[str, Any] | None = None,
+    ) -> None:
         if engine not in ("psycopg", "pq"):
-            raise BadParameter(f"engine={engine!r}: use 'psycopg' (full psycopg connections) or 'pq' "
-                               "(lean prepared statements for throughput runs)")
+            raise BadParameter(
+                f"engine={engine!r}: use 'psycopg' (full psycopg connections) or 'pq' "
+                "(lean prepared statements for throughput runs)"
+            )
         self.engine = engine
         ep = _endpoint(target, "postgres")
         self.dsn: str = ep if isinstance(ep, str) else ep.dsn
         if not self.dsn:
             raise BadParameter(f"{target!r} is not a Postgres endpoint: pass st.endpoint('postgres') or a DSN")
-        self.kwargs = {"autocommit": autocommit, "prepare_threshold": prepare_threshold,
-                       "connect_timeout": max(1, int(connect_timeout)), **(options or {})}
+        self.kwargs = {
+            "autocommit": autocommit,
+            "prepare_threshold": prepare_threshold,
+            "connect_timeout": max(1, int(connect_timeout)),
+            **(options or {}),
+        }
 
     def connect(self) -> Any:
         import psycopg
+
         conn = psycopg.connect(self.dsn, **self.kwargs)
         return PqConnection(conn) if self.engine == "pq" else conn
 
     async def aconnect(self) -> Any:
         import psycopg
+
         conn = await psycopg.AsyncConnection.connect(self.dsn, **self.kwargs)
         return PqConnection(conn) if self.engine == "pq" else conn
 
@@ -232,42 +274,63 @@ class PostgresDriver(Driver):
 
     def is_disconnect(self, exc: BaseException) -> bool:
         import psycopg
+
         return isinstance(exc, (OSError, psycopg.OperationalError, psycopg.InterfaceError))
 
     def pool(self, min_size: int = 1, max_size: int = 10, **kw: Any) -> Any:
         """An AsyncConnectionPool (not yet open): ``async with drv.pool(4, 16) as pool: ...``."""
         from psycopg_pool import AsyncConnectionPool
-        return AsyncConnectionPool(self.dsn, min_size=min_size, max_size=max_size, open=False,
-                                   kwargs={k: v for k, v in self.kwargs.items() if k != "connect_timeout"}, **kw)
 
-    def query_op(self, sql: str, params: Callable[[Op], Sequence[Any]] | None = None, *,
-                 fetch: bool = True, asynchronous: bool = True) -> Callable[..., Any]:
+        return AsyncConnectionPool(
+            self.dsn,
+            min_size=min_size,
+            max_size=max_size,
+            open=False,
+            kwargs={k: v for k, v in self.kwargs.items() if k != "connect_timeout"},
+            **kw,
+        )
+
+    def query_op(
+        self,
+        sql: str,
+        params: Callable[[Op], Sequence[Any]] | None = None,
+        *,
+        fetch: bool = True,
+        asynchronous: bool = True,
+    ) -> Callable[..., Any]:
         """An operation running ``sql`` with ``params(op)`` (default: the key rank + 1, as pgbench's aid)."""
         params = params or (lambda op: (op.rank + 1,))
         if self.engine == "pq":
             if asynchronous:
+
                 async def pq_aop(ctx: Any, op: Op) -> None:
                     await ctx.conn.fetch(sql, params(op))
+
                 return self._bind(pq_aop)
 
             def pq_sop(ctx: Any, op: Op) -> None:
                 ctx.conn.fetch_blocking(sql, params(op))
+
             return self._bind(pq_sop)
         if asynchronous:
+
             async def aop(ctx: Any, op: Op) -> None:
                 cur = await ctx.conn.execute(sql, params(op))
                 if fetch:
                     await cur.fetchall()
+
             return self._bind(aop)
 
         def sop(ctx: Any, op: Op) -> None:
             cur = ctx.conn.execute(sql, params(op))
             if fetch:
                 cur.fetchall()
+
         return self._bind(sop)
 
 
 # -- memcached --------------------------------------------------------------------------------
+
 
 class MemcachedDriver(Driver):
     """memcached: ``client="meta"`` (labkit.memcache_meta, sync and asyncio: leases, stale flags,
@@ -281,6 +344,7 @@ class MemcachedDriver(Driver):
 
     def __init__(self, target: Any, *, client: str = "meta", timeout: float = 5.0, share: int | None = None) -> None:
         from labkit.memcache_meta import _address, key_prefix_for
+
         ep = _endpoint(target, "memcached")
         self.address = _address(ep)
         # a shared (external) memcached: every key this driver writes goes under the learner's namespace
@@ -297,17 +361,25 @@ class MemcachedDriver(Driver):
     def connect(self) -> Any:
         if self.client == "pymemcache":
             from pymemcache.client.base import Client
-            c = Client(self.address, connect_timeout=self.timeout, timeout=self.timeout, no_delay=True,
-                       key_prefix=self.key_prefix)
+
+            c = Client(
+                self.address,
+                connect_timeout=self.timeout,
+                timeout=self.timeout,
+                no_delay=True,
+                key_prefix=self.key_prefix,
+            )
             c.version()  # connect now, so a dead server fails here (counted), not mid-operation
             return c
         from labkit.memcache_meta import MetaClient
+
         return MetaClient(self.address, timeout=self.timeout, key_prefix=self.key_prefix).connect()
 
     async def aconnect(self) -> Any:
         if self.client != "meta":
             return await super().aconnect()
         from labkit.memcache_meta import AsyncMetaClient
+
         if self.share is None:
             return await AsyncMetaClient(self.address, timeout=self.timeout, key_prefix=self.key_prefix).connect()
         # one set of shared connections per event loop (and per process: forked workers rebuild it)
@@ -340,11 +412,19 @@ class MemcachedDriver(Driver):
 
     def is_disconnect(self, exc: BaseException) -> bool:
         from pymemcache.exceptions import MemcacheUnexpectedCloseError
+
         from labkit.memcache_meta import MetaError
+
         return isinstance(exc, (OSError, ConnectionError, MemcacheUnexpectedCloseError, MetaError))
 
-    def get_set_op(self, *, ttl: int = 0, asynchronous: bool = True,
-                   read_kinds: Sequence[str] = ("get", "read"), count_hits: bool = True) -> Callable[..., Any]:
+    def get_set_op(
+        self,
+        *,
+        ttl: int = 0,
+        asynchronous: bool = True,
+        read_kinds: Sequence[str] = ("get", "read"),
+        count_hits: bool = True,
+    ) -> Callable[..., Any]:
         """An operation: read kinds do a get (counting 'hits'/'misses'), others set op.value."""
         reads = set(read_kinds)
         if asynchronous:
@@ -352,6 +432,7 @@ class MemcachedDriver(Driver):
                 raise BadParameter("asynchronous get_set_op needs client='meta'; pymemcache is blocking")
 
             from labkit.memcache_meta import encode_set, validate_key
+
             set_flags = f" T{int(ttl)}\r\n".encode()
             prefix = self.key_prefix
 
@@ -367,10 +448,12 @@ class MemcachedDriver(Driver):
                     r = await ctx.conn.request(b"ms " + key + b" %d" % len(value) + set_flags + value + b"\r\n")
                     if r.status != "HD":
                         raise RuntimeError(f"memcached did not store {op.key}: {r.status}")
+
             assert encode_set("k", b"v", ttl=ttl) == b"ms k 1" + set_flags + b"v\r\n"  # same wire format
             return self._bind(aop)
 
         if self.client == "pymemcache":
+
             def pop(ctx: Any, op: Op) -> None:
                 if op.kind in reads:
                     hit = ctx.conn.get(op.key) is not None
@@ -378,6 +461,7 @@ class MemcachedDriver(Driver):
                         ctx.count("hits" if hit else "misses")
                 else:
                     ctx.conn.set(op.key, op.value or b"", expire=ttl, noreply=False)
+
             return self._bind(pop)
 
         def mop(ctx: Any, op: Op) -> None:
@@ -387,18 +471,31 @@ class MemcachedDriver(Driver):
                     ctx.count("hits" if r.hit else "misses")
             else:
                 ctx.conn.set(op.key, op.value or b"", ttl=ttl)
+
         return self._bind(mop)
 
 
 # -- Cassandra --------------------------------------------------------------------------------
 
-CONSISTENCY_LEVELS = ("ANY", "ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM", "EACH_QUORUM",
-                      "SERIAL", "LOCAL_SERIAL", "LOCAL_ONE")
+CONSISTENCY_LEVELS = (
+    "ANY",
+    "ONE",
+    "TWO",
+    "THREE",
+    "QUORUM",
+    "ALL",
+    "LOCAL_QUORUM",
+    "EACH_QUORUM",
+    "SERIAL",
+    "LOCAL_SERIAL",
+    "LOCAL_ONE",
+)
 
 
 def consistency_level(name: Any) -> int:
     """'quorum' -> cassandra.ConsistencyLevel.QUORUM; unknown names raise BadParameter listing the valid ones."""
     from cassandra import ConsistencyLevel
+
     if isinstance(name, int) and not isinstance(name, bool) and name in ConsistencyLevel.value_to_name:
         return name
     key = str(name).strip().upper().replace("-", "_") if isinstance(name, str) else None
@@ -442,6 +539,7 @@ class CassandraSession:
 
         def err(exc: BaseException) -> None:
             loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(exc))
+
         rf.add_callbacks(ok, err)
         return await fut
 
@@ -455,9 +553,17 @@ class CassandraDriver(Driver):
 
     kind = "cassandra"
 
-    def __init__(self, target: Any, *, keyspace: str | None = None, consistency: Any = "ONE",
-                 local_dc: str | None = None, request_timeout: float = 10.0,
-                 contact_points: Sequence[str] | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        target: Any,
+        *,
+        keyspace: str | None = None,
+        consistency: Any = "ONE",
+        local_dc: str | None = None,
+        request_timeout: float = 10.0,
+        contact_points: Sequence[str] | None = None,
+        port: int | None = None,
+    ) -> None:
         ep = _endpoint(target, "cassandra") if target is not None else None
         self.contact_points = list(contact_points or (ep.contact_points if ep is not None else ["127.0.0.1"]))
         self.port = port or (ep.port if ep is not None else 9042)
@@ -474,12 +580,19 @@ class CassandraDriver(Driver):
             if pid not in self._sessions:
                 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
                 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
-                policy = TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=self.local_dc)) if self.local_dc \
-                    else None
-                profile = ExecutionProfile(request_timeout=self.request_timeout, consistency_level=self.default_cl,
-                                           **({"load_balancing_policy": policy} if policy else {}))
-                cluster = Cluster(self.contact_points, port=self.port, protocol_version=5,
-                                  execution_profiles={EXEC_PROFILE_DEFAULT: profile})
+
+                policy = TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=self.local_dc)) if self.local_dc else None
+                profile = ExecutionProfile(
+                    request_timeout=self.request_timeout,
+                    consistency_level=self.default_cl,
+                    **({"load_balancing_policy": policy} if policy else {}),
+                )
+                cluster = Cluster(
+                    self.contact_points,
+                    port=self.port,
+                    protocol_version=5,
+                    execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+                )
                 session = cluster.connect(self.keyspace)
                 self._sessions[pid] = (cluster, CassandraSession(session, self.default_cl))
             return self._sessions[pid][1]
@@ -500,6 +613,7 @@ class CassandraDriver(Driver):
     def is_disconnect(self, exc: BaseException) -> bool:
         from cassandra import OperationTimedOut, Unavailable
         from cassandra.cluster import NoHostAvailable
+
         # not a reason to drop the shared session, but a reason for the client to back off
         return isinstance(exc, (OSError, NoHostAvailable, OperationTimedOut, Unavailable))
 
@@ -509,28 +623,38 @@ class CassandraDriver(Driver):
                 cluster.shutdown()
             self._sessions.clear()
 
-    def __enter__(self) -> "CassandraDriver":
+    def __enter__(self) -> CassandraDriver:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
 
-    def query_op(self, cql: str, params: Callable[[Op], Sequence[Any]] | None = None, *,
-                 consistency: Any = None, asynchronous: bool = True) -> Callable[..., Any]:
+    def query_op(
+        self,
+        cql: str,
+        params: Callable[[Op], Sequence[Any]] | None = None,
+        *,
+        consistency: Any = None,
+        asynchronous: bool = True,
+    ) -> Callable[..., Any]:
         """An operation executing ``cql`` with ``params(op)`` (default: (op.key,)) at ``consistency``."""
         params = params or (lambda op: (op.key,))
         cl = None if consistency is None else consistency_level(consistency)
         if asynchronous:
+
             async def aop(ctx: Any, op: Op) -> Any:
                 return await ctx.conn.aexecute(cql, params(op), consistency=cl)
+
             return self._bind(aop)
 
         def sop(ctx: Any, op: Op) -> Any:
             return ctx.conn.execute(cql, params(op), consistency=cl)
+
         return self._bind(sop)
 
 
 # -- short names for notebooks ----------------------------------------------------------------
+
 
 def postgres(target: Any, **kw: Any) -> PostgresDriver:
     """PostgresDriver for a stack, an endpoint or a DSN."""

@@ -6,6 +6,7 @@
 
 `LABKIT_PROVIDER=local|docker|external` overrides the automatic choice (docker if a daemon answers, else local).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -27,8 +28,10 @@ PROVIDERS = ("local", "docker", "external")
 def check_kind(kind: str) -> str:
     k = kind.strip().lower() if isinstance(kind, str) else None
     if k not in KINDS:
-        raise UnknownService(f"unknown service '{kind}': labkit runs {', '.join(KINDS)}. "
-                             "Check the spelling, e.g. `labkit up postgres memcached`.")
+        raise UnknownService(
+            f"unknown service '{kind}': labkit runs {', '.join(KINDS)}. "
+            "Check the spelling, e.g. `labkit up postgres memcached`."
+        )
     return k
 
 
@@ -42,8 +45,10 @@ def choose_provider(provider: str | None = None) -> str:
     if not choice or choice == "auto":
         return "docker" if docker_available()[0] else "local"
     if choice not in PROVIDERS:
-        raise UnknownService(f"unknown provider '{choice}': use one of {', '.join(PROVIDERS)} "
-                             "(or leave LABKIT_PROVIDER unset to choose automatically)")
+        raise UnknownService(
+            f"unknown provider '{choice}': use one of {', '.join(PROVIDERS)} "
+            "(or leave LABKIT_PROVIDER unset to choose automatically)"
+        )
     return choice
 
 
@@ -60,5 +65,14 @@ def service_class(kind: str, provider: str) -> type[Service]:
     return cls
 
 
-__all__ = ["Endpoint", "Health", "Service", "KINDS", "PROVIDERS", "check_kind", "choose_provider",
-           "service_class", "docker_available"]
+__all__ = [
+    "Endpoint",
+    "Health",
+    "Service",
+    "KINDS",
+    "PROVIDERS",
+    "check_kind",
+    "choose_provider",
+    "service_class",
+    "docker_available",
+]

@@ -12,6 +12,7 @@ The jars land in ``paths.cache_dir()/cassandra/<version>/lib`` and survive ``lab
 ``LABKIT_OFFLINE=1`` forbids any download (CI images and tests use it to prove the offline error).
 Regenerate the pinned list after a version bump with ``python -m labkit.services._cassandra_jars --pin``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,8 +32,10 @@ from labkit.errors import BinaryNotFound, LabkitError, ServiceFailed
 PINNED_VERSION = "5.0.9"
 SERIES = "5.0."
 VERSION_RANGE = "[5.0.0,5.1.0)"
-MAVEN_HINT = ("install Maven (apt-get install maven, brew install maven, conda install -c conda-forge maven), "
-              "or set LABKIT_MAVEN_REPO to the URL of a Maven repository (Maven Central or a mirror)")
+MAVEN_HINT = (
+    "install Maven (apt-get install maven, brew install maven, conda install -c conda-forge maven), "
+    "or set LABKIT_MAVEN_REPO to the URL of a Maven repository (Maven Central or a mirror)"
+)
 _MARKER = ".complete"  # written last, so a half-finished download never counts as cached
 
 
@@ -72,9 +75,22 @@ def maven_default_repository(mvn: str) -> str | None:
     """The repository URL Maven itself resolves from (its super POM's central), asked of Maven."""
     with tempfile.TemporaryDirectory(prefix="labkit-mvn-") as tmp:
         Path(tmp, "pom.xml").write_text(_pom("1"))
-        r = subprocess.run([mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(Path(tmp, "pom.xml")),
-                            "help:evaluate", "-Dexpression=project.repositories[0].url", "-DforceStdout"],
-                           capture_output=True, text=True, timeout=600)
+        r = subprocess.run(
+            [
+                mvn,
+                "-q",
+                "-B",
+                "-Dstyle.color=never",
+                "-f",
+                str(Path(tmp, "pom.xml")),
+                "help:evaluate",
+                "-Dexpression=project.repositories[0].url",
+                "-DforceStdout",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     found = re.findall(r"https?://[^\s\x1b]+", r.stdout) if r.returncode == 0 else []
     return found[-1] if found else None
 
@@ -98,14 +114,16 @@ def cassandra_classpath(fetch: bool = True) -> list[Path]:
             raise LabkitError(
                 f"Cassandra jars are not in {paths.cache_dir() / 'cassandra'} and LABKIT_OFFLINE is set, so "
                 "labkit may not download them. Run `labkit fetch cassandra` on a machine with network access "
-                "(or unset LABKIT_OFFLINE), or point LABKIT_CACHE at a cache that has them.")
+                "(or unset LABKIT_OFFLINE), or point LABKIT_CACHE at a cache that has them."
+            )
         if fetch:
             fetch_cassandra(progress=True)
             version = cached_version()
         if version is None:
             raise LabkitError(
                 f"Cassandra jars are not in {paths.cache_dir() / 'cassandra'}: run `labkit fetch cassandra` "
-                "(about 70 MB from Maven Central), or use the docker provider.")
+                "(about 70 MB from Maven Central), or use the docker provider."
+            )
     return sorted(lib_dir(version).glob("*.jar"))
 
 
@@ -122,15 +140,19 @@ def fetch_cassandra(progress: bool = True, version: str | None = None) -> Path:
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
     mvn = shutil.which("mvn")
     if mvn:
-        say(f"labkit: resolving org.apache.cassandra:cassandra-all:{version or VERSION_RANGE} with Maven "
-            f"into {paths.cache_dir() / 'cassandra'}")
+        say(
+            f"labkit: resolving org.apache.cassandra:cassandra-all:{version or VERSION_RANGE} with Maven "
+            f"into {paths.cache_dir() / 'cassandra'}"
+        )
         target = _fetch_with_maven(mvn, version or VERSION_RANGE)
         version = target.parent.name
     else:
         version = version or PINNED_VERSION
         if not pinned_list(version).is_file():
-            raise BinaryNotFound(f"no pinned jar list for Cassandra {version} and Maven is not installed: "
-                                 f"{MAVEN_HINT}; or fetch {PINNED_VERSION}")
+            raise BinaryNotFound(
+                f"no pinned jar list for Cassandra {version} and Maven is not installed: "
+                f"{MAVEN_HINT}; or fetch {PINNED_VERSION}"
+            )
         target = lib_dir(version)
         say(f"labkit: Maven not found; downloading the pinned Cassandra {version} jars into {target}")
         _fetch_pinned(version, target, say)
@@ -159,14 +181,31 @@ def _fetch_with_maven(mvn: str, version: str) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix="labkit-mvn-") as tmp:
         Path(tmp, "pom.xml").write_text(_pom(version))
-        r = subprocess.run([mvn, "-q", "-B", "-f", str(Path(tmp, "pom.xml")), "dependency:copy-dependencies",
-                            "-DincludeScope=runtime", f"-DoutputDirectory={staging}"],
-                           capture_output=True, text=True, timeout=1800)
+        r = subprocess.run(
+            [
+                mvn,
+                "-q",
+                "-B",
+                "-f",
+                str(Path(tmp, "pom.xml")),
+                "dependency:copy-dependencies",
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={staging}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
     if r.returncode != 0 or not any(staging.glob("cassandra-all-*.jar")):
         out = (r.stdout + r.stderr).strip().splitlines()[-20:]
-        raise ServiceFailed("Maven could not resolve cassandra-all " + version + ":\n" + "\n".join(out) +
-                            "\nCheck network access to Maven Central (or a mirror or proxy in ~/.m2/settings.xml).")
-    resolved = next(staging.glob("cassandra-all-*.jar")).name[len("cassandra-all-"):-len(".jar")]
+        raise ServiceFailed(
+            "Maven could not resolve cassandra-all "
+            + version
+            + ":\n"
+            + "\n".join(out)
+            + "\nCheck network access to Maven Central (or a mirror or proxy in ~/.m2/settings.xml)."
+        )
+    resolved = next(staging.glob("cassandra-all-*.jar")).name[len("cassandra-all-") : -len(".jar")]
     target = lib_dir(resolved)
     shutil.rmtree(target, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -196,13 +235,17 @@ def _fetch_pinned(version: str, target: Path, say) -> None:  # type: ignore[no-u
             with urllib.request.urlopen(repo + rel, timeout=60) as r, open(dest, "wb") as f:
                 shutil.copyfileobj(r, f)
         except (urllib.error.URLError, OSError) as e:
-            raise ServiceFailed(f"cannot download {repo + rel}: {e}. Check network access to that repository "
-                                "(LABKIT_MAVEN_REPO), or run `labkit fetch cassandra` where it is reachable.") from e
+            raise ServiceFailed(
+                f"cannot download {repo + rel}: {e}. Check network access to that repository "
+                "(LABKIT_MAVEN_REPO), or run `labkit fetch cassandra` where it is reachable."
+            ) from e
         got = _sha1(dest)
         if got != sha1:
             dest.unlink()
-            raise ServiceFailed(f"checksum mismatch for {rel}: sha1 {got}, expected {sha1}. "
-                                "The download was corrupted or tampered with; run `labkit fetch cassandra` again.")
+            raise ServiceFailed(
+                f"checksum mismatch for {rel}: sha1 {got}, expected {sha1}. "
+                "The download was corrupted or tampered with; run `labkit fetch cassandra` again."
+            )
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
 
@@ -211,10 +254,12 @@ def write_pins(version: str) -> Path:
     """Regenerate the pinned list from a Maven-resolved lib dir (maintainers, after a version bump)."""
     target = lib_dir(version)
     m2 = Path(os.environ.get("M2_REPO", Path.home() / ".m2" / "repository"))
-    lines = [f"# org.apache.cassandra:cassandra-all:{version} runtime classpath as resolved by mvn "
-             "dependency:copy-dependencies.",
-             "# <path in a Maven repository (Maven Central's layout)> <sha1>. Regenerate with: "
-             "python -m labkit.services._cassandra_jars --pin"]
+    lines = [
+        f"# org.apache.cassandra:cassandra-all:{version} runtime classpath as resolved by mvn "
+        "dependency:copy-dependencies.",
+        "# <path in a Maven repository (Maven Central's layout)> <sha1>. Regenerate with: "
+        "python -m labkit.services._cassandra_jars --pin",
+    ]
     for jar in sorted(target.glob("*.jar")):
         hits = list(m2.rglob(jar.name))
         if not hits:

@@ -3,6 +3,7 @@
 Every process labkit starts is recorded as (pid, create_time) so that a later `labkit down`, in another
 Python process, can reap it without ever killing an unrelated process that reused the PID.
 """
+
 from __future__ import annotations
 
 import os
@@ -51,12 +52,15 @@ def check_port(port: int | None, host: str = LOOPBACK, what: str = "server") -> 
     if port is None:
         return free_port(host)
     if not 0 < int(port) < 65536:
-        raise PortInUse(f"port {port} for {what} is not a valid TCP port: use 1-65535, or leave it out "
-                        "and labkit picks a free one")
+        raise PortInUse(
+            f"port {port} for {what} is not a valid TCP port: use 1-65535, or leave it out and labkit picks a free one"
+        )
     if not port_is_free(port, host):
         owner = _port_owner(port)
-        raise PortInUse(f"port {host}:{port} requested for {what} is already in use{owner}. "
-                        "Leave the port out so labkit picks a free one, or stop the program that holds it.")
+        raise PortInUse(
+            f"port {host}:{port} requested for {what} is already in use{owner}. "
+            "Leave the port out so labkit picks a free one, or stop the program that holds it."
+        )
     return int(port)
 
 
@@ -105,16 +109,19 @@ def find_binary(name: str, extra_globs: Sequence[str] = (), hint: str = "") -> P
     if found:
         return Path(found)
     candidates: list[Path] = []
-    for prefix in filter(None, [os.environ.get("CONDA_PREFIX"), "/opt/conda", "/srv/conda/envs/notebook",
-                                "/usr/local", "/opt/homebrew"]):
+    for prefix in filter(
+        None, [os.environ.get("CONDA_PREFIX"), "/opt/conda", "/srv/conda/envs/notebook", "/usr/local", "/opt/homebrew"]
+    ):
         candidates.append(Path(prefix) / "bin" / name)
     for pattern in extra_globs:
         candidates.extend(sorted(Path("/").glob(pattern.lstrip("/")), reverse=True))
     for c in candidates:
         if c.is_file() and os.access(c, os.X_OK):
             return c
-    raise BinaryNotFound(f"'{name}' not found on PATH or in the usual places. {hint} "
-                         "Run `labkit doctor` for the install command for this machine.".strip())
+    raise BinaryNotFound(
+        f"'{name}' not found on PATH or in the usual places. {hint} "
+        "Run `labkit doctor` for the install command for this machine.".strip()
+    )
 
 
 # users ---------------------------------------------------------------------------------------
@@ -133,8 +140,11 @@ def unprivileged_user() -> pwd.struct_passwd | None:
             continue
     useradd = shutil.which("useradd")
     if useradd:
-        subprocess.run([useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "labkit"],
-                       check=False, capture_output=True)
+        subprocess.run(
+            [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "labkit"],
+            check=False,
+            capture_output=True,
+        )
         try:
             return pwd.getpwnam("labkit")
         except KeyError:
@@ -146,7 +156,7 @@ def give_to(path: Path, user: pwd.struct_passwd | None) -> None:
     """Make `path` (recursively) owned by `user` and every ancestor traversable, when running as root."""
     if user is None:
         return
-    for root, dirs, files in os.walk(path):
+    for root, _dirs, files in os.walk(path):
         os.chown(root, user.pw_uid, user.pw_gid)
         for f in files:
             os.chown(os.path.join(root, f), user.pw_uid, user.pw_gid)
@@ -154,15 +164,23 @@ def give_to(path: Path, user: pwd.struct_passwd | None) -> None:
         st = parent.stat()
         if not st.st_mode & 0o001:
             if parent == Path("/") or str(parent) in ("/root", "/home"):
-                raise ServiceFailed(f"{path} is inside {parent}, which user '{user.pw_name}' cannot enter. "
-                                    "Set LABKIT_HOME to a directory outside it, e.g. /var/lib/labkit.")
+                raise ServiceFailed(
+                    f"{path} is inside {parent}, which user '{user.pw_name}' cannot enter. "
+                    "Set LABKIT_HOME to a directory outside it, e.g. /var/lib/labkit."
+                )
             os.chmod(parent, st.st_mode | 0o011)
 
 
 # waits ---------------------------------------------------------------------------------------
-def wait_for(what: str, check: Callable[[], T | None], timeout: float, *,
-             alive: Callable[[], bool] | None = None, on_fail: Callable[[], str] | None = None,
-             interval: float = 0.02) -> T:
+def wait_for(
+    what: str,
+    check: Callable[[], T | None],
+    timeout: float,
+    *,
+    alive: Callable[[], bool] | None = None,
+    on_fail: Callable[[], str] | None = None,
+    interval: float = 0.02,
+) -> T:
     """Poll `check` until it returns a truthy value; fail fast if `alive()` turns False.
 
     The error names what was awaited and carries `on_fail()` (usually the tail of the server's log).
@@ -252,9 +270,15 @@ def _group(p: psutil.Process) -> list[psutil.Process]:
 class ManagedProcess:
     """A server process labkit started: own session (so a notebook's Ctrl-C does not hit it), log file."""
 
-    def __init__(self, argv: Sequence[str | os.PathLike[str]], log_path: Path, *,
-                 user: pwd.struct_passwd | None = None, cwd: Path | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str | os.PathLike[str]],
+        log_path: Path,
+        *,
+        user: pwd.struct_passwd | None = None,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.argv = [str(a) for a in argv]
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -265,9 +289,17 @@ class ManagedProcess:
         if user is not None:
             kwargs.update(user=user.pw_uid, group=user.pw_gid, extra_groups=[])
         try:
-            self.popen = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, cwd=cwd, env=env,
-                                          start_new_session=True, close_fds=True, **kwargs)
+            self.popen = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+                **kwargs,
+            )
         except FileNotFoundError as e:
             raise BinaryNotFound(f"cannot run {self.argv[0]}: {e}. Run `labkit doctor`.") from e
         finally:

@@ -4,6 +4,7 @@ Runs in its own session so that killing a kernel (even with SIGKILL, even its wh
 kill it. It polls the owner named in the record; when the owner is gone it reaps the stack's servers and
 removes the record. When the record disappears (the stack was closed normally) it exits.
 """
+
 from __future__ import annotations
 
 import signal

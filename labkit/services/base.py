@@ -1,4 +1,5 @@
 """The service contract every provider implements: Endpoint, Health and Service."""
+
 from __future__ import annotations
 
 import abc
@@ -62,7 +63,7 @@ class Endpoint:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Endpoint":
+    def from_dict(cls, d: dict[str, Any]) -> Endpoint:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -144,14 +145,18 @@ class Service(abc.ABC):
 
     # records: how a stack file remembers a service so another process can attach or reap it --
     def to_record(self) -> dict[str, Any]:
-        return {"kind": self.kind, "name": self.name, "provider": self.provider,
-                "endpoint": self.endpoint.to_dict() if self._endpoint else None}
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "provider": self.provider,
+            "endpoint": self.endpoint.to_dict() if self._endpoint else None,
+        }
 
     def pids(self) -> list[dict[str, float]]:
         """Processes this service owns, as {"pid", "create_time"} pairs (local provider only)."""
         return []
 
-    def __enter__(self) -> "Service":
+    def __enter__(self) -> Service:
         self.start()
         return self
 

@@ -30,10 +30,12 @@ Layout of a local cluster (all on loopback; Linux routes the whole 127/8 there):
   ``set_inter_dc_delay(ms)`` changes the delay while the cluster runs, also from another process.
 
 Profiles: "light" (heap 256 MB, C1 JIT only, tiny caches; measured ~640 MB resident per node, so Binder
-fits one node, or at most one per DC) and "full" (heap 768 MB, full JIT). Each node is one JVM started the way Cassandra 5.0's own
-scripts start it on Java 17 (module exports/opens, the jamm agent, -Dcassandra.config=file://...), with
+fits one node, or at most one per DC) and "full" (heap 768 MB, full JIT). Each node is one JVM started the way
+Cassandra 5.0's own scripts start it on Java 17 (module exports/opens, the jamm agent,
+-Dcassandra.config=file://...), with
 fast dev-start settings (no wait for gossip to settle, short ring delay, one token per node, no bootstrap).
 """
+
 from __future__ import annotations
 
 import json
@@ -50,27 +52,52 @@ from typing import Any
 import psutil
 
 from labkit import config
-from labkit.errors import (BadParameter, BinaryNotFound, InsufficientResources, NotRunning, ProviderUnavailable,
-                           ServiceFailed)
+from labkit.errors import (
+    BadParameter,
+    BinaryNotFound,
+    InsufficientResources,
+    NotRunning,
+    ProviderUnavailable,
+    ServiceFailed,
+)
 from labkit.services._cassandra_jars import cassandra_classpath
-from labkit.services._process import (LOOPBACK, LocalService, ManagedProcess, free_port, port_is_free, reap,
-                                      same_process, tail, tcp_open, wait_for)
+from labkit.services._process import (
+    LOOPBACK,
+    LocalService,
+    ManagedProcess,
+    free_port,
+    port_is_free,
+    reap,
+    same_process,
+    tail,
+    tcp_open,
+    wait_for,
+)
 from labkit.services.base import Endpoint, Health
 
-JAVA_HINT = ("Java 17 not found: apt-get install openjdk-17-jre-headless (Debian/Ubuntu/Colab), "
-             "conda install -c conda-forge openjdk=17 (conda, Binder), or use Docker (LABKIT_PROVIDER=docker). "
-             "LABKIT_JAVA_BIN may point at a java 17 binary.")
+JAVA_HINT = (
+    "Java 17 not found: apt-get install openjdk-17-jre-headless (Debian/Ubuntu/Colab), "
+    "conda install -c conda-forge openjdk=17 (conda, Binder), or use Docker (LABKIT_PROVIDER=docker). "
+    "LABKIT_JAVA_BIN may point at a java 17 binary."
+)
 
 PROFILES: dict[str, dict[str, int]] = {
     # footprint_mb: resident memory per node we plan for (measured: see benchmarks/_cassandra_bench.py)
     "light": {"heap_mb": 256, "footprint_mb": 700},
     "full": {"heap_mb": 768, "footprint_mb": 1300},
 }
-_SPEC_SYNTAX = ('nodes must look like "dc1:1" or "us:3,eu:2" (comma-separated <datacenter>:<count>, '
-                "datacenter names of letters, digits, _ or -, 1-9 nodes each)")
+_SPEC_SYNTAX = (
+    'nodes must look like "dc1:1" or "us:3,eu:2" (comma-separated <datacenter>:<count>, '
+    "datacenter names of letters, digits, _ or -, 1-9 nodes each)"
+)
 _PROXY_OFFSET = 100
-_JAVA_GLOBS = ["/usr/lib/jvm/*17*/bin/java", "/opt/conda/bin/java", "/srv/conda/envs/notebook/bin/java",
-               "/usr/local/opt/openjdk@17/bin/java", "/opt/homebrew/opt/openjdk@17/bin/java"]
+_JAVA_GLOBS = [
+    "/usr/lib/jvm/*17*/bin/java",
+    "/opt/conda/bin/java",
+    "/srv/conda/envs/notebook/bin/java",
+    "/usr/local/opt/openjdk@17/bin/java",
+    "/opt/homebrew/opt/openjdk@17/bin/java",
+]
 _DC_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
 
 
@@ -125,8 +152,9 @@ def find_java() -> Path:
     if env:
         candidates = [Path(env)]
         if not (candidates[0].is_file() and os.access(candidates[0], os.X_OK)):
-            raise BinaryNotFound(f"LABKIT_JAVA_BIN={env} is not an executable file: fix the path or unset it. "
-                                 + JAVA_HINT)
+            raise BinaryNotFound(
+                f"LABKIT_JAVA_BIN={env} is not an executable file: fix the path or unset it. " + JAVA_HINT
+            )
     else:
         if os.environ.get("JAVA_HOME"):
             candidates.append(Path(os.environ["JAVA_HOME"]) / "bin" / "java")
@@ -155,8 +183,9 @@ def check_memory(count: int, footprint_mb: int) -> None:
     if need > avail_mb:
         raise InsufficientResources(
             f"{count} Cassandra node(s) need about {need} MB ({footprint_mb} MB each) but only {avail_mb} MB "
-            "of memory is available: ask for fewer nodes (e.g. nodes=\"us:1,eu:1\"), use profile=\"light\", "
-            "or stop other servers (`labkit down`).")
+            'of memory is available: ask for fewer nodes (e.g. nodes="us:1,eu:1"), use profile="light", '
+            "or stop other servers (`labkit down`)."
+        )
 
 
 def _log_tail(path: Path, lines: int = 25) -> str:
@@ -178,7 +207,7 @@ def _can_bind(address: str) -> bool:
 
 def _initial_token(dc_index: int, i: int, count: int) -> int:
     """Evenly spaced Murmur3 tokens per DC, offset per DC so no two nodes share one (no random collisions)."""
-    return -(2 ** 63) + i * (2 ** 64 // count) + dc_index * 1000
+    return -(2**63) + i * (2**64 // count) + dc_index * 1000
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -194,7 +223,7 @@ class CassandraNode:
     jmx_port: int
     token: int
     dir: Path
-    cluster: "LocalCassandra" = field(repr=False)
+    cluster: LocalCassandra = field(repr=False)
     proc: ManagedProcess | None = field(default=None, repr=False)
     ref: dict[str, float] | None = None
 
@@ -256,9 +285,17 @@ class CassandraNode:
             self.proc.popen.poll()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "dc": self.dc, "rack": self.rack, "address": self.address,
-                "proxy_address": self.proxy_address, "jmx_port": self.jmx_port, "token": self.token,
-                "dir": str(self.dir), "ref": self.ref}
+        return {
+            "name": self.name,
+            "dc": self.dc,
+            "rack": self.rack,
+            "address": self.address,
+            "proxy_address": self.proxy_address,
+            "jmx_port": self.jmx_port,
+            "token": self.token,
+            "dir": str(self.dir),
+            "ref": self.ref,
+        }
 
 
 class LocalCassandra(LocalService):
@@ -266,17 +303,28 @@ class LocalCassandra(LocalService):
 
     kind = "cassandra"
 
-    def __init__(self, name: str = "cassandra", *, nodes: str | dict[str, int] = "dc1:1", profile: str = "light",
-                 heap_mb: int | None = None, instance_dir: Path | None = None, inter_dc_delay_ms: float = 0.0,
-                 jitter_ms: float = 0.0, yaml_overrides: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "cassandra",
+        *,
+        nodes: str | dict[str, int] = "dc1:1",
+        profile: str = "light",
+        heap_mb: int | None = None,
+        instance_dir: Path | None = None,
+        inter_dc_delay_ms: float = 0.0,
+        jitter_ms: float = 0.0,
+        yaml_overrides: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(name, instance_dir=instance_dir)
         self.datacenters = parse_nodes(nodes)
         if profile not in PROFILES:
             raise BadParameter(f"profile={profile!r}: use one of {', '.join(PROFILES)}")
         self.profile = profile
         if heap_mb is not None and not 128 <= int(heap_mb) <= 32768:
-            raise BadParameter(f"heap_mb={heap_mb}: use 128-32768 MB (or leave it out for the profile's "
-                               f"{PROFILES[profile]['heap_mb']} MB)")
+            raise BadParameter(
+                f"heap_mb={heap_mb}: use 128-32768 MB (or leave it out for the profile's "
+                f"{PROFILES[profile]['heap_mb']} MB)"
+            )
         self.heap_mb = int(heap_mb) if heap_mb is not None else PROFILES[profile]["heap_mb"]
         if inter_dc_delay_ms < 0 or jitter_ms < 0:
             raise BadParameter("inter_dc_delay_ms and jitter_ms must be >= 0 (milliseconds, one way)")
@@ -292,9 +340,14 @@ class LocalCassandra(LocalService):
 
     # -- records ------------------------------------------------------------------------------------------------
     def options(self) -> dict[str, Any]:
-        return {"nodes": format_nodes(self.datacenters), "profile": self.profile, "heap_mb": self.heap_mb,
-                "inter_dc_delay_ms": self.inter_dc_delay_ms, "jitter_ms": self.jitter_ms,
-                "yaml_overrides": self.yaml_overrides}
+        return {
+            "nodes": format_nodes(self.datacenters),
+            "profile": self.profile,
+            "heap_mb": self.heap_mb,
+            "inter_dc_delay_ms": self.inter_dc_delay_ms,
+            "jitter_ms": self.jitter_ms,
+            "yaml_overrides": self.yaml_overrides,
+        }
 
     def pids(self) -> list[dict[str, float]]:
         refs = [n.ref for n in self.nodes if n.ref] + ([self.proxy_ref] if self.proxy_ref else [])
@@ -306,9 +359,14 @@ class LocalCassandra(LocalService):
         return rec
 
     def _layout(self) -> dict[str, Any]:
-        return {"native_port": self.native_port, "storage_port": self.storage_port, "proxy_ref": self.proxy_ref,
-                "inter_dc_delay_ms": self.inter_dc_delay_ms, "jitter_ms": self.jitter_ms,
-                "nodes": [n.to_dict() for n in self.nodes]}
+        return {
+            "native_port": self.native_port,
+            "storage_port": self.storage_port,
+            "proxy_ref": self.proxy_ref,
+            "inter_dc_delay_ms": self.inter_dc_delay_ms,
+            "jitter_ms": self.jitter_ms,
+            "nodes": [n.to_dict() for n in self.nodes],
+        }
 
     def _save_layout(self) -> None:
         tmp = self.dir / "cluster.json.tmp"
@@ -329,10 +387,21 @@ class LocalCassandra(LocalService):
         self.proxy_ref = layout.get("proxy_ref")
         self.inter_dc_delay_ms = layout.get("inter_dc_delay_ms", self.inter_dc_delay_ms)
         self.jitter_ms = layout.get("jitter_ms", self.jitter_ms)
-        self.nodes = [CassandraNode(name=d["name"], dc=d["dc"], rack=d["rack"], address=d["address"],
-                                    proxy_address=d["proxy_address"], jmx_port=d["jmx_port"], token=d["token"],
-                                    dir=Path(d["dir"]), cluster=self, ref=d.get("ref"))
-                      for d in layout["nodes"]]
+        self.nodes = [
+            CassandraNode(
+                name=d["name"],
+                dc=d["dc"],
+                rack=d["rack"],
+                address=d["address"],
+                proxy_address=d["proxy_address"],
+                jmx_port=d["jmx_port"],
+                token=d["token"],
+                dir=Path(d["dir"]),
+                cluster=self,
+                ref=d.get("ref"),
+            )
+            for d in layout["nodes"]
+        ]
 
     # -- nodes ----------------------------------------------------------------------------------------------------
     def node(self, which: int | str) -> CassandraNode:
@@ -379,8 +448,10 @@ class LocalCassandra(LocalService):
             raise BadParameter("delay_ms and jitter_ms must be >= 0 (milliseconds, one way)")
         self.inter_dc_delay_ms, self.jitter_ms = float(delay_ms), float(jitter_ms)
         if self.nodes and not self.multi_dc and delay_ms:
-            raise BadParameter(f"cassandra '{self.name}' has one datacenter, so there is no inter-DC link to slow "
-                               'down: start it with two, e.g. nodes="us:1,eu:1"')
+            raise BadParameter(
+                f"cassandra '{self.name}' has one datacenter, so there is no inter-DC link to slow "
+                'down: start it with two, e.g. nodes="us:1,eu:1"'
+            )
         if self.nodes and self.multi_dc:
             write_config(self._proxy_config, self._proxy_routes())
             self._save_layout()
@@ -398,8 +469,10 @@ class LocalCassandra(LocalService):
         from labkit.services.latency_proxy import wait_applied, write_config
 
         if not (self.nodes and self.multi_dc):
-            raise BadParameter(f"cassandra '{self.name}' has no running inter-DC link to cut: start it with two "
-                               'datacenters, e.g. nodes="us:1,eu:1"')
+            raise BadParameter(
+                f"cassandra '{self.name}' has no running inter-DC link to cut: start it with two "
+                'datacenters, e.g. nodes="us:1,eu:1"'
+            )
         self.partitioned = on
         write_config(self._proxy_config, self._proxy_routes())
         wait_applied(self._proxy_config)
@@ -433,9 +506,16 @@ class LocalCassandra(LocalService):
         return self.dir / "proxy" / "routes.json"
 
     def _proxy_routes(self) -> list[dict[str, Any]]:
-        return [{"listen": [n.proxy_address, self.storage_port], "target": [n.address, self.storage_port],
-                 "delay_ms": self.inter_dc_delay_ms, "jitter_ms": self.jitter_ms,
-                 "blocked": getattr(self, "partitioned", False)} for n in self.nodes]
+        return [
+            {
+                "listen": [n.proxy_address, self.storage_port],
+                "target": [n.address, self.storage_port],
+                "delay_ms": self.inter_dc_delay_ms,
+                "jitter_ms": self.jitter_ms,
+                "blocked": getattr(self, "partitioned", False),
+            }
+            for n in self.nodes
+        ]
 
     def _plan(self) -> None:
         """Pick a free 127.0.k.0/24 and ports, and name the nodes."""
@@ -451,7 +531,8 @@ class LocalCassandra(LocalService):
                     f"this system routes only 127.0.0.1 to loopback, and a {count}-node cluster needs one address "
                     "per node (127.0.k.n, plus 127.0.k.(100+n) for the latency proxies). Add aliases (macOS: "
                     "`sudo ifconfig lo0 alias 127.0.10.1` ... for each), or use Docker (LABKIT_PROVIDER=docker), "
-                    'or one node (nodes="dc1:1").')
+                    'or one node (nodes="dc1:1").'
+                )
             addrs, proxies = [LOOPBACK], [LOOPBACK]
             native, storage = free_port(LOOPBACK), free_port(LOOPBACK)
         else:
@@ -463,23 +544,34 @@ class LocalCassandra(LocalService):
                 if busy & set(addrs + proxies):
                     continue
                 native, storage = free_port(addrs[0]), free_port(addrs[0])
-                if native == storage or not all(port_is_free(native, a) and port_is_free(storage, a)
-                                                for a in addrs + proxies):
+                if native == storage or not all(
+                    port_is_free(native, a) and port_is_free(storage, a) for a in addrs + proxies
+                ):
                     continue
                 break
             else:
-                raise ServiceFailed("no free 127.0.k.0/24 loopback range for a Cassandra cluster: stop other "
-                                    "clusters (`labkit down`)")
+                raise ServiceFailed(
+                    "no free 127.0.k.0/24 loopback range for a Cassandra cluster: stop other clusters (`labkit down`)"
+                )
         self.native_port, self.storage_port = native, storage
         self.nodes = []
         i = 0
         for dc_index, (dc, n) in enumerate(self.datacenters.items()):
             for j in range(n):
                 name = f"{dc}_{j + 1}" if dc[-1].isdigit() else f"{dc}{j + 1}"  # us1, eu2, dc1_1
-                self.nodes.append(CassandraNode(
-                    name=name, dc=dc, rack="rack1", address=addrs[i], proxy_address=proxies[i],
-                    jmx_port=free_port(LOOPBACK), token=_initial_token(dc_index, j, n), dir=self.dir / name,
-                    cluster=self))
+                self.nodes.append(
+                    CassandraNode(
+                        name=name,
+                        dc=dc,
+                        rack="rack1",
+                        address=addrs[i],
+                        proxy_address=proxies[i],
+                        jmx_port=free_port(LOOPBACK),
+                        token=_initial_token(dc_index, j, n),
+                        dir=self.dir / name,
+                        cluster=self,
+                    )
+                )
                 i += 1
 
     def seeds(self) -> list[CassandraNode]:
@@ -544,12 +636,23 @@ class LocalCassandra(LocalService):
         for n in self.nodes:
             dcs.setdefault(n.dc, []).append(n.address)
         first = self.nodes[0]
-        return Endpoint(kind=self.kind, name=self.name, provider=self.provider, host=first.address,
-                        port=self.native_port, extra={
-                            "contact_points": [n.address for n in self.nodes], "local_dc": first.dc,
-                            "datacenters": dcs, "port": self.native_port,
-                            "nodes": [{"name": n.name, "dc": n.dc, "address": n.address,
-                                       "native_port": self.native_port} for n in self.nodes]})
+        return Endpoint(
+            kind=self.kind,
+            name=self.name,
+            provider=self.provider,
+            host=first.address,
+            port=self.native_port,
+            extra={
+                "contact_points": [n.address for n in self.nodes],
+                "local_dc": first.dc,
+                "datacenters": dcs,
+                "port": self.native_port,
+                "nodes": [
+                    {"name": n.name, "dc": n.dc, "address": n.address, "native_port": self.native_port}
+                    for n in self.nodes
+                ],
+            },
+        )
 
     def _broadcast(self, n: CassandraNode) -> str:
         return n.proxy_address if self.multi_dc else n.address
@@ -572,8 +675,9 @@ class LocalCassandra(LocalService):
             "commitlog_sync": "periodic",
             "commitlog_sync_period": "10000ms",
             "commitlog_segment_size": "8MiB",
-            "seed_provider": [{"class_name": "org.apache.cassandra.locator.SimpleSeedProvider",
-                               "parameters": [{"seeds": seeds}]}],
+            "seed_provider": [
+                {"class_name": "org.apache.cassandra.locator.SimpleSeedProvider", "parameters": [{"seeds": seeds}]}
+            ],
             "listen_address": n.address,
             "broadcast_address": self._broadcast(n),  # peers in other DCs reach this node through its proxy
             "rpc_address": n.address,
@@ -607,7 +711,8 @@ class LocalCassandra(LocalService):
         (conf / "cassandra.yaml").write_text(_to_yaml(cfg))
         (conf / "cassandra-rackdc.properties").write_text(
             f"dc={n.dc}\nrack={n.rack}\n# same-DC peers reconnect to listen_address, bypassing the latency proxy\n"
-            "prefer_local=true\n")
+            "prefer_local=true\n"
+        )
         (conf / "logback.xml").write_text(_LOGBACK)
         return conf
 
@@ -617,16 +722,28 @@ class LocalCassandra(LocalService):
         args = [
             # jvm-server.options, minus -XX:+AlwaysPreTouch (it would make the whole heap resident at once),
             # -XX:+HeapDumpOnOutOfMemoryError (heap dumps fill a laptop's disk) and -XX:+UseNUMA (one socket)
-            "-ea", "-da:net.openhft...", "-XX:+UseThreadPriorities", "-Xss256k", "-XX:+UseTLAB", "-XX:+ResizeTLAB",
-            "-XX:+PerfDisableSharedMem", "-Djava.net.preferIPv4Stack=true", "-XX:+ExitOnOutOfMemoryError",
-            f"-Xms{self.heap_mb}m", f"-Xmx{self.heap_mb}m",
+            "-ea",
+            "-da:net.openhft...",
+            "-XX:+UseThreadPriorities",
+            "-Xss256k",
+            "-XX:+UseTLAB",
+            "-XX:+ResizeTLAB",
+            "-XX:+PerfDisableSharedMem",
+            "-Djava.net.preferIPv4Stack=true",
+            "-XX:+ExitOnOutOfMemoryError",
+            f"-Xms{self.heap_mb}m",
+            f"-Xmx{self.heap_mb}m",
             # jvm17-server.options: G1 (region size left to the JVM: 16m regions are too big for a small heap)
-            "-XX:+UseG1GC", "-XX:+ParallelRefProcEnabled", "-XX:MaxTenuringThreshold=1",
-            "-XX:G1RSetUpdatingPauseTimePercent=5", "-XX:MaxGCPauseMillis=300",
+            "-XX:+UseG1GC",
+            "-XX:+ParallelRefProcEnabled",
+            "-XX:MaxTenuringThreshold=1",
+            "-XX:G1RSetUpdatingPauseTimePercent=5",
+            "-XX:MaxGCPauseMillis=300",
             "-XX:InitiatingHeapOccupancyPercent=70",
             "-Djdk.attach.allowAttachSelf=true",
             *_JPMS,
-            "-Dio.netty.tryReflectionSetAccessible=true", "-Dio.netty.allocator.useCacheForAllThreads=true",
+            "-Dio.netty.tryReflectionSetAccessible=true",
+            "-Dio.netty.allocator.useCacheForAllThreads=true",
             "-Dio.netty.allocator.maxOrder=11",
             # cassandra.in.sh / cassandra-env.sh
             *([f"-javaagent:{jamm}"] if jamm else []),
@@ -647,8 +764,12 @@ class LocalCassandra(LocalService):
             f"-Dlabkit.instance={self.dir}",  # lets `labkit down` recognise strays by command line
         ]
         if light:
-            args += ["-XX:TieredStopAtLevel=1",  # C1 only: faster start and a smaller code cache on 2 cores
-                     "-XX:ReservedCodeCacheSize=64m", "-XX:MaxDirectMemorySize=192m", "-XX:CICompilerCount=2"]
+            args += [
+                "-XX:TieredStopAtLevel=1",  # C1 only: faster start and a smaller code cache on 2 cores
+                "-XX:ReservedCodeCacheSize=64m",
+                "-XX:MaxDirectMemorySize=192m",
+                "-XX:CICompilerCount=2",
+            ]
         # extra flags for experiments, e.g. LABKIT_CASSANDRA_JVM_OPTS="-XX:NativeMemoryTracking=summary"
         args += list(config.current().cassandra_jvm_opts)
         return args
@@ -659,8 +780,13 @@ class LocalCassandra(LocalService):
             self.classpath = cassandra_classpath()
         conf = self._write_config(n)
         lib = self.classpath[0].parent
-        argv = [str(self.java), *self._jvm_args(n, conf), "-cp", f"{conf}:{lib}/*",
-                "org.apache.cassandra.service.CassandraDaemon"]
+        argv = [
+            str(self.java),
+            *self._jvm_args(n, conf),
+            "-cp",
+            f"{conf}:{lib}/*",
+            "org.apache.cassandra.service.CassandraDaemon",
+        ]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS"))}
         env.setdefault("MALLOC_ARENA_MAX", "2")  # glibc's per-thread arenas otherwise add 100+ MB resident
         n.proc = ManagedProcess(argv, n.log_path, cwd=n.dir, env=env)
@@ -673,9 +799,14 @@ class LocalCassandra(LocalService):
                 return False
             return bool(_query_one(n.address, self.native_port, "SELECT release_version FROM system.local"))
 
-        wait_for(f"Cassandra node {n.name} ({n.address}:{self.native_port}) to answer CQL", ready, timeout,
-                 alive=n.alive, on_fail=lambda: f"--- last lines of {n.log_path} ---\n" + _log_tail(n.log_path),
-                 interval=0.5)
+        wait_for(
+            f"Cassandra node {n.name} ({n.address}:{self.native_port}) to answer CQL",
+            ready,
+            timeout,
+            alive=n.alive,
+            on_fail=lambda: f"--- last lines of {n.log_path} ---\n" + _log_tail(n.log_path),
+            interval=0.5,
+        )
 
     def _wait_converged(self, timeout: float) -> None:
         """Every node lists every other as a live peer (schema changes then reach everyone)."""
@@ -685,25 +816,31 @@ class LocalCassandra(LocalService):
 
         def converged() -> bool:
             for n in self.nodes:
-                rows = _query_one(n.address, self.native_port,
-                                  "SELECT peer FROM system.peers_v2")
+                rows = _query_one(n.address, self.native_port, "SELECT peer FROM system.peers_v2")
                 if {str(r[0]) for r in rows} | {self._broadcast(n)} != want:
                     return False
             return True
 
-        wait_for(f"Cassandra cluster '{self.name}' to see all {len(self.nodes)} nodes", converged, timeout,
-                 on_fail=lambda: "\n".join(f"--- {n.name} ---\n{tail(n.log_path, 8)}" for n in self.nodes),
-                 interval=0.5)
+        wait_for(
+            f"Cassandra cluster '{self.name}' to see all {len(self.nodes)} nodes",
+            converged,
+            timeout,
+            on_fail=lambda: "\n".join(f"--- {n.name} ---\n{tail(n.log_path, 8)}" for n in self.nodes),
+            interval=0.5,
+        )
 
     def wait_for_schema_agreement(self, timeout: float = 60.0) -> str:
         """Wait until every running node reports the same schema version (after CREATE/ALTER); return it."""
+
         def agreed() -> str | None:
-            versions = {str(_query_one(n.address, self.native_port, "SELECT schema_version FROM system.local")[0][0])
-                        for n in self.nodes if n.alive()}
+            versions = {
+                str(_query_one(n.address, self.native_port, "SELECT schema_version FROM system.local")[0][0])
+                for n in self.nodes
+                if n.alive()
+            }
             return versions.pop() if len(versions) == 1 else None
 
-        return wait_for(f"the nodes of cassandra '{self.name}' to agree on the schema", agreed, timeout,
-                        interval=0.3)
+        return wait_for(f"the nodes of cassandra '{self.name}' to agree on the schema", agreed, timeout, interval=0.3)
 
     # -- stop, health -----------------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -747,8 +884,7 @@ class LocalCassandra(LocalService):
             if not n.alive():
                 continue
             try:
-                return str(_query_one(n.address, self.native_port,
-                                      "SELECT release_version FROM system.local")[0][0])
+                return str(_query_one(n.address, self.native_port, "SELECT release_version FROM system.local")[0][0])
             except Exception as e:  # noqa: BLE001 - try the next node
                 last = e
         raise NotRunning(f"no node of cassandra '{self.name}' answers CQL ({last}): start() it")
@@ -760,9 +896,16 @@ def _query_one(address: str, port: int, cql: str, timeout: float = 5.0) -> list[
     from cassandra.policies import WhiteListRoundRobinPolicy
 
     pinned = ExecutionProfile(load_balancing_policy=WhiteListRoundRobinPolicy([address]), request_timeout=timeout)
-    cluster = Cluster([address], port=port, execution_profiles={EXEC_PROFILE_DEFAULT: pinned},
-                      connect_timeout=timeout, control_connection_timeout=timeout, protocol_version=5,
-                      schema_metadata_enabled=False, token_metadata_enabled=False)
+    cluster = Cluster(
+        [address],
+        port=port,
+        execution_profiles={EXEC_PROFILE_DEFAULT: pinned},
+        connect_timeout=timeout,
+        control_connection_timeout=timeout,
+        protocol_version=5,
+        schema_metadata_enabled=False,
+        token_metadata_enabled=False,
+    )
     try:
         session = cluster.connect()
         return list(session.execute(cql, timeout=timeout))
@@ -776,32 +919,58 @@ def _to_yaml(cfg: dict[str, Any]) -> str:
 
 
 _JPMS = [
-    "--add-exports", "java.base/jdk.internal.misc=ALL-UNNAMED",
-    "--add-exports", "java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED",
-    "--add-exports", "java.rmi/sun.rmi.registry=ALL-UNNAMED",
-    "--add-exports", "java.rmi/sun.rmi.server=ALL-UNNAMED",
-    "--add-exports", "java.sql/java.sql=ALL-UNNAMED",
-    "--add-exports", "java.base/java.lang.ref=ALL-UNNAMED",
-    "--add-exports", "jdk.unsupported/sun.misc=ALL-UNNAMED",
-    "--add-exports", "jdk.compiler/com.sun.tools.javac.file=ALL-UNNAMED",
-    "--add-exports", "jdk.attach/sun.tools.attach=ALL-UNNAMED",
-    "--add-opens", "java.base/java.lang.module=ALL-UNNAMED",
-    "--add-opens", "java.base/jdk.internal.loader=ALL-UNNAMED",
-    "--add-opens", "java.base/jdk.internal.ref=ALL-UNNAMED",
-    "--add-opens", "java.base/jdk.internal.reflect=ALL-UNNAMED",
-    "--add-opens", "java.base/jdk.internal.math=ALL-UNNAMED",
-    "--add-opens", "java.base/jdk.internal.module=ALL-UNNAMED",
-    "--add-opens", "java.base/jdk.internal.util.jar=ALL-UNNAMED",
-    "--add-opens", "jdk.management/com.sun.management.internal=ALL-UNNAMED",
-    "--add-opens", "java.base/sun.nio.ch=ALL-UNNAMED",
-    "--add-opens", "java.base/java.io=ALL-UNNAMED",
-    "--add-opens", "java.base/java.lang.reflect=ALL-UNNAMED",
-    "--add-opens", "jdk.compiler/com.sun.tools.javac=ALL-UNNAMED",
-    "--add-opens", "java.base/java.lang=ALL-UNNAMED",
-    "--add-opens", "java.base/java.util=ALL-UNNAMED",
-    "--add-opens", "java.base/java.nio=ALL-UNNAMED",
-    "--add-opens", "java.base/java.util.concurrent=ALL-UNNAMED",
-    "--add-opens", "java.base/java.util.concurrent.atomic=ALL-UNNAMED",
+    "--add-exports",
+    "java.base/jdk.internal.misc=ALL-UNNAMED",
+    "--add-exports",
+    "java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED",
+    "--add-exports",
+    "java.rmi/sun.rmi.registry=ALL-UNNAMED",
+    "--add-exports",
+    "java.rmi/sun.rmi.server=ALL-UNNAMED",
+    "--add-exports",
+    "java.sql/java.sql=ALL-UNNAMED",
+    "--add-exports",
+    "java.base/java.lang.ref=ALL-UNNAMED",
+    "--add-exports",
+    "jdk.unsupported/sun.misc=ALL-UNNAMED",
+    "--add-exports",
+    "jdk.compiler/com.sun.tools.javac.file=ALL-UNNAMED",
+    "--add-exports",
+    "jdk.attach/sun.tools.attach=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/java.lang.module=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/jdk.internal.loader=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/jdk.internal.ref=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/jdk.internal.reflect=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/jdk.internal.math=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/jdk.internal.module=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/jdk.internal.util.jar=ALL-UNNAMED",
+    "--add-opens",
+    "jdk.management/com.sun.management.internal=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/sun.nio.ch=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/java.io=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/java.lang.reflect=ALL-UNNAMED",
+    "--add-opens",
+    "jdk.compiler/com.sun.tools.javac=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/java.lang=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/java.util=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/java.nio=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/java.util.concurrent=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/java.util.concurrent.atomic=ALL-UNNAMED",
 ]
 
 # INFO to stdout, which ManagedProcess writes to the node's system.log; no debug.log (CPU and disk on a laptop)

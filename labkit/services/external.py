@@ -20,6 +20,7 @@ shares, every learner works inside a namespace (:func:`namespace`: `LABKIT_NAMES
 
 `labkit down --purge` (:func:`purge`) removes the learner's own namespace(s) and nothing else.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -64,8 +65,11 @@ def learner() -> str:
 
 def notebook() -> str:
     """The notebook (LABKIT_NOTEBOOK; Jupyter sets JPY_SESSION_NAME in the kernel), else the script being run."""
-    path = (config.current().notebook or os.environ.get("JPY_SESSION_NAME")
-            or (sys.argv[0] if sys.argv and sys.argv[0] else ""))
+    path = (
+        config.current().notebook
+        or os.environ.get("JPY_SESSION_NAME")
+        or (sys.argv[0] if sys.argv and sys.argv[0] else "")
+    )
     stem = Path(path).stem if path and not path.startswith("-") else ""
     return stem or "python"
 
@@ -80,8 +84,10 @@ def namespace() -> str:
     explicit = config.current().namespace
     if explicit:
         if not NAMESPACE_RE.match(explicit):
-            raise BadParameter(f"LABKIT_NAMESPACE={explicit!r}: use 1-32 characters, lower-case letters, digits "
-                               "and _, starting with a letter (e.g. LABKIT_NAMESPACE=alice_lab09)")
+            raise BadParameter(
+                f"LABKIT_NAMESPACE={explicit!r}: use 1-32 characters, lower-case letters, digits "
+                "and _, starting with a letter (e.g. LABKIT_NAMESPACE=alice_lab09)"
+            )
         return explicit
     return user_prefix() + (_slug(notebook(), 14) or "python")
 
@@ -125,21 +131,32 @@ def resolve(kind: str, name: str) -> Endpoint:
     if kind == "postgres":
         dsn = env or cfg.get("dsn", "")
         if not dsn:
-            raise ProviderUnavailable(f"no external Postgres configured: set "
-                                      f"{ENV[kind]}=postgresql://user:pw@host:port/db "
-                                      'or add {"postgres": {"dsn": ...}} to the external config')
+            raise ProviderUnavailable(
+                f"no external Postgres configured: set "
+                f"{ENV[kind]}=postgresql://user:pw@host:port/db "
+                'or add {"postgres": {"dsn": ...}} to the external config'
+            )
         try:
             u = urlsplit(dsn)
             port = u.port or 5432
         except ValueError:
             u, port = None, 0
         if u is None or u.scheme not in ("postgres", "postgresql") or not u.hostname:
-            raise BadParameter(f"{ENV[kind]}: '{dsn}' is not a postgresql:// URL "
-                               "(e.g. postgresql://student:pw@db.example:5432/course)")
+            raise BadParameter(
+                f"{ENV[kind]}: '{dsn}' is not a postgresql:// URL (e.g. postgresql://student:pw@db.example:5432/course)"
+            )
         ns = namespace()
-        return Endpoint(kind, name, "external", u.hostname, port, unquote(u.username or "") or None,
-                        unquote(u.password or "") or None, unquote((u.path or "/postgres").lstrip("/")) or "postgres",
-                        extra={"schema": ns, "namespace": ns, "dsn_params": dict(parse_qsl(u.query))})
+        return Endpoint(
+            kind,
+            name,
+            "external",
+            u.hostname,
+            port,
+            unquote(u.username or "") or None,
+            unquote(u.password or "") or None,
+            unquote((u.path or "/postgres").lstrip("/")) or "postgres",
+            extra={"schema": ns, "namespace": ns, "dsn_params": dict(parse_qsl(u.query))},
+        )
     if kind == "memcached":
         text = env or cfg.get("address", "")
         if not text:
@@ -157,12 +174,25 @@ def resolve(kind: str, name: str) -> Endpoint:
         else:
             hosts, port, local_dc = list(cfg.get("contact_points", [])), int(cfg.get("port", 9042)), cfg.get("local_dc")
         if not hosts:
-            raise ProviderUnavailable(f"no external Cassandra configured: set {ENV[kind]}=host1,host2[:port] "
-                                      "and LABKIT_CASSANDRA_DC=<local datacenter>")
+            raise ProviderUnavailable(
+                f"no external Cassandra configured: set {ENV[kind]}=host1,host2[:port] "
+                "and LABKIT_CASSANDRA_DC=<local datacenter>"
+            )
         ns = namespace()
-        return Endpoint(kind, name, "external", hosts[0], port,
-                        extra={"contact_points": hosts, "local_dc": local_dc, "port": port,
-                               "keyspace_prefix": f"{ns}_", "namespace": ns})
+        return Endpoint(
+            kind,
+            name,
+            "external",
+            hosts[0],
+            port,
+            extra={
+                "contact_points": hosts,
+                "local_dc": local_dc,
+                "port": port,
+                "keyspace_prefix": f"{ns}_",
+                "namespace": ns,
+            },
+        )
     raise BadParameter(f"the external provider does not know '{kind}'")
 
 
@@ -206,15 +236,17 @@ class ExternalService(Service):
                 raise ProviderUnavailable(
                     f"external Postgres {ep.host}:{ep.port} does not answer or refuses the learner's schema "
                     f"{ep.extra['schema']!r}: {str(e).strip()}. Check the DSN; the instructor can allow schemas "
-                    f"with GRANT CREATE ON DATABASE {ep.database} TO {ep.user}") from None
+                    f"with GRANT CREATE ON DATABASE {ep.database} TO {ep.user}"
+                ) from None
         self._endpoint = ep
         if self.kind == "memcached":
             _use_prefix(ep, +1)
         h = self.health()
         if not h.ok:
             self._endpoint = None
-            raise ProviderUnavailable(f"external {self.kind} at {ep.host}:{ep.port}: {h.detail}. "
-                                      "Check the address and that the server runs.")
+            raise ProviderUnavailable(
+                f"external {self.kind} at {ep.host}:{ep.port}: {h.detail}. Check the address and that the server runs."
+            )
         return ep
 
     def stop(self) -> None:
@@ -250,8 +282,10 @@ class ExternalService(Service):
             cluster.shutdown()
 
     def kill(self) -> None:
-        raise NotRunning(f"external {self.kind} '{self.name}' is not labkit's to kill: fault experiments need the "
-                         "local or docker provider")
+        raise NotRunning(
+            f"external {self.kind} '{self.name}' is not labkit's to kill: fault experiments need the "
+            "local or docker provider"
+        )
 
     pause = resume = kill
 
@@ -275,8 +309,11 @@ def _memcached_keys(address: tuple[str, int], timeout: float = 10.0) -> list[byt
         with socket.create_connection(address, timeout=timeout) as s:
             s.sendall(b"lru_crawler metadump all\r\n")
             data = b""
-            while not (data.endswith(b"END\r\n") or data.startswith((b"BUSY", b"ERROR", b"CLIENT_ERROR"))
-                       and data.endswith(b"\r\n")):
+            while not (
+                data.endswith(b"END\r\n")
+                or data.startswith((b"BUSY", b"ERROR", b"CLIENT_ERROR"))
+                and data.endswith(b"\r\n")
+            ):
                 chunk = s.recv(65536)
                 if not chunk:
                     break
@@ -287,10 +324,15 @@ def _memcached_keys(address: tuple[str, int], timeout: float = 10.0) -> list[byt
             time.sleep(0.1)
             continue
         if not data.endswith(b"END\r\n"):
-            raise ProviderUnavailable(f"memcached {address[0]}:{address[1]} cannot list its keys "
-                                      f"({data[:80]!r}): it needs the LRU crawler (memcached 1.4.31+)")
-        return [unquote(line.split(b" ", 1)[0][4:].decode()).encode() for line in data.splitlines()
-                if line.startswith(b"key=")]
+            raise ProviderUnavailable(
+                f"memcached {address[0]}:{address[1]} cannot list its keys "
+                f"({data[:80]!r}): it needs the LRU crawler (memcached 1.4.31+)"
+            )
+        return [
+            unquote(line.split(b" ", 1)[0][4:].decode()).encode()
+            for line in data.splitlines()
+            if line.startswith(b"key=")
+        ]
     raise ProviderUnavailable(f"memcached {address[0]}:{address[1]}: its LRU crawler stayed busy; try again")
 
 

@@ -21,6 +21,7 @@ may be sent (arrival + delay + jitter) and put on a queue; a writer task sends i
 in flight at once, so delay does not cap throughput; the release time never goes backwards, so the byte
 order of a stream is preserved even with jitter.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,8 +75,13 @@ class _Route:
             self.open.clear()
 
     def stats(self) -> dict[str, int]:
-        return {"up": self.bytes[0], "down": self.bytes[1], "connections": self.connections,
-                "refused": self.refused, "blocked": int(self.blocked)}
+        return {
+            "up": self.bytes[0],
+            "down": self.bytes[1],
+            "connections": self.connections,
+            "refused": self.refused,
+            "blocked": int(self.blocked),
+        }
 
     def due(self, direction: int) -> float:
         j = self.jitter[direction]
@@ -90,8 +96,9 @@ class _Route:
         try:
             sreader, swriter = await asyncio.open_connection(*self.target)
         except OSError as e:
-            print(f"{time.strftime('%H:%M:%S')} {self.listen} <- {peer}: target {self.target} refused ({e})",
-                  flush=True)
+            print(
+                f"{time.strftime('%H:%M:%S')} {self.listen} <- {peer}: target {self.target} refused ({e})", flush=True
+            )
             cwriter.close()
             return
         # one line per connection: which peers cross this proxy (the inter-DC routing check reads it)
@@ -104,15 +111,21 @@ class _Route:
         self.connections += 1
         self.open.update(both)
         try:
-            await asyncio.gather(self._pipe(creader, swriter, 0, both), self._pipe(sreader, cwriter, 1, both),
-                                 return_exceptions=True)
+            await asyncio.gather(
+                self._pipe(creader, swriter, 0, both), self._pipe(sreader, cwriter, 1, both), return_exceptions=True
+            )
         finally:
             for w in both:
                 self.open.discard(w)
                 w.close()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: int,
-                    both: tuple[asyncio.StreamWriter, asyncio.StreamWriter]) -> None:
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        direction: int,
+        both: tuple[asyncio.StreamWriter, asyncio.StreamWriter],
+    ) -> None:
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
         async def send() -> None:
@@ -207,8 +220,9 @@ async def _serve(config: Path, owner: tuple[int, float] | None = None) -> None:
                         routes[key].update(r)
                     else:
                         route = _Route(r)
-                        route.server = await asyncio.start_server(route.handle, *route.listen,
-                                                                  reuse_address=True, backlog=512)
+                        route.server = await asyncio.start_server(
+                            route.handle, *route.listen, reuse_address=True, backlog=512
+                        )
                         routes[key] = route
                 ready = config.with_suffix(".ready")
                 if not ready.exists():
@@ -245,9 +259,16 @@ def write_config(path: Path, routes: list[dict[str, Any]]) -> None:
 class LatencyProxy:
     """A latency proxy process in front of one TCP server. `address` is where clients connect."""
 
-    def __init__(self, listen: tuple[str, int] = ("127.0.0.1", 0), target: tuple[str, int] = ("127.0.0.1", 0),
-                 delay_ms: float | tuple[float, float] = 0.0, jitter_ms: float | tuple[float, float] = 0.0,
-                 *, workdir: Path | None = None, tied_to_this_process: bool = True) -> None:
+    def __init__(
+        self,
+        listen: tuple[str, int] = ("127.0.0.1", 0),
+        target: tuple[str, int] = ("127.0.0.1", 0),
+        delay_ms: float | tuple[float, float] = 0.0,
+        jitter_ms: float | tuple[float, float] = 0.0,
+        *,
+        workdir: Path | None = None,
+        tied_to_this_process: bool = True,
+    ) -> None:
         from labkit.services._process import free_port
 
         if not target[1]:
@@ -274,10 +295,15 @@ class LatencyProxy:
         return self.listen
 
     def _route(self) -> dict[str, Any]:
-        return {"listen": list(self.listen), "target": list(self.target),
-                "delay_ms": self.delay_ms, "jitter_ms": self.jitter_ms, "blocked": self.blocked}
+        return {
+            "listen": list(self.listen),
+            "target": list(self.target),
+            "delay_ms": self.delay_ms,
+            "jitter_ms": self.jitter_ms,
+            "blocked": self.blocked,
+        }
 
-    def start(self) -> "LatencyProxy":
+    def start(self) -> LatencyProxy:
         self.proc = start_proxy_process(self.config, [self._route()], owner_pid=os.getpid() if self.tied else None)
         return self
 
@@ -316,7 +342,7 @@ class LatencyProxy:
 
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> "LatencyProxy":
+    def __enter__(self) -> LatencyProxy:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -325,8 +351,10 @@ class LatencyProxy:
 
 def wait_applied(config: Path, timeout: float = 5.0) -> None:
     """Wait until the proxy process has read the config just written (it rewrites its stats then)."""
-    target = [(r["listen"][0], int(r["listen"][1]), bool(r.get("blocked", False)))
-              for r in json.loads(config.read_text())["routes"]]
+    target = [
+        (r["listen"][0], int(r["listen"][1]), bool(r.get("blocked", False)))
+        for r in json.loads(config.read_text())["routes"]
+    ]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -362,8 +390,9 @@ def read_stats(config: Path, fresh: bool = True, timeout: float = 10.0) -> dict[
         time.sleep(_POLL_S / 2)
 
 
-def start_proxy_process(config: Path, routes: list[dict[str, Any]], timeout: float = 15.0,
-                        owner_pid: int | None = None) -> Any:
+def start_proxy_process(
+    config: Path, routes: list[dict[str, Any]], timeout: float = 15.0, owner_pid: int | None = None
+) -> Any:
     """Start a proxy process serving `routes`; wait until every listen address accepts connections.
 
     With `owner_pid` the proxy exits by itself once that process is gone (no orphan after a killed kernel).
@@ -376,19 +405,22 @@ def start_proxy_process(config: Path, routes: list[dict[str, Any]], timeout: flo
     log = config.with_suffix(".log")
     env = dict(os.environ)
     # the child must import this very labkit, also when it is not installed (a source checkout)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
-                                                      env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")]))
     argv = [sys.executable, "-m", "labkit.services.latency_proxy", "--config", str(config)]
     if owner_pid is not None:
         ref = proc_ref(owner_pid)
         argv += ["--owner", f"{ref['pid']}:{ref['create_time']!r}"]
     proc = ManagedProcess(argv, log, env=env)
     try:
-        wait_for(f"latency proxy ({len(routes)} routes)",
-                 # the process writes .ready after every listening socket is bound (a test connection
-                 # would make the proxy dial a target that may not run yet)
-                 lambda: config.with_suffix(".ready").exists(),
-                 timeout, alive=proc.alive, on_fail=lambda: tail(log))
+        wait_for(
+            f"latency proxy ({len(routes)} routes)",
+            # the process writes .ready after every listening socket is bound (a test connection
+            # would make the proxy dial a target that may not run yet)
+            lambda: config.with_suffix(".ready").exists(),
+            timeout,
+            alive=proc.alive,
+            on_fail=lambda: tail(log),
+        )
     except ServiceFailed:
         proc.stop(grace=1.0)
         raise

@@ -1,8 +1,9 @@
 """memcached: a real server as a local process or a testcontainers container.
 
-    with LocalMemcached("mc", memory_mb=16) as mc:
-        pymemcache.Client(mc.endpoint.address).set("k", b"v")
+with LocalMemcached("mc", memory_mb=16) as mc:
+    pymemcache.Client(mc.endpoint.address).set("k", b"v")
 """
+
 from __future__ import annotations
 
 import os
@@ -15,12 +16,22 @@ import psutil
 from labkit import profile
 from labkit.errors import BadParameter
 from labkit.services import _docker
-from labkit.services._process import (LOOPBACK, LocalService, ManagedProcess, find_binary, reuse_or_pick_port, tail,
-                                      unprivileged_user, wait_for)
+from labkit.services._process import (
+    LOOPBACK,
+    LocalService,
+    ManagedProcess,
+    find_binary,
+    reuse_or_pick_port,
+    tail,
+    unprivileged_user,
+    wait_for,
+)
 from labkit.services.base import Endpoint, Health, check_int
 
-MC_HINT = ("Install memcached: `apt-get install memcached` (Debian/Ubuntu/Colab), `brew install memcached` (macOS), "
-           "or `conda install -c conda-forge memcached` (conda, Binder).")
+MC_HINT = (
+    "Install memcached: `apt-get install memcached` (Debian/Ubuntu/Colab), `brew install memcached` (macOS), "
+    "or `conda install -c conda-forge memcached` (conda, Binder)."
+)
 
 
 def ask(address: tuple[str, int], command: bytes, timeout: float = 2.0) -> bytes:
@@ -55,19 +66,31 @@ def query_health(endpoint: Endpoint) -> Health:
         return Health(False, f"no answer: {e}")
 
 
-def check_sizes(memory_mb: Any, max_item_mb: Any, threads: Any = 1, port: Any = None,
-                extra_args: Any = None) -> tuple[int, int, int]:
+def check_sizes(
+    memory_mb: Any, max_item_mb: Any, threads: Any = 1, port: Any = None, extra_args: Any = None
+) -> tuple[int, int, int]:
     """Validated (memory_mb, max_item_mb, threads): memcached itself refuses an item limit above half its memory."""
     ram_mb = psutil.virtual_memory().total // 2**20
-    memory = check_int("memory_mb", memory_mb if memory_mb is not None else int(profile.pick(64, 32, 32)), 2, ram_mb,
-                       f" MB (-m; this machine has {ram_mb} MB; 8 or more is typical)")
-    item = check_int("max_item_mb", max_item_mb if max_item_mb is not None else min(2, memory // 2), 1,
-                     min(1024, memory // 2), f" MB: memcached allows at most half of memory_mb ({memory} MB)")
+    memory = check_int(
+        "memory_mb",
+        memory_mb if memory_mb is not None else int(profile.pick(64, 32, 32)),
+        2,
+        ram_mb,
+        f" MB (-m; this machine has {ram_mb} MB; 8 or more is typical)",
+    )
+    item = check_int(
+        "max_item_mb",
+        max_item_mb if max_item_mb is not None else min(2, memory // 2),
+        1,
+        min(1024, memory // 2),
+        f" MB: memcached allows at most half of memory_mb ({memory} MB)",
+    )
     nthreads = check_int("threads", threads, 1, 64, " worker threads (-t)")
     if port is not None:
         check_int("port", port, 1024, 65535, " (or leave it out for a free port)")
-    if extra_args is not None and (not isinstance(extra_args, (list, tuple))
-                                   or not all(isinstance(a, str) for a in extra_args)):
+    if extra_args is not None and (
+        not isinstance(extra_args, (list, tuple)) or not all(isinstance(a, str) for a in extra_args)
+    ):
         raise BadParameter(f"extra_args={extra_args!r}: give a list of strings, e.g. ['-o', 'modern']")
     return memory, item, nthreads
 
@@ -77,19 +100,31 @@ class LocalMemcached(LocalService):
 
     kind = "memcached"
 
-    def __init__(self, name: str = "memcached", *, memory_mb: int | None = None, max_item_mb: int | None = None,
-                 threads: int = 2, port: int | None = None, extra_args: list[str] | None = None,
-                 instance_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "memcached",
+        *,
+        memory_mb: int | None = None,
+        max_item_mb: int | None = None,
+        threads: int = 2,
+        port: int | None = None,
+        extra_args: list[str] | None = None,
+        instance_dir: Path | None = None,
+    ) -> None:
         super().__init__(name, instance_dir=instance_dir)
-        self.memory_mb, self.max_item_mb, self.threads = check_sizes(memory_mb, max_item_mb, threads, port,
-                                                                     extra_args)
+        self.memory_mb, self.max_item_mb, self.threads = check_sizes(memory_mb, max_item_mb, threads, port, extra_args)
         self.requested_port = port
         self.port = port
         self.extra_args = list(extra_args or [])
 
     def options(self) -> dict[str, Any]:
-        return {"memory_mb": self.memory_mb, "max_item_mb": self.max_item_mb, "threads": self.threads,
-                "port": self.requested_port, "extra_args": self.extra_args}
+        return {
+            "memory_mb": self.memory_mb,
+            "max_item_mb": self.max_item_mb,
+            "threads": self.threads,
+            "port": self.requested_port,
+            "extra_args": self.extra_args,
+        }
 
     def start(self) -> Endpoint:
         if self.running():
@@ -97,22 +132,49 @@ class LocalMemcached(LocalService):
         binary = find_binary("memcached", ["/usr/bin/memcached", "/usr/sbin/memcached"], MC_HINT)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = reuse_or_pick_port(self.requested_port, self.port, what=f"memcached '{self.name}'")
-        argv: list[Any] = [binary, "-l", LOOPBACK, "-p", self.port, "-U", "0", "-m", self.memory_mb,
-                           "-I", f"{self.max_item_mb}m", "-t", self.threads, "-c", "4096",
-                           # the pid file puts the instance dir on the command line: `labkit down` finds strays by it
-                           "-P", self.dir / "memcached.pid", *self.extra_args]
+        argv: list[Any] = [
+            binary,
+            "-l",
+            LOOPBACK,
+            "-p",
+            self.port,
+            "-U",
+            "0",
+            "-m",
+            self.memory_mb,
+            "-I",
+            f"{self.max_item_mb}m",
+            "-t",
+            self.threads,
+            "-c",
+            "4096",
+            # the pid file puts the instance dir on the command line: `labkit down` finds strays by it
+            "-P",
+            self.dir / "memcached.pid",
+            *self.extra_args,
+        ]
         run_as = unprivileged_user()
         if run_as is not None:  # memcached refuses root unless told which user to become
             argv += ["-u", run_as.pw_name]
             os.chmod(self.dir, 0o777)
         self.procs = [ManagedProcess(argv, self.log_path, cwd=self.dir)]
         self._restored_refs = []
-        self._endpoint = Endpoint(kind=self.kind, name=self.name, provider=self.provider, host=LOOPBACK,
-                                  port=self.port, extra={"memory_mb": self.memory_mb})
+        self._endpoint = Endpoint(
+            kind=self.kind,
+            name=self.name,
+            provider=self.provider,
+            host=LOOPBACK,
+            port=self.port,
+            extra={"memory_mb": self.memory_mb},
+        )
         try:
-            wait_for(f"memcached '{self.name}' on {LOOPBACK}:{self.port} to answer `version`",
-                     lambda: query_health(self._endpoint).ok, timeout=15, alive=self.procs[0].alive,
-                     on_fail=lambda: tail(self.log_path))
+            wait_for(
+                f"memcached '{self.name}' on {LOOPBACK}:{self.port} to answer `version`",
+                lambda: query_health(self._endpoint).ok,
+                timeout=15,
+                alive=self.procs[0].alive,
+                on_fail=lambda: tail(self.log_path),
+            )
         except BaseException:
             self.stop()
             raise
@@ -132,13 +194,20 @@ class DockerMemcached(_docker.DockerService):
     kind = "memcached"
     IMAGE_KIND = "memcached"
 
-    def __init__(self, name: str = "memcached", *, memory_mb: int | None = None, max_item_mb: int | None = None,
-                 threads: int = 2, port: int | None = None, extra_args: list[str] | None = None,
-                 image: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "memcached",
+        *,
+        memory_mb: int | None = None,
+        max_item_mb: int | None = None,
+        threads: int = 2,
+        port: int | None = None,
+        extra_args: list[str] | None = None,
+        image: str | None = None,
+    ) -> None:
         super().__init__(name, image)
         # port: the container's is published on a free host port (port= is for the local provider)
-        self.memory_mb, self.max_item_mb, self.threads = check_sizes(memory_mb, max_item_mb, threads, port,
-                                                                     extra_args)
+        self.memory_mb, self.max_item_mb, self.threads = check_sizes(memory_mb, max_item_mb, threads, port, extra_args)
         self.extra_args = list(extra_args or [])
 
     def start(self) -> Endpoint:
@@ -152,8 +221,21 @@ class DockerMemcached(_docker.DockerService):
             from testcontainers.memcached import MemcachedContainer
 
         c = MemcachedContainer(self.image).with_command(
-            ["memcached", "-m", str(self.memory_mb), "-I", f"{self.max_item_mb}m", "-t", str(self.threads),
-             "-c", "4096", "-U", "0", *self.extra_args])
+            [
+                "memcached",
+                "-m",
+                str(self.memory_mb),
+                "-I",
+                f"{self.max_item_mb}m",
+                "-t",
+                str(self.threads),
+                "-c",
+                "4096",
+                "-U",
+                "0",
+                *self.extra_args,
+            ]
+        )
         return self._launch(c, 11211, "`version`", 30, extra={"memory_mb": self.memory_mb})
 
     def query_health(self) -> Health:

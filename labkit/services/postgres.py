@@ -5,6 +5,7 @@
 
 As root (Colab, CI) the server runs as an unprivileged user, because Postgres refuses to run as root.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,14 +19,30 @@ import psycopg
 from labkit import profile
 from labkit.errors import BadParameter, ServiceFailed
 from labkit.services import _docker
-from labkit.services._process import (LOOPBACK, LocalService, ManagedProcess, find_binary, give_to, new_password,
-                                      reuse_or_pick_port, tail, unprivileged_user, wait_for)
+from labkit.services._process import (
+    LOOPBACK,
+    LocalService,
+    ManagedProcess,
+    find_binary,
+    give_to,
+    new_password,
+    reuse_or_pick_port,
+    tail,
+    unprivileged_user,
+    wait_for,
+)
 from labkit.services.base import Endpoint, Health, check_int
 
-PG_GLOBS = ("/usr/lib/postgresql/*/bin/{name}", "/usr/local/opt/postgresql*/bin/{name}",
-            "/opt/homebrew/opt/postgresql*/bin/{name}", "/Applications/Postgres.app/Contents/Versions/*/bin/{name}")
-PG_HINT = ("Install PostgreSQL: `apt-get install postgresql` (Debian/Ubuntu/Colab), `brew install postgresql@16` "
-           "(macOS), or `conda install -c conda-forge postgresql` (conda, Binder).")
+PG_GLOBS = (
+    "/usr/lib/postgresql/*/bin/{name}",
+    "/usr/local/opt/postgresql*/bin/{name}",
+    "/opt/homebrew/opt/postgresql*/bin/{name}",
+    "/Applications/Postgres.app/Contents/Versions/*/bin/{name}",
+)
+PG_HINT = (
+    "Install PostgreSQL: `apt-get install postgresql` (Debian/Ubuntu/Colab), `brew install postgresql@16` "
+    "(macOS), or `conda install -c conda-forge postgresql` (conda, Binder)."
+)
 USER = "labkit"
 DATABASE = "labkit"
 
@@ -48,18 +65,36 @@ def query_health(endpoint: Endpoint, timeout: float = 2.0) -> Health:
         return Health(False, f"no answer: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
 
 
-def check_options(port: Any, shared_buffers_mb: Any, max_connections: Any, settings: Any,
-                  password: Any) -> tuple[int, int, dict[str, str]]:
+def check_options(
+    port: Any, shared_buffers_mb: Any, max_connections: Any, settings: Any, password: Any
+) -> tuple[int, int, dict[str, str]]:
     """Validated (shared_buffers_mb, max_connections, settings) for both providers."""
     if port is not None:
         check_int("port", port, 1024, 65535, " (or leave it out for a free port)")
-    buffers = check_int("shared_buffers_mb", shared_buffers_mb if shared_buffers_mb is not None
-                        else int(profile.pick(128, 64, 32)), 1, 65536, " MB (Postgres' shared_buffers)")
-    conns = check_int("max_connections", max_connections, 5, 10_000,
-                      " (a lab needs 20 or more; lesson 10's 200 readers share a pool of connections)")
-    if settings is not None and (not isinstance(settings, dict) or not all(
-            isinstance(k, str) and k.replace("_", "").replace(".", "").isalnum() and isinstance(v, (str, int, float))
-            and "\n" not in str(v) for k, v in settings.items())):
+    buffers = check_int(
+        "shared_buffers_mb",
+        shared_buffers_mb if shared_buffers_mb is not None else int(profile.pick(128, 64, 32)),
+        1,
+        65536,
+        " MB (Postgres' shared_buffers)",
+    )
+    conns = check_int(
+        "max_connections",
+        max_connections,
+        5,
+        10_000,
+        " (a lab needs 20 or more; lesson 10's 200 readers share a pool of connections)",
+    )
+    if settings is not None and (
+        not isinstance(settings, dict)
+        or not all(
+            isinstance(k, str)
+            and k.replace("_", "").replace(".", "").isalnum()
+            and isinstance(v, (str, int, float))
+            and "\n" not in str(v)
+            for k, v in settings.items()
+        )
+    ):
         raise BadParameter(f"settings={settings!r}: give a dict of Postgres settings, e.g. {{'work_mem': '8MB'}}")
     if password is not None and (not isinstance(password, str) or not password or "\n" in password):
         raise BadParameter("password: give a non-empty one-line string, or leave it out for a generated one")
@@ -71,12 +106,21 @@ class LocalPostgres(LocalService):
 
     kind = "postgres"
 
-    def __init__(self, name: str = "postgres", *, port: int | None = None, shared_buffers_mb: int | None = None,
-                 max_connections: int = 200, settings: dict[str, str] | None = None,
-                 password: str | None = None, instance_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "postgres",
+        *,
+        port: int | None = None,
+        shared_buffers_mb: int | None = None,
+        max_connections: int = 200,
+        settings: dict[str, str] | None = None,
+        password: str | None = None,
+        instance_dir: Path | None = None,
+    ) -> None:
         super().__init__(name, instance_dir=instance_dir)
         self.shared_buffers_mb, self.max_connections, self.settings = check_options(
-            port, shared_buffers_mb, max_connections, settings, password)
+            port, shared_buffers_mb, max_connections, settings, password
+        )
         self.requested_port = port
         self.port = port
         self.password = password or new_password()
@@ -87,8 +131,13 @@ class LocalPostgres(LocalService):
         return self.dir / "data"
 
     def options(self) -> dict[str, Any]:
-        return {"port": self.requested_port, "shared_buffers_mb": self.shared_buffers_mb,
-                "max_connections": self.max_connections, "settings": self.settings, "password": self.password}
+        return {
+            "port": self.requested_port,
+            "shared_buffers_mb": self.shared_buffers_mb,
+            "max_connections": self.max_connections,
+            "settings": self.settings,
+            "password": self.password,
+        }
 
     def _initdb(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -96,21 +145,36 @@ class LocalPostgres(LocalService):
         pwfile.write_text(self.password + "\n")
         os.chmod(pwfile, 0o600)
         give_to(self.dir, self.run_as)
-        argv = [pg_binary("initdb"), "-D", self.data_dir, "-U", USER, f"--pwfile={pwfile}", "--auth=scram-sha-256",
-                "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"]
+        argv = [
+            pg_binary("initdb"),
+            "-D",
+            self.data_dir,
+            "-U",
+            USER,
+            f"--pwfile={pwfile}",
+            "--auth=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+            "--no-instructions",
+        ]
         kw: dict[str, Any] = {}
         if self.run_as is not None:
             kw.update(user=self.run_as.pw_uid, group=self.run_as.pw_gid, extra_groups=[])
         res = subprocess.run([str(a) for a in argv], capture_output=True, text=True, cwd=self.dir, **kw)
         pwfile.unlink(missing_ok=True)
         if res.returncode != 0:
-            raise ServiceFailed(f"initdb failed for Postgres '{self.name}' (exit {res.returncode}):\n"
-                                f"{(res.stdout + res.stderr)[-2000:]}")
+            raise ServiceFailed(
+                f"initdb failed for Postgres '{self.name}' (exit {res.returncode}):\n"
+                f"{(res.stdout + res.stderr)[-2000:]}"
+            )
 
     def _stat_statements_available(self) -> bool:
         try:
-            out = subprocess.run([str(pg_binary("pg_config")), "--pkglibdir"], capture_output=True, text=True,
-                                 timeout=5).stdout.strip()
+            out = subprocess.run(
+                [str(pg_binary("pg_config")), "--pkglibdir"], capture_output=True, text=True, timeout=5
+            ).stdout.strip()
             return bool(out) and any(Path(out).glob("pg_stat_statements.*"))
         except Exception:  # noqa: BLE001 - no pg_config: run without the extension
             return False
@@ -124,10 +188,17 @@ class LocalPostgres(LocalService):
         # Backends of a server that was SIGKILLed may still hold its shared memory for a moment.
         wait_for(f"old Postgres '{self.name}' processes to exit", lambda: not self._stale_postmaster(), 15)
         self.port = reuse_or_pick_port(self.requested_port, self.port, what=f"Postgres '{self.name}'")
-        settings = {"listen_addresses": LOOPBACK, "port": str(self.port), "unix_socket_directories": "",
-                    "max_connections": str(self.max_connections), "shared_buffers": f"{self.shared_buffers_mb}MB",
-                    "logging_collector": "off", "log_min_messages": "warning", "dynamic_shared_memory_type": "posix",
-                    **self.settings}
+        settings = {
+            "listen_addresses": LOOPBACK,
+            "port": str(self.port),
+            "unix_socket_directories": "",
+            "max_connections": str(self.max_connections),
+            "shared_buffers": f"{self.shared_buffers_mb}MB",
+            "logging_collector": "off",
+            "log_min_messages": "warning",
+            "dynamic_shared_memory_type": "posix",
+            **self.settings,
+        }
         if self._stat_statements_available():
             settings.setdefault("shared_preload_libraries", "pg_stat_statements")
         argv: list[Any] = [pg_binary("postgres"), "-D", self.data_dir]
@@ -135,22 +206,42 @@ class LocalPostgres(LocalService):
             argv += ["-c", f"{k}={v}"]
         self.procs = [ManagedProcess(argv, self.log_path, user=self.run_as, cwd=self.dir)]
         self._restored_refs = []
-        self._endpoint = Endpoint(kind=self.kind, name=self.name, provider=self.provider, host=LOOPBACK,
-                                  port=self.port, user=USER, password=self.password, database="postgres")
+        self._endpoint = Endpoint(
+            kind=self.kind,
+            name=self.name,
+            provider=self.provider,
+            host=LOOPBACK,
+            port=self.port,
+            user=USER,
+            password=self.password,
+            database="postgres",
+        )
         proc = self.procs[0]
         try:
-            wait_for(f"Postgres '{self.name}' on {LOOPBACK}:{self.port} to answer a query",
-                     lambda: query_health(self._endpoint, timeout=1.0).ok, timeout=60, alive=proc.alive,
-                     on_fail=lambda: tail(self.log_path))
+            wait_for(
+                f"Postgres '{self.name}' on {LOOPBACK}:{self.port} to answer a query",
+                lambda: query_health(self._endpoint, timeout=1.0).ok,
+                timeout=60,
+                alive=proc.alive,
+                on_fail=lambda: tail(self.log_path),
+            )
             if fresh:
                 with psycopg.connect(self._endpoint.dsn, autocommit=True) as conn:
                     conn.execute(f"CREATE DATABASE {DATABASE}")
         except BaseException:
             self.stop()  # never leave a half-started server behind
             raise
-        self._endpoint = Endpoint(kind=self.kind, name=self.name, provider=self.provider, host=LOOPBACK,
-                                  port=self.port, user=USER, password=self.password, database=DATABASE,
-                                  extra={"data_dir": str(self.data_dir)})
+        self._endpoint = Endpoint(
+            kind=self.kind,
+            name=self.name,
+            provider=self.provider,
+            host=LOOPBACK,
+            port=self.port,
+            user=USER,
+            password=self.password,
+            database=DATABASE,
+            extra={"data_dir": str(self.data_dir)},
+        )
         return self._endpoint
 
     def _stale_postmaster(self) -> bool:
@@ -182,13 +273,22 @@ class DockerPostgres(_docker.DockerService):
     kind = "postgres"
     IMAGE_KIND = "postgres"
 
-    def __init__(self, name: str = "postgres", *, port: int | None = None, shared_buffers_mb: int | None = None,
-                 max_connections: int = 200, settings: dict[str, str] | None = None, password: str | None = None,
-                 image: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "postgres",
+        *,
+        port: int | None = None,
+        shared_buffers_mb: int | None = None,
+        max_connections: int = 200,
+        settings: dict[str, str] | None = None,
+        password: str | None = None,
+        image: str | None = None,
+    ) -> None:
         super().__init__(name, image)
         # port: the container's is published on a free host port (port= is for the local provider)
         self.shared_buffers_mb, self.max_connections, self.settings = check_options(
-            port, shared_buffers_mb, max_connections, settings, password)
+            port, shared_buffers_mb, max_connections, settings, password
+        )
         self.password = password or new_password()
 
     def start(self) -> Endpoint:
@@ -202,8 +302,12 @@ class DockerPostgres(_docker.DockerService):
             from testcontainers.postgres import PostgresContainer
 
         # as the local provider: pg_stat_statements preloaded (the official image and CI's both ship it)
-        settings = {"max_connections": str(self.max_connections), "shared_buffers": f"{self.shared_buffers_mb}MB",
-                    "shared_preload_libraries": "pg_stat_statements", **self.settings}
+        settings = {
+            "max_connections": str(self.max_connections),
+            "shared_buffers": f"{self.shared_buffers_mb}MB",
+            "shared_preload_libraries": "pg_stat_statements",
+            **self.settings,
+        }
         args = ["postgres"] + [a for k, v in settings.items() for a in ("-c", f"{k}={v}")]
         c = PostgresContainer(self.image, username=USER, password=self.password, dbname=DATABASE, driver=None)
         c.with_command(args)

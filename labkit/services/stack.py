@@ -7,6 +7,7 @@ Every stack is a JSON record in `<labkit home>/stacks/`:
 
 `labkit.stack()` attaches to the shared stack's services when they are up, and starts the missing ones itself.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -36,7 +37,7 @@ from labkit.services.base import Endpoint, Health, Service
 
 SHARED_ID = "shared"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")  # a name becomes part of a directory and a container name
-_open_stacks: "set[Stack]" = set()  # closed at interpreter exit (strong refs: an unnamed stack counts too)
+_open_stacks: set[Stack] = set()  # closed at interpreter exit (strong refs: an unnamed stack counts too)
 
 
 # records -----------------------------------------------------------------------------------
@@ -64,8 +65,10 @@ def read_record(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise
     except (ValueError, OSError) as e:
-        raise StateError(f"stack record {path} is corrupt ({e}). Run `labkit down` to stop whatever it started "
-                         f"(it also finds labkit's servers by process scan) and remove it.") from None
+        raise StateError(
+            f"stack record {path} is corrupt ({e}). Run `labkit down` to stop whatever it started "
+            f"(it also finds labkit's servers by process scan) and remove it."
+        ) from None
 
 
 def write_record(path: Path, record: dict[str, Any]) -> None:
@@ -204,27 +207,34 @@ def option_names(kind: str) -> list[str]:
 
 def check_name(name: Any) -> str:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise BadParameter(f"service name {name!r}: use 1-63 letters, digits, '_', '.' or '-', starting with a "
-                           "letter or digit (e.g. name='cache-2')")
+        raise BadParameter(
+            f"service name {name!r}: use 1-63 letters, digits, '_', '.' or '-', starting with a "
+            "letter or digit (e.g. name='cache-2')"
+        )
     return name
 
 
 def check_options(kind: str, provider: str, options: Any) -> dict[str, Any]:
     """Refuse options `kind` does not take, by name, listing the valid ones (nothing is silently ignored)."""
     if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
-        raise BadParameter(f"options for {kind} must be a dict of option names to values, got {options!r} "
-                           f"(e.g. {{'memory_mb': 64}}); valid options: {', '.join(option_names(kind))}")
+        raise BadParameter(
+            f"options for {kind} must be a dict of option names to values, got {options!r} "
+            f"(e.g. {{'memory_mb': 64}}); valid options: {', '.join(option_names(kind))}"
+        )
     if provider == "external":
         if options:
-            raise BadParameter(f"the external provider points at a {kind} that already runs: it cannot apply "
-                               f"{', '.join(f'{k}=' for k in sorted(options))}. Drop these options, or run this "
-                               f"{kind} yourself with provider='local'")
+            raise BadParameter(
+                f"the external provider points at a {kind} that already runs: it cannot apply "
+                f"{', '.join(f'{k}=' for k in sorted(options))}. Drop these options, or run this "
+                f"{kind} yourself with provider='local'"
+            )
         return options
     valid = option_names(kind)
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise BadParameter(f"{kind} has no option {', '.join(repr(u) for u in unknown)}: valid options are "
-                           f"{', '.join(valid)}")
+        raise BadParameter(
+            f"{kind} has no option {', '.join(repr(u) for u in unknown)}: valid options are {', '.join(valid)}"
+        )
     for k, v in options.items():  # no option of any kind means anything as NaN or infinity
         if isinstance(v, float) and not math.isfinite(v):
             raise BadParameter(f"{kind} option {k}={v}: give a finite number")
@@ -268,8 +278,9 @@ def _check_types(kind: str, cls: type, options: dict[str, Any]) -> None:
     for k, v in options.items():
         if k in hints and not _matches(v, hints[k]):
             want = str(hints[k]).replace("typing.", "").replace("<class '", "").replace("'>", "")
-            raise BadParameter(f"{kind} option {k}={v!r}: expected {want}; valid options: "
-                               f"{', '.join(option_names(kind))}")
+            raise BadParameter(
+                f"{kind} option {k}={v!r}: expected {want}; valid options: {', '.join(option_names(kind))}"
+            )
 
 
 def build(kind: str, name: str, provider: str, options: dict[str, Any]) -> Service:
@@ -283,16 +294,20 @@ def build(kind: str, name: str, provider: str, options: dict[str, Any]) -> Servi
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             other = sorted(set(options) - set(params))
             if other:
-                raise BadParameter(f"{kind} option {', '.join(other)} does not apply to the {provider} provider "
-                                   f"(the {'docker' if provider == 'local' else 'local'} provider's only): drop it")
+                raise BadParameter(
+                    f"{kind} option {', '.join(other)} does not apply to the {provider} provider "
+                    f"(the {'docker' if provider == 'local' else 'local'} provider's only): drop it"
+                )
         _check_types(kind, cls, options)
     try:
         return cls(name, kind=kind) if provider == "external" else cls(name, **options)
     except LabkitError:
         raise
     except (TypeError, ValueError, OverflowError) as e:  # a value of the wrong type deep in a constructor
-        raise BadParameter(f"{kind} options {options!r} are not valid ({e}): give numbers as int/float and "
-                           f"text as str; valid options: {', '.join(option_names(kind))}") from None
+        raise BadParameter(
+            f"{kind} options {options!r} are not valid ({e}): give numbers as int/float and "
+            f"text as str; valid options: {', '.join(option_names(kind))}"
+        ) from None
 
 
 # the Stack ---------------------------------------------------------------------------------
@@ -313,7 +328,7 @@ class Stack:
 
     # creation ------------------------------------------------------------------------------
     @classmethod
-    def private(cls, provider: str | None = None) -> "Stack":
+    def private(cls, provider: str | None = None) -> Stack:
         st = cls(f"{os.getpid()}-{secrets.token_hex(3)}", shared=False, provider=provider)
         with _locked():
             write_record(st.path, st._record())
@@ -321,7 +336,7 @@ class Stack:
         return st
 
     @classmethod
-    def open_shared(cls, provider: str | None = None) -> "Stack":
+    def open_shared(cls, provider: str | None = None) -> Stack:
         """The shared stack of `labkit up`: loaded when recorded (stale records are cleaned), else created."""
         path = record_path(SHARED_ID)
         with _locked():
@@ -341,10 +356,15 @@ class Stack:
         return st
 
     def _record(self) -> dict[str, Any]:
-        return {"id": self.id, "shared": self.shared, "provider": self.provider,
-                "owner": None if self.shared else proc_ref(os.getpid()),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "watchdog": getattr(self, "_watchdog_ref", None),
-                "services": {n: s.to_record() for n, s in self.services.items() if n in self.owned}}
+        return {
+            "id": self.id,
+            "shared": self.shared,
+            "provider": self.provider,
+            "owner": None if self.shared else proc_ref(os.getpid()),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "watchdog": getattr(self, "_watchdog_ref", None),
+            "services": {n: s.to_record() for n, s in self.services.items() if n in self.owned},
+        }
 
     def save(self) -> None:
         """Re-record the owned services (after a restart their PIDs changed)."""
@@ -353,9 +373,14 @@ class Stack:
                 write_record(self.path, self._record())
 
     def _spawn_watchdog(self) -> None:
-        proc = subprocess.Popen([sys.executable, "-m", "labkit.services._watchdog", str(self.path)],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True, env={**os.environ, "LABKIT_HOME": str(paths.home())})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "labkit.services._watchdog", str(self.path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, "LABKIT_HOME": str(paths.home())},
+        )
         self._watchdog_ref = proc_ref(proc.pid)
         self._watchdog = proc
         self.save()
@@ -368,8 +393,10 @@ class Stack:
         kind = check_kind(kind)
         name = check_name(kind if name is None else name)
         if name in self.services:
-            raise UnknownService(f"this stack already has a service named '{name}': pass another name=, "
-                                 f"e.g. st.add('{kind}', name='{name}-2')")
+            raise UnknownService(
+                f"this stack already has a service named '{name}': pass another name=, "
+                f"e.g. st.add('{kind}', name='{name}-2')"
+            )
         prov = choose_provider(provider or self.provider)
         svc = build(kind, name, prov, options)
         self.services[name] = svc
@@ -414,8 +441,10 @@ class Stack:
             return self.services[name]
         except KeyError:
             have = ", ".join(self.services) or "none"
-            raise UnknownService(f"no service named '{name}' in this stack (it has: {have}). "
-                                 f"Start it with st.add('{name.split('-')[0]}', name='{name}').") from None
+            raise UnknownService(
+                f"no service named '{name}' in this stack (it has: {have}). "
+                f"Start it with st.add('{name.split('-')[0]}', name='{name}')."
+            ) from None
 
     def endpoint(self, name: str) -> Endpoint:
         return self.service(name).endpoint
@@ -459,23 +488,28 @@ class Stack:
 
     stop = close
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        parts = [f"{n}={'own' if n in self.owned else 'attached'}:{s.endpoint.host}:{s.endpoint.port}"
-                 for n, s in self.services.items() if s._endpoint]
+        parts = [
+            f"{n}={'own' if n in self.owned else 'attached'}:{s.endpoint.host}:{s.endpoint.port}"
+            for n, s in self.services.items()
+            if s._endpoint
+        ]
         return f"<Stack {self.id} {self.provider} {' '.join(parts)}>"
 
     def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><td>{n}</td><td>{s.provider}</td><td>{s.endpoint.host}:{s.endpoint.port}</td>"
-                       f"<td>{'started here' if n in self.owned else 'attached (labkit up)'}</td></tr>"
-                       for n, s in self.services.items() if s._endpoint)
-        return ("<table><tr><th>service</th><th>provider</th><th>address</th><th>owner</th></tr>"
-                f"{rows}</table>")
+        rows = "".join(
+            f"<tr><td>{n}</td><td>{s.provider}</td><td>{s.endpoint.host}:{s.endpoint.port}</td>"
+            f"<td>{'started here' if n in self.owned else 'attached (labkit up)'}</td></tr>"
+            for n, s in self.services.items()
+            if s._endpoint
+        )
+        return f"<table><tr><th>service</th><th>provider</th><th>address</th><th>owner</th></tr>{rows}</table>"
 
 
 def restore(srec: dict[str, Any]) -> Service:
@@ -508,12 +542,15 @@ def stack(*kinds: str, provider: str | None = None, attach: bool = True, **optio
     """
     kinds = tuple(check_kind(k) for k in (kinds or ("postgres", "memcached")))
     if len(set(kinds)) != len(kinds):
-        raise BadParameter(f"labkit.stack{kinds}: each kind once; for a second server of a kind use "
-                           "st.add(kind, name='<kind>-2')")
+        raise BadParameter(
+            f"labkit.stack{kinds}: each kind once; for a second server of a kind use st.add(kind, name='<kind>-2')"
+        )
     unknown = set(options) - set(kinds)
     if unknown:
-        raise UnknownService(f"options given for {', '.join(sorted(unknown))} which is not among the requested "
-                             f"services {kinds}: add it to the list or drop its options")
+        raise UnknownService(
+            f"options given for {', '.join(sorted(unknown))} which is not among the requested "
+            f"services {kinds}: add it to the list or drop its options"
+        )
     prov = choose_provider(provider)
     for kind in kinds:  # every option checked before anything starts
         build(kind, kind, prov, options.get(kind, {}))

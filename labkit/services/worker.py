@@ -54,7 +54,7 @@ class LocalWorker(LocalService):
 
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ready_file.unlink(missing_ok=True)
-        env = {**os.environ, **self.env, "LABKIT_WORKER_READY": str(self.ready_file)}
+        env = {**os.environ, **self.env, "_LABKIT_WORKER_READY": str(self.ready_file)}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_labkit_root(), env.get("PYTHONPATH")]))
         self.procs = [
             ManagedProcess(

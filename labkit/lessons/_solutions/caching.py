@@ -1,4 +1,5 @@
 """Reference solution of lesson 09's exercise: the cache-aside read path and invalidation on write."""
+
 from __future__ import annotations
 
 from labkit.lessons.caching import PostStore, post_key
@@ -16,5 +17,5 @@ def read_post(mc: MetaClient, db: PostStore, post_id: int) -> bytes:
 
 
 def like_post(mc: MetaClient, db: PostStore, post_id: int, user_id: int) -> None:
-    db.like(post_id, user_id)   # Postgres first: it is the source of truth
+    db.like(post_id, user_id)  # Postgres first: it is the source of truth
     mc.delete(post_key(post_id))  # then drop the cached card; the next read recomputes it

@@ -1,4 +1,5 @@
 """Reference solution of lesson 05's exercise: the stale-read rule."""
+
 from __future__ import annotations
 
 import math

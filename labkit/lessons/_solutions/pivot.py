@@ -1,4 +1,5 @@
 """Reference solution of lesson 01's exercise: weekly cohort retention in SQL."""
+
 from __future__ import annotations
 
 

@@ -1,4 +1,5 @@
 """Reference solution of lesson 07's exercise (never imported by a notebook; the tests run it)."""
+
 from __future__ import annotations
 
 

@@ -1,4 +1,5 @@
 """Reference solution of lesson 10's exercise: a lease-based get."""
+
 from __future__ import annotations
 
 import time

@@ -1,4 +1,5 @@
 """Reference solution of lesson 02's exercise: the USL's peak concurrency."""
+
 from __future__ import annotations
 
 import math
