@@ -52,11 +52,11 @@ _RUN_LOCK = threading.Lock()
 
 def headless() -> bool:
     """True when no notebook frontend can show widgets: run with defaults instead."""
-    flag = os.environ.get("LABKIT_HEADLESS", "").strip().lower()
-    if flag in ("1", "true", "yes"):
-        return True
-    if flag in ("0", "false", "no"):
-        return False
+    from labkit import config
+
+    flag = config.current().headless
+    if flag is not None:
+        return flag
     try:
         from labkit import profile
 
