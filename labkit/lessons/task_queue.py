@@ -162,8 +162,11 @@ def kill_mid_task(
                     svc = st.service(victim)
                     svc.pause()  # freeze it first, then make sure it still holds the task
                     finished = conn.execute("SELECT 1 FROM task_results WHERE task_id = %s", (row[0],)).fetchone()
-                    if finished:
+                    # the unsafe worker's take must have committed ('taken'), else the kill only rolls it back
+                    status = conn.execute("SELECT status FROM tasks WHERE id = %s", (row[0],)).fetchone()
+                    if finished or (unsafe and (status is None or status[0] != "taken")):
                         svc.resume()
+                        time.sleep(0.001)
                         continue
                     killed_task = int(row[0])
                     svc.kill()
