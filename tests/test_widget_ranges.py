@@ -58,13 +58,14 @@ def sane_sweep(df, reads: int) -> None:
 def test_lesson_09_skew_panel_at_both_ends(stack, data, ranges):
     r = ranges["hit_ratio_vs_skew"]
     assert set(r) == {"cache_mb", "reads"}
+    before = set(stack.services)  # the session's stack may hold other tests' servers too
     for mb in ends(r["cache_mb"]):
         df = caching.skew_sweep(stack, data, skews=[1.0], memory_mb=mb, reads=2000, warmup=1000)
         sane_sweep(df, 2000)
         assert df["cache_mb"].iloc[0] == pytest.approx(mb, abs=0.5)
     for reads in ends(r["reads"]):  # the largest run is the slider's whole length; no warm-up to keep it short
         sane_sweep(caching.skew_sweep(stack, data, skews=[1.2], reads=reads, warmup=0), reads)
-    assert set(stack.services) == {"postgres", "memcached"}  # every sized cache was removed again
+    assert set(stack.services) == before  # every sized cache was removed again
 
 
 def test_lesson_09_size_panel_at_both_ends(stack, data, ranges):
