@@ -27,6 +27,17 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Never re-run a notebook cell (``make test`` re-runs a failed test once).
+
+    pytest-rerunfailures tears the failed item's parents down before the rerun: for an nbval cell that
+    is the notebook's kernel, so the cell would re-run in a fresh kernel and it and every later cell fail
+    with NameError, hiding the real failure. A notebook's claims must hold the first time."""
+    for item in items:
+        if type(item).__name__ == "IPyNbCell":
+            item.add_marker(pytest.mark.flaky(reruns=0))
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Stop whatever the run left (a failed test's servers) and fail loudly if a server survives."""
     if not os.environ.get("LABKIT_TEST_HOME_SET") or hasattr(session.config, "workerinput"):

@@ -20,6 +20,7 @@ left behind; ``labkit down`` calls it.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -35,7 +36,11 @@ __all__ = ["CpuLimit", "MemoryLimit", "available", "remove_stale"]
 
 ROOT = config.current().cgroup_root
 PARENT = "labkit"
-_PERIOD_US = 100_000
+# CFS period: short, so a capped server is held back in short slices rather than for most of a 100 ms period
+# (a backend holding a lock while throttled for ~95 ms stalls every client and makes short measurements
+# jumpy); never so short that the quota would fall under the kernel's 1 ms minimum.
+_PERIOD_US = 20_000
+_MIN_QUOTA_US = 1000
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -185,11 +190,13 @@ class CpuLimit(_Limit):
             raise BadParameter(f"cpus={cpus!r}: give the cores the group may use, e.g. 0.5 or 2 (0.01..1024)")
         super().__init__(name)
         self.cpus = float(cpus)
-        quota = max(1000, int(self.cpus * _PERIOD_US))
+        period = max(_PERIOD_US, math.ceil(_MIN_QUOTA_US / self.cpus))
+        quota = max(_MIN_QUOTA_US, round(self.cpus * period))
+        self.period_us, self.quota_us = period, quota
         if _v2():
-            (self.path / "cpu.max").write_text(f"{quota} {_PERIOD_US}")
+            (self.path / "cpu.max").write_text(f"{quota} {period}")
         else:
-            (self.path / "cpu.cfs_period_us").write_text(str(_PERIOD_US))
+            (self.path / "cpu.cfs_period_us").write_text(str(period))
             (self.path / "cpu.cfs_quota_us").write_text(str(quota))
 
     def throttled_seconds(self) -> float:

@@ -32,12 +32,12 @@ def test_cpu_limit_caps_a_busy_process():
             after = psutil.Process(busy.pid).cpu_times()
             used = (after.user + after.system - before.user - before.system) / (time.monotonic() - t0)
             assert used < 0.35, f"a process capped at 0.2 cores used {used:.2f} cores"
-            quota = (
-                (cap.path / "cpu.cfs_quota_us").read_text().strip()
+            quota, period = (
+                ((cap.path / "cpu.cfs_quota_us").read_text(), (cap.path / "cpu.cfs_period_us").read_text())
                 if (cap.path / "cpu.cfs_quota_us").exists()
-                else (cap.path / "cpu.max").read_text().split()[0]
+                else (cap.path / "cpu.max").read_text().split()
             )
-            assert int(quota) == 20_000  # 0.2 of each 100 ms period
+            assert (int(quota), int(period)) == (4_000, 20_000)  # 0.2 of each 20 ms period
             if used >= 0.15:  # it reached its quota (on a busy machine it may get less CPU than the cap anyway)
                 assert cap.throttled_seconds() > 0
         assert not cap.path.exists()
@@ -45,6 +45,19 @@ def test_cpu_limit_caps_a_busy_process():
     finally:
         busy.kill()
         busy.wait()
+
+
+def test_tiny_cpu_caps_lengthen_the_period_to_keep_the_kernels_minimum_quota():
+    _need("cpu")
+    for cpus, want in (
+        (0.01, (1000, 100_000)),
+        (0.02, (1000, 50_000)),
+        (0.05, (1000, 20_000)),
+        (1.5, (30_000, 20_000)),
+    ):
+        with cgroups.CpuLimit("test-cpu-tiny", cpus=cpus) as cap:
+            assert (cap.quota_us, cap.period_us) == want
+            assert cap.quota_us / cap.period_us == pytest.approx(cpus)
 
 
 def test_memory_limit_stops_a_process_that_overruns_it():

@@ -33,7 +33,7 @@ def capped(server):
         pytest.skip(f"cannot cap CPU here: {why}")
     # not the notebook's client counts: up to 48 (the cap, think time and read-only mix are its defaults)
     return vertical.client_sweep(
-        dsn, accounts, vertical.clients_up_to(48), duration=1.5, read_ratio=1.0, think_ms=20.0, cpu_limit=0.05, pid=pid
+        dsn, accounts, vertical.clients_up_to(48), duration=3.0, read_ratio=1.0, think_ms=20.0, cpu_limit=0.05, pid=pid
     )
 
 
@@ -53,7 +53,7 @@ def test_usl_fit_recovers_known_parameters():
 
 def test_capped_server_shows_a_knee_and_the_usl_fits(capped, capsys):
     assert capped["errors"].sum() == 0 and list(capped["clients"]) == [1, 2, 4, 8, 16, 32, 48]
-    assert capped.attrs["rounds"] == 3
+    assert capped.attrs["rounds"] == 5
     vertical.check_knee(capped)
     f = usl.fit(capped["clients"], capped["tps"])
     vertical.check_usl_fit(f, min_r2=0.9)
@@ -151,9 +151,11 @@ def test_panel_knobs_at_both_ends(server):
         pid=pid,
         rounds=1,
     )
-    assert list(low["clients"]) == [1, 2, 4, 8] and (low["tps"] > 0).all() and low["errors"].sum() == 0, low[
-        "error_kinds"
-    ].tolist()
+    assert list(low["clients"]) == [1, 2, 4, 8] and (low["tps"] > 0).all(), low["error_kinds"].tolist()
+    # at 0.02 core a write can outlast the run: such clients are cancelled at the end and counted as TimeoutError
+    # (the notes say so); anything else -- a connection error, a cancelled connection handed out again -- fails
+    kinds = set().union(*low["error_kinds"])
+    assert kinds <= {"TimeoutError"}, low["error_kinds"].tolist()
     high = vertical.client_sweep(
         dsn,
         accounts,

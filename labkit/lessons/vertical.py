@@ -84,7 +84,9 @@ def defaults() -> dict[str, Any]:
 
     return {
         "max_clients": 64,
-        "duration": profile.pick(4.5, 1.5),
+        # long enough for five interleaved rounds per client count: under a 0.05-core cap a single short
+        # round at 32+ clients can stall for most of its length, and the best of five is a stable estimate
+        "duration": profile.pick(6.0, 3.0),
         "read_ratio": 1.0,
         "think_ms": 20.0,
         "cpu_limit": 0.05,
@@ -171,8 +173,10 @@ def _transaction(accounts: int, think_s: float) -> Callable[..., Any]:
                 delta, tid = op.seq % 10_001 - 5_000, op.rank % tellers + 1
                 bid = (tid - 1) // 10 + 1
                 await ctx.conn.fetch(WRITE_SQL, (delta, aid, delta, tid, delta, bid, tid, bid, aid, delta))
-        except (OSError, psycopg.OperationalError):
-            ctx.conn.lk_broken = True  # the warm driver replaces it when the runner hands it back
+        except (OSError, psycopg.OperationalError, asyncio.CancelledError):
+            # the warm driver replaces it when the runner hands it back: a broken connection, or one whose
+            # query was cancelled mid-flight (a client still stuck at the end of a run) and may still be busy
+            ctx.conn.lk_broken = True
             raise
         if think_s > 0:
             await asyncio.sleep(think_s)
@@ -276,7 +280,7 @@ def client_sweep(
     think_ms: float = 20.0,
     cpu_limit: float | None = None,
     pid: int | None = None,
-    rounds: int = 3,
+    rounds: int = 5,
     progress: Callable[[Any], Any] | None = None,
 ) -> pd.DataFrame:
     """Throughput at each client count, with the server capped to ``cpu_limit`` cores (None: uncapped).
