@@ -105,8 +105,12 @@ def test_cluster_layout_and_datacenters(cluster):
     assert ep.local_dc == "us" and set(ep.extra["datacenters"]) == {"us", "eu"}
     cl, s = session_for(ep, "us")
     try:
-        hosts = sorted((h.datacenter, h.is_up) for h in cl.metadata.all_hosts())
-        assert hosts == [("eu", True), ("us", True), ("us", True)]
+        # the us session sees all three nodes; it connects (and so knows is_up) only in its own DC, the eu session
+        # in eu
+        assert sorted(h.datacenter for h in cl.metadata.all_hosts()) == ["eu", "us", "us"]
+        for dc, session in (("us", s), ("eu", cluster.sessions["eu"])):
+            up = [h.is_up for h in session.cluster.metadata.all_hosts() if h.datacenter == dc]
+            assert up and all(up), f"{dc}: {up}"
         # every node knows the others by their proxy (broadcast) address: the proxies are in the gossip path
         peers = {str(r.peer) for r in s.execute("SELECT peer FROM system.peers_v2")}
         assert peers <= {n["proxy"] for n in cluster.nodes} and len(peers) == 2

@@ -46,7 +46,7 @@ def test_cassandra_image_gets_the_local_providers_flags_and_yaml(tmp_path):
 def test_ci_scripts_are_wired():
     """.ci/run runs the Docker part after `make test`; every script parses and tears down by PID."""
     run = (ROOT / ".ci/run").read_text()
-    assert run.index("\nmake test") < run.index(" make docker-test\n")  # after the local suite, env vars before it
+    assert run.index("\nmake test") < run.index("make docker-test\n")  # the Docker part after the local suite
     for script in ("docker-up", "docker-down", "docker-exec", "docker-test", "images/build"):
         path = ROOT / ".ci" / script
         assert path.stat().st_mode & 0o111, f"{path} is not executable"
