@@ -34,7 +34,15 @@ from labkit.errors import BadParameter, NotRunning, ServiceFailed
 from labkit.services import _docker
 from labkit.services._process import LOOPBACK, wait_for
 from labkit.services.base import Endpoint, Health, Service
-from labkit.services.cassandra import PROFILES, _initial_token, _query_one, check_memory, format_nodes, parse_nodes
+from labkit.services.cassandra import (
+    LIGHT_JVM,
+    PROFILES,
+    _initial_token,
+    _query_one,
+    check_memory,
+    format_nodes,
+    parse_nodes,
+)
 
 CQL, STORAGE = 9042, 7000
 _NODE_OFFSET, _PROXY_OFFSET = 10, 100
@@ -43,6 +51,11 @@ _FAST_START = (
     "-Dcassandra.skip_wait_for_gossip_to_settle=0 -Dcassandra.ring_delay_ms=1000 "
     "-Dcassandra.consistent.rangemovement=false -Dcassandra.superuser_setup_delay_ms=0"
 )
+# the light profile's settings that any image honours through JVM_OPTS: Netty's allocator (system properties).
+# The collector and heap come from the image's own jvm options files and MAX_HEAP_SIZE (the official image
+# selects G1 there, and a second collector flag would stop the JVM); CI's local image is built from the local
+# provider's flags and yaml (labkit/services/_docker_images.py), so it gets the whole light profile.
+_LIGHT_PORTABLE = " ".join(f for f in LIGHT_JVM if f.startswith("-Dio.netty."))
 
 
 class DockerCassandra(Service):
@@ -169,6 +182,8 @@ class DockerCassandra(Service):
 
         c = DockerContainer(self.image)
         jvm = f"{_FAST_START} -Dcassandra.initial_token={n['token']}"
+        if self.profile == "light":
+            jvm += f" {_LIGHT_PORTABLE}"
         env = {
             "CASSANDRA_CLUSTER_NAME": f"labkit-{self.name}",
             "CASSANDRA_DC": n["dc"],

@@ -29,8 +29,10 @@ Layout of a local cluster (all on loopback; Linux routes the whole 127/8 there):
   a few ms (it would cost >= 120 ms if intra-DC traffic crossed the proxy).
   ``set_inter_dc_delay(ms)`` changes the delay while the cluster runs, also from another process.
 
-Profiles: "light" (heap 256 MB, C1 JIT only, tiny caches; measured ~640 MB resident per node, so Binder
-fits one node, or at most one per DC) and "full" (heap 768 MB, full JIT). Each node is one JVM started the way
+Profiles: "light" (the default: serial GC, heap 64 MB growing to 192 MB, C1 JIT only, one small Netty arena,
+tiny caches and memtables; an idle node holds ~390 MB resident, and a 3-node cluster under lesson 05's
+workload ~950 MB in all, PSS: benchmarks/cassandra_memory.py measures each setting) and "full" (heap 768 MB,
+G1, full JIT). Each node is one JVM started the way
 Cassandra 5.0's own scripts start it on Java 17 (module exports/opens, the jamm agent,
 -Dcassandra.config=file://...), with
 fast dev-start settings (no wait for gossip to settle, short ring delay, one token per node, no bootstrap).
@@ -82,10 +84,65 @@ JAVA_HINT = (
 )
 
 PROFILES: dict[str, dict[str, int]] = {
-    # footprint_mb: resident memory per node we plan for (measured: see benchmarks/_cassandra_bench.py)
-    "light": {"heap_mb": 256, "footprint_mb": 700},
+    # footprint_mb: resident memory per node we plan for (measured: see benchmarks/cassandra_memory.py)
+    "light": {"heap_mb": 192, "footprint_mb": 450},
     "full": {"heap_mb": 768, "footprint_mb": 1300},
 }
+# The light profile (Binder's ~2 GB, CI, and every stack that does not ask otherwise): each setting's cost in
+# resident memory was measured on its own in benchmarks/cassandra_memory.py. Durability is untouched: the
+# commitlog stays on (periodic sync, as Cassandra ships), so a kill -9 loses no acknowledged write that the
+# lessons count on (a write is in the commitlog of every replica that acknowledged it).
+LIGHT_JVM: tuple[str, ...] = (
+    # the serial collector: no concurrent GC threads, no remembered sets or card tables of G1 (~45 MB of native
+    # memory at this heap size); pauses of a few ms on a heap this small
+    "-XX:+UseSerialGC",
+    # the heap starts small and grows on demand up to -Xmx (heap_mb): an idle node keeps only what it uses
+    "-Xms{min_heap}m",
+    "-Xmx{heap}m",
+    "-XX:TieredStopAtLevel=1",  # C1 only: faster start and a smaller code cache on 2 cores
+    "-XX:ReservedCodeCacheSize=32m",
+    "-XX:CICompilerCount=1",
+    "-XX:MaxDirectMemorySize=192m",
+    # Netty's pooled allocator: one arena of 4 MiB chunks instead of 2 x cores arenas of 16 MiB chunks, no
+    # per-thread caches (the native protocol of a lab serves a handful of connections)
+    "-Dio.netty.allocator.numDirectArenas=1",
+    "-Dio.netty.allocator.numHeapArenas=1",
+    "-Dio.netty.allocator.maxOrder=9",
+    "-Dio.netty.allocator.useCacheForAllThreads=false",
+)
+LIGHT_YAML: dict[str, Any] = {
+    "key_cache_size": "0MiB",
+    "counter_cache_size": "0MiB",
+    "file_cache_size": "4MiB",
+    "networking_cache_size": "4MiB",
+    "memtable_allocation_type": "heap_buffers",
+    "memtable_heap_space": "24MiB",
+    "memtable_offheap_space": "16MiB",
+    "concurrent_compactors": 1,
+}
+FULL_JVM: tuple[str, ...] = (
+    "-Xms{heap}m",
+    "-Xmx{heap}m",
+    # jvm17-server.options: G1 (region size left to the JVM: 16m regions are too big for a small heap)
+    "-XX:+UseG1GC",
+    "-XX:+ParallelRefProcEnabled",
+    "-XX:MaxTenuringThreshold=1",
+    "-XX:G1RSetUpdatingPauseTimePercent=5",
+    "-XX:MaxGCPauseMillis=300",
+    "-XX:InitiatingHeapOccupancyPercent=70",
+    "-Dio.netty.allocator.useCacheForAllThreads=true",
+    "-Dio.netty.allocator.maxOrder=11",
+)
+FULL_YAML: dict[str, Any] = {
+    "key_cache_size": "0MiB",
+    "counter_cache_size": "0MiB",
+    "file_cache_size": "16MiB",
+    "networking_cache_size": "16MiB",
+    "memtable_heap_space": "128MiB",
+    "memtable_offheap_space": "128MiB",
+    "concurrent_compactors": 1,
+}
+_LIGHT_MIN_HEAP_MB = 64
 _SPEC_SYNTAX = (
     'nodes must look like "dc1:1" or "us:3,eu:2" (comma-separated <datacenter>:<count>, '
     "datacenter names of letters, digits, _ or -, 1-9 nodes each)"
@@ -687,17 +744,10 @@ class LocalCassandra(LocalService):
             "endpoint_snitch": "GossipingPropertyFileSnitch",
             "auto_bootstrap": False,  # a fresh cluster with no data: no streaming, nodes may join together
             "auto_snapshot": False,  # dev node: DROP/TRUNCATE need not keep snapshots
-            # small, dev-sized caches and pools
-            "key_cache_size": "0MiB",
-            "counter_cache_size": "0MiB",
-            "file_cache_size": "16MiB",
-            "networking_cache_size": "16MiB",
-            "memtable_heap_space": "32MiB" if self.profile == "light" else "128MiB",
-            "memtable_offheap_space": "32MiB" if self.profile == "light" else "128MiB",
+            # dev-sized pools; caches and memtables come with the profile (profile_yaml)
             "concurrent_reads": 8,
             "concurrent_writes": 8,
             "concurrent_counter_writes": 4,
-            "concurrent_compactors": 1,
             "native_transport_max_threads": 32,
             # timeouts short enough that a paused node shows up as a fast error in the lessons
             "read_request_timeout": "2000ms",
@@ -707,6 +757,7 @@ class LocalCassandra(LocalService):
             "request_timeout": "4000ms",
             "materialized_views_enabled": True,
         }
+        cfg.update(self.profile_yaml())
         cfg.update(self.yaml_overrides)
         (conf / "cassandra.yaml").write_text(_to_yaml(cfg))
         (conf / "cassandra-rackdc.properties").write_text(
@@ -718,7 +769,6 @@ class LocalCassandra(LocalService):
 
     def _jvm_args(self, n: CassandraNode, conf: Path) -> list[str]:
         jamm = next((p for p in self.classpath if p.name.startswith("jamm-")), None)
-        light = self.profile == "light"
         args = [
             # jvm-server.options, minus -XX:+AlwaysPreTouch (it would make the whole heap resident at once),
             # -XX:+HeapDumpOnOutOfMemoryError (heap dumps fill a laptop's disk) and -XX:+UseNUMA (one socket)
@@ -731,20 +781,9 @@ class LocalCassandra(LocalService):
             "-XX:+PerfDisableSharedMem",
             "-Djava.net.preferIPv4Stack=true",
             "-XX:+ExitOnOutOfMemoryError",
-            f"-Xms{self.heap_mb}m",
-            f"-Xmx{self.heap_mb}m",
-            # jvm17-server.options: G1 (region size left to the JVM: 16m regions are too big for a small heap)
-            "-XX:+UseG1GC",
-            "-XX:+ParallelRefProcEnabled",
-            "-XX:MaxTenuringThreshold=1",
-            "-XX:G1RSetUpdatingPauseTimePercent=5",
-            "-XX:MaxGCPauseMillis=300",
-            "-XX:InitiatingHeapOccupancyPercent=70",
             "-Djdk.attach.allowAttachSelf=true",
             *_JPMS,
             "-Dio.netty.tryReflectionSetAccessible=true",
-            "-Dio.netty.allocator.useCacheForAllThreads=true",
-            "-Dio.netty.allocator.maxOrder=11",
             # cassandra.in.sh / cassandra-env.sh
             *([f"-javaagent:{jamm}"] if jamm else []),
             f"-Dcassandra.config=file://{conf / 'cassandra.yaml'}",
@@ -763,16 +802,20 @@ class LocalCassandra(LocalService):
             f"-Dcassandra.triggers_dir={n.dir / 'triggers'}",
             f"-Dlabkit.instance={self.dir}",  # lets `labkit down` recognise strays by command line
         ]
-        if light:
-            args += [
-                "-XX:TieredStopAtLevel=1",  # C1 only: faster start and a smaller code cache on 2 cores
-                "-XX:ReservedCodeCacheSize=64m",
-                "-XX:MaxDirectMemorySize=192m",
-                "-XX:CICompilerCount=2",
-            ]
+        args += self.profile_jvm()
         # extra flags for experiments, e.g. LABKIT_CASSANDRA_JVM_OPTS="-XX:NativeMemoryTracking=summary"
         args += list(config.current().cassandra_jvm_opts)
         return args
+
+    def profile_jvm(self) -> list[str]:
+        """The profile's heap, collector, JIT and Netty flags (LIGHT_JVM or FULL_JVM) for this cluster's heap."""
+        flags = LIGHT_JVM if self.profile == "light" else FULL_JVM
+        low = min(self.heap_mb, _LIGHT_MIN_HEAP_MB)
+        return [f.format(heap=self.heap_mb, min_heap=low) for f in flags]
+
+    def profile_yaml(self) -> dict[str, Any]:
+        """The profile's caches and memtable sizes (LIGHT_YAML or FULL_YAML); yaml_overrides still win."""
+        return dict(LIGHT_YAML if self.profile == "light" else FULL_YAML)
 
     def _launch(self, n: CassandraNode) -> None:
         if not hasattr(self, "java"):
