@@ -109,6 +109,10 @@ def run_notebook(nb: Path, python: str, limit_mb: float | None, use_cgroup: bool
             out, _ = proc.communicate(timeout=timeout + 120)
         seconds = time.monotonic() - t0
         summary = (out.strip().splitlines() or [""])[-1]
+        if proc.returncode != 0:  # keep pytest's report of what failed
+            log = Path(tempfile.gettempdir()) / f"notebook_memory-{nb.stem}.log"
+            log.write_text(out)
+            summary += f"; report in {log}"
         return {
             "notebook": nb.name,
             "peak_mb": round(peak.peak),
