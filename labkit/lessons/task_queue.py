@@ -6,7 +6,10 @@ record the result **in the same transaction** that marks the task done. If a wor
 rolls its transaction back: the row lock is released and the task is queued again for another worker.
 Every attempt is logged separately (autocommit), so a task that ran twice is on record.
 
-    python -m labkit.lessons.task_queue DSN NAME TASK_MS [--unsafe] --instance DIR    # one worker
+    python -m labkit.lessons.task_queue DSN NAME TASK_MS [--unsafe] [--dep HOST:PORT] --instance DIR  # a worker
+
+With ``--dep`` the slow part is a real call to the slow dependency (``GET /?ms=TASK_MS``), the same call the
+``/notify`` route makes inline; without it, a sleep of TASK_MS.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 from labkit.checkpoints import checkpoint
 from labkit.errors import BadParameter
 
-__all__ = ["QueueOutcome", "check_no_task_lost", "enqueue", "kill_mid_task", "reset", "worker_main"]
+__all__ = ["QueueOutcome", "check_no_task_lost", "enqueue", "kill_mid_task", "reset", "view_outcome", "worker_main"]
 
 SCHEMA = """
 DROP TABLE IF EXISTS task_results, task_attempts, tasks;
@@ -50,10 +53,16 @@ def enqueue(dsn: str, n: int) -> None:
         conn.execute("INSERT INTO tasks (payload) SELECT g FROM generate_series(1, %s) g", (n,))
 
 
-def worker_main(dsn: str, name: str, task_ms: float, unsafe: bool = False) -> None:
+def worker_main(dsn: str, name: str, task_ms: float, unsafe: bool = False, dep: str | None = None) -> None:
     """Take tasks until killed. Safe: take, work and record in ONE transaction. ``unsafe``: mark the task
-    taken and commit first, then work and record (at-most-once: a crash in between loses the task)."""
+    taken and commit first, then work and record (at-most-once: a crash in between loses the task).
+    ``dep`` (``host:port``): do the slow part as a call to the slow dependency instead of a sleep."""
     import psycopg
+
+    from labkit.webapp.httpclient import HttpConnection
+
+    host, _, port = (dep or "").rpartition(":")
+    dep_conn = HttpConnection(host, int(port)) if dep else None
 
     log = psycopg.connect(dsn, autocommit=True)
     conn = psycopg.connect(dsn)
@@ -62,7 +71,10 @@ def worker_main(dsn: str, name: str, task_ms: float, unsafe: bool = False) -> No
         open(ready, "w").close()
 
     def work(task_id: int) -> None:
-        time.sleep(task_ms / 1000)  # the slow part (a call to a slow dependency, an image resize...)
+        if dep_conn is not None:  # the slow part: a call to a slow service (a push notification, a resize...)
+            dep_conn.request("GET", f"/?ms={round(task_ms)}")
+        else:
+            time.sleep(task_ms / 1000)
         conn.execute("INSERT INTO task_results (task_id, worker) VALUES (%s, %s)", (task_id, name))
         conn.execute("UPDATE tasks SET status = 'done', done_at = clock_timestamp() WHERE id = %s", (task_id,))
 
@@ -190,6 +202,13 @@ def kill_mid_task(
     return QueueOutcome(enq, done, att, retried, killed_task, names[0], workers, unsafe, time.perf_counter() - t0)
 
 
+def view_outcome(out: QueueOutcome) -> Any:
+    """The panel's view: one row of counts."""
+    import pandas as pd
+
+    return pd.DataFrame([out.row()])
+
+
 def check_no_task_lost(out: QueueOutcome) -> None:
     """Claims: after a worker was killed mid-task, every task completed (0 lost), and the killed worker's task
     is on record as run twice (retried, not silently duplicated)."""
@@ -206,6 +225,11 @@ if __name__ == "__main__":
     if "--instance" in argv:  # the service's instance directory, on the command line for labkit's process scan
         i = argv.index("--instance")
         del argv[i : i + 2]
+    dep_address = None
+    if "--dep" in argv:
+        i = argv.index("--dep")
+        dep_address = argv[i + 1]
+        del argv[i : i + 2]
     unsafe_mode = "--unsafe" in argv
     argv = [a for a in argv if a != "--unsafe"]
-    worker_main(argv[0], argv[1], float(argv[2]), unsafe_mode)
+    worker_main(argv[0], argv[1], float(argv[2]), unsafe_mode, dep_address)

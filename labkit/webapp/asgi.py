@@ -1,8 +1,8 @@
 """The ASGI app, for uvicorn: one event loop per worker, async psycopg and an async memcached client.
 
-Routes (as the WSGI app): /health, /stats, /feed?user=U, /slow?ms=50&post=P, /cpu?n=N. While a handler
-awaits Postgres, memcached or the slow dependency, the loop serves other requests: concurrency is not capped
-by the number of workers.
+Routes (as the WSGI app): /health, /stats, /feed?user=U, /slow?ms=50&post=P, /cpu?n=N,
+/notify?post=P&ms=M&mode=inline|queue. While a handler awaits Postgres, memcached or the slow dependency, the
+loop serves other requests: concurrency is not capped by the number of workers.
 """
 
 from __future__ import annotations
@@ -68,6 +68,12 @@ async def _handle(path: str, query: str) -> tuple[int, Any]:
         cached = (await _state["mc"].get(core.feed_key(post))).hit if _state["mc"] else False
         status = await _dependency(core.query_int(query, "ms", 50, 0, 60_000))
         return 200, {"post": post, "likes": likes[0][0] if likes else None, "cached": cached, "dependency": status}
+    if path == "/notify":
+        post = core.query_int(query, "post", 1, 1)
+        if "mode=queue" in query.split("&"):
+            rows = await _query("INSERT INTO tasks (payload) VALUES (%s) RETURNING id", (post,))
+            return 200, {"post": post, "task": rows[0][0]}
+        return 200, {"post": post, "dependency": await _dependency(core.query_int(query, "ms", 50, 0, 60_000))}
     if path == "/feed":
         user = core.query_int(query, "user", 1, 1)
         r = await _state["mc"].get(core.feed_key(user)) if _state["mc"] else None

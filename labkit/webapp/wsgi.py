@@ -4,7 +4,8 @@ Importing this module builds the shared heap and applies the GC mode: with ``--p
 in the master, right before it forks the workers. Connections are opened lazily in each worker (a socket
 must never be shared across a fork).
 
-Routes: /health, /stats, /feed?user=U, /like?post=P&user=U (POST), /slow?ms=50&post=P, /cpu?n=N.
+Routes: /health, /stats, /feed?user=U, /like?post=P&user=U (POST), /slow?ms=50&post=P, /cpu?n=N,
+/notify?post=P&ms=M&mode=inline|queue (the slow part done in the request, or enqueued as a task row).
 """
 
 from __future__ import annotations
@@ -90,6 +91,14 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
             start_response,
             {"post": post, "likes": likes[0] if likes else None, "cached": cached, "dependency": dep.status},
         )
+    if path == "/notify":
+        c = _conns()
+        post = core.query_int(query, "post", 1, 1)
+        if "mode=queue" in query.split("&"):  # the task queue's worker does the slow part later
+            task = c["pg"].execute("INSERT INTO tasks (payload) VALUES (%s) RETURNING id", (post,)).fetchone()[0]
+            return _json(start_response, {"post": post, "task": task})
+        dep = c["dep"].request("GET", f"/?ms={core.query_int(query, 'ms', 50, 0, 60_000)}")  # inline: wait for it
+        return _json(start_response, {"post": post, "dependency": dep.status})
     if path == "/like":
         c = _conns()
         post, user = core.query_int(query, "post", 1, 1), core.query_int(query, "user", 1, 1)
