@@ -122,6 +122,19 @@ def test_offload_checkpoints_fail_on_broken_input(offloaded):
         offload.check_offload(lost)
 
 
+def test_notify_route_on_both_servers(servers, pg):
+    import psycopg
+
+    from labkit.services.web import get_json
+
+    tq.reset(pg.dsn)
+    for svc in (servers.sync, servers.asyncio):
+        assert get_json(svc.endpoint, "/notify?mode=inline&ms=20&post=7") == {"post": 7, "dependency": 200}
+        assert get_json(svc.endpoint, "/notify?mode=queue&post=7")["post"] == 7
+    with psycopg.connect(pg.dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM tasks WHERE payload = 7 AND status = 'queued'").fetchone()[0] == 2
+
+
 def test_offload_widget_minimum(servers):
     low = offload.offload_compare(servers, task_ms=20, utilization=0.1, queue_workers=1, duration=1.5)
     assert low.done == low.enqueued == low.answered > 0 and low.left == 0  # (the maximum: the fixture above)
