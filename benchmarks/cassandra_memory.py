@@ -15,7 +15,15 @@ labkit/services/cassandra.py; the script checks that its last step is exactly wh
 Cluster row: a 3-node RF=3 cluster (light profile as shipped, or --cluster-step N) runs lesson 05's
 workload (the lagging-replica experiment over every consistency pair, then the lightweight-transaction
 experiment, at the light profile's sizes) while the JVMs' RSS and PSS are sampled every 0.5 s; the row
-shows the idle total and the peak total. Targets (issue 18): <= 400 MB RSS per idle node, <= 1300 MB for
+shows the idle total and the peak total.
+
+Measured here (2 cores, load 8-11), idle node RSS / PSS alone: before 641 / 637 MB; serial GC, heap 64->192 MB,
+code cache 32 MB, small Netty arena, 8 MiB caches, on-heap memtables 402 / 398; 4 MiB network cache (shipped)
+386-390. Probes not kept: heap 160 MB (no change: the heap only commits what it uses), 4 MiB commitlog
+segments (no change), MinHeapFreeRatio 10 / MaxHeapFreeRatio 30 (-19 MB, more full collections), -Xmn16m
+(-14 MB). ~150 MB of an idle node's RSS is file-backed (the JDK's lib/modules, libjvm, the CDS archive),
+shared by every JVM on the machine, so PSS in a cluster is lower. 3 nodes under lesson 05's workload: peak
+1245 MB RSS summed, 945 MB PSS. Targets (issue 18): <= 400 MB RSS per idle node, <= 1300 MB for
 the cluster under load, cold start of one node < 5 s and of three < 12 s on 2 cores.
 """
 
@@ -148,6 +156,12 @@ STEPS = [
     Step("+ file/networking cache 4 MiB", _yaml(file_cache_size="4MiB", networking_cache_size="4MiB")),
     Step("probe, not kept: heap 160 MB (-Xmx)", _heap(160), carry=False),
     Step("probe, not kept: commitlog segments 4 MiB", _yaml(commitlog_segment_size="4MiB"), carry=False),
+    Step(
+        "probe, not kept: heap grows later (MinHeapFreeRatio 10, Max 30)",
+        lambda f, y: f.extend(["-XX:MinHeapFreeRatio=10", "-XX:MaxHeapFreeRatio=30"]),
+        carry=False,
+    ),
+    Step("probe, not kept: young generation 16 MB (-Xmn16m)", lambda f, y: f.append("-Xmn16m"), carry=False),
 ]
 
 
