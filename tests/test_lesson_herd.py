@@ -65,8 +65,9 @@ def test_serve_stale_checkpoint_fails_when_invalidation_deletes(mc, pg, hot, unp
         r"\d+\.?\d* > expected at most 3 at stale-but-deleted: p99 \d+\.\d ms during",
     ):
         herd.check_serve_stale_p99(deleting, unprotected)
-    # and no protection itself fails every latency claim
-    with pytest.raises(CheckpointFailed, match=r"within 3x of a plain hit's"):
+    # and no protection itself fails the latency claims: the first that fails names itself (on a machine under
+    # heavy load, plain hits slow down too, so the bound on p99 may be the one that catches it)
+    with pytest.raises(CheckpointFailed, match=r"within 3x of a plain hit's|keeps p99 under 0.5x the recompute time"):
         herd.check_serve_stale_p99(unprotected, unprotected)
 
 
