@@ -99,9 +99,16 @@ def pytest_runtest_setup(item: pytest.Item):  # type: ignore[no-untyped-def]
         return
     pid = _kernel_pid(item)
     if pid is None:
+        _BUDGET["why"] = f"no kernel process found for {item.path.name}"
         return
-    box = cgroups.MemoryLimit(f"nb-{item.path.stem[:40]}", mb=budget)
-    box.add_tree(pid)
+    from labkit.errors import ResourceLimitUnavailable
+
+    try:
+        box = cgroups.MemoryLimit(f"nb-{item.path.stem[:40]}", mb=budget)
+        box.add_tree(pid)
+    except ResourceLimitUnavailable as exc:  # e.g. a cgroup tree that turned read-only: say so, run unlimited
+        _BUDGET["why"] = str(exc)
+        return
     _BUDGET["boxes"][item.parent] = (box, _PssPeak(box.pids), time.monotonic())  # type: ignore[index]
 
 
@@ -165,8 +172,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         return
     tr = terminalreporter
     if _BUDGET["why"]:
-        tr.write_line(f"memory budget {budget:g} MB NOT enforced (notebooks ran unlimited): {_BUDGET['why']}")
-        return
+        tr.write_line(f"memory budget {budget:g} MB NOT enforced for some or all notebooks: {_BUDGET['why']}")
     rows: list = _BUDGET["rows"]  # type: ignore[assignment]
     if not rows:
         return
