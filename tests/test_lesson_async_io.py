@@ -30,7 +30,7 @@ def servers(stack, pg):
 @pytest.fixture(scope="module")
 def io(servers):
     # not the notebook's setting: a 100 ms dependency (sync capacity 10 req/s), another seed, fewer clients
-    return aio.io_compare(servers, dep_ms=100, overload=10, duration=2.0, clients=32, seed=3)
+    return aio.io_compare(servers, dep_ms=100, overload=10, duration=1.5, clients=24, rounds=3, seed=3)
 
 
 def _figures(items):
@@ -62,12 +62,13 @@ def test_io_checkpoints_fail_on_broken_input(io):
 
 
 def test_io_widget_extremes(servers):
-    low = aio.io_compare(servers, dep_ms=10, overload=1.0, duration=1.0, clients=16)
-    high = aio.io_compare(servers, dep_ms=200, overload=10.0, duration=1.0, clients=16)
+    low = aio.io_compare(servers, dep_ms=10, overload=1.0, duration=1.0, clients=16, rounds=1)
+    high = aio.io_compare(servers, dep_ms=200, overload=10.0, duration=1.0, clients=16, rounds=1)
     assert low["async"].result.error_count == 0 and low["async"].rate == pytest.approx(100)
     assert high["async"].rate == pytest.approx(50) and high["async"].throughput > 3 * high["sync"].throughput
     with pytest.raises(BadParameter, match="must be > 0"):
         aio.io_compare(servers, dep_ms=0)
+    assert len(high["sync"].extra["rounds"]) == 1
 
 
 # ------------------------------------------------------------------------------ the CPU-bound counter-case

@@ -46,19 +46,21 @@ __all__ = [
 def defaults() -> dict[str, Any]:
     """Knobs for the current profile: dependency latency (ms), workers, offered rate factor, durations.
 
-    The offered rate is ``overload`` x the sync capacity (``workers / dep_ms``): 10x, so the async server can
-    serve about 10x the sync throughput and the 5x claim has a 2x margin for a busy machine; one worker each
-    keeps the absolute rate (200 req/s) low enough for the load generator, the app and the dependency to share
-    two cores. ``clients`` caps the requests a saturated sync server holds in its queue (drained after a run).
+    The offered rate is ``overload`` x the sync capacity (``workers / dep_ms``): 8x, so the async server can
+    serve about 8x the sync throughput and the 5x claim has a margin for a busy machine; one worker each keeps
+    the absolute rate (160 req/s) low enough for the load generator, the app and the dependency to share two
+    busy cores (at 200 req/s and a load average of 10 the async chain itself ran short of CPU). ``clients``
+    caps the requests a saturated sync server holds in its queue (drained after each round).
     """
     from labkit import profile
 
     return {
         "dep_ms": 50,
         "workers": 1,
-        "overload": 10.0,
-        "duration": float(profile.pick(8, 4)),
-        "clients": 64,
+        "overload": 8.0,
+        "duration": float(profile.pick(4, 3)),  # per round; the servers take turns, io_rounds rounds each
+        "io_rounds": 3,
+        "clients": 32,
         "task_ms": 200,
         "utilization": 0.5,
         "queue_workers": 3,
@@ -228,31 +230,53 @@ def io_compare(
     servers: Servers,
     *,
     dep_ms: float = 50,
-    overload: float = 10.0,
-    duration: float = 4.0,
-    clients: int = 64,
+    overload: float = 8.0,
+    duration: float = 3.0,
+    clients: int = 32,
+    rounds: int = 3,
     seed: int = 0,
 ) -> dict[str, IoRun]:
-    """Both servers at the same offered rate: ``overload`` times what the sync workers can serve
-    (workers / dependency latency)."""
-    if dep_ms <= 0 or overload <= 0 or duration <= 0:
-        raise BadParameter(f"dep_ms, overload and duration must be > 0 (got {dep_ms}, {overload}, {duration})")
+    """Both servers at the same offered rate, ``overload`` times what the sync workers can serve (workers /
+    dependency latency), taking turns for ``rounds`` rounds of ``duration`` seconds each: a burst of other work
+    on this shared machine spoils one round, not the comparison (the claims use every round: throughput summed,
+    p99 ratio as the median of the rounds'). Returned: per server, the round with the median p99 ratio, its
+    ``extra["rounds"]`` holding every round's ops, seconds and p99."""
+    import statistics
+
+    if dep_ms <= 0 or overload <= 0 or duration <= 0 or rounds < 1:
+        raise BadParameter(
+            f"dep_ms, overload, duration and rounds must be > 0 (got {dep_ms}, {overload}, {duration}, {rounds})"
+        )
     rate = overload * servers.workers / (dep_ms / 1000)
     path = lambda op: f"/slow?ms={dep_ms:g}&post={op.rank + 1}"  # noqa: E731
-    return {
-        name: io_run(
-            servers.by_name(name),
-            name,
-            path=path,
-            rate=rate,
-            duration=duration,
-            clients=clients,
-            dep_ms=dep_ms,
-            workers=servers.workers,
-            seed=seed,
-        )
-        for name in ("sync", "async")
-    }
+    runs: dict[str, list[IoRun]] = {"sync": [], "async": []}
+    for r in range(rounds):
+        for name in ("sync", "async"):
+            runs[name].append(
+                io_run(
+                    servers.by_name(name),
+                    name,
+                    path=path,
+                    rate=rate,
+                    duration=duration,
+                    clients=clients,
+                    dep_ms=dep_ms,
+                    workers=servers.workers,
+                    seed=seed + r,
+                )
+            )
+    ratios = [s.p("p99") / max(a.p("p99"), 1e-9) for s, a in zip(runs["sync"], runs["async"])]
+    mid = ratios.index(statistics.median_low(ratios))
+    out = {name: runs[name][mid] for name in runs}
+    for name in runs:
+        out[name].extra["rounds"] = [
+            {"ops": x.result.ops, "seconds": x.result.duration, "p99": x.p("p99")} for x in runs[name]
+        ]
+    return out
+
+
+def _rounds(run: IoRun) -> list[dict[str, float]]:
+    return run.extra.get("rounds") or [{"ops": run.result.ops, "seconds": run.result.duration, "p99": run.p("p99")}]
 
 
 def table(io: dict[str, IoRun]) -> pd.DataFrame:
@@ -308,23 +332,28 @@ def view_io(io: dict[str, IoRun]) -> list[Any]:
 
 
 def check_async_serves_more(io: dict[str, IoRun], factor: float = 5.0, p99_factor: float = 5.0) -> None:
-    """Claims: at the same worker count and offered rate, async serves >= ``factor`` x the sync throughput, and
-    its p99 is >= ``p99_factor`` x lower than the sync p99 (both ratios from the same run, so a busy machine
-    slows both servers alike: the sync p99 grows with the run as its queue does, the async one stays near
-    the dependency's latency plus scheduling delays)."""
+    """Claims: at the same worker count and offered rate, async serves >= ``factor`` x the sync throughput (all
+    rounds summed), and its p99 is >= ``p99_factor`` x lower than the sync p99 (median over the rounds of the
+    ratio). Ratios of runs that alternate on the same machine: the sync p99 grows with each round as its
+    queue does, the async one stays near the dependency's latency unless a burst of other work starves it."""
+    import statistics
+
     s, a = io["sync"], io["async"]
-    ctx = f"dependency {a.dep_ms:g} ms, {a.workers} workers, {a.rate:.0f} req/s offered"
+    rs, ra = _rounds(s), _rounds(a)
+    thr = {n: sum(x["ops"] for x in r) / max(sum(x["seconds"] for x in r), 1e-9) for n, r in (("s", rs), ("a", ra))}
+    ratios = [x["p99"] / max(y["p99"], 1e-9) for x, y in zip(rs, ra)]
+    ctx = f"dependency {a.dep_ms:g} ms, {a.workers} workers, {a.rate:.0f} req/s offered, {len(ratios)} rounds"
     checkpoint(
         f"async serves at least {factor:g}x the sync throughput at the same worker count",
-        a.throughput / max(s.throughput, 1e-9),
+        thr["a"] / max(thr["s"], 1e-9),
         at_least=factor,
-        context=f"{ctx}: {a.throughput:.0f} vs {s.throughput:.0f} req/s",
+        context=f"{ctx}: {thr['a']:.0f} vs {thr['s']:.0f} req/s",
     )
     checkpoint(
         f"async p99 is at least {p99_factor:g}x lower than sync p99 at the same offered rate",
-        s.p("p99") / max(a.p("p99"), 1e-9),
+        statistics.median(ratios),
         at_least=p99_factor,
-        context=f"{ctx}: p99 {a.p('p99'):.0f} ms async, {s.p('p99'):.0f} ms sync",
+        context=f"{ctx}: p99 per round async {[round(y['p99']) for y in ra]} ms, sync {[round(x['p99']) for x in rs]}",
     )
 
 
