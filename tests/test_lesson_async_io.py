@@ -29,8 +29,8 @@ def servers(stack, pg):
 
 @pytest.fixture(scope="module")
 def io(servers):
-    # not the notebook's setting: a 100 ms dependency (sync capacity 10 req/s), another seed, fewer clients
-    return aio.io_compare(servers, dep_ms=100, overload=10, duration=1.5, clients=24, rounds=3, seed=3)
+    # not the notebook's setting: a 100 ms dependency (sync capacity 10 req/s), 2 shorter rounds, another seed
+    return aio.io_compare(servers, dep_ms=100, overload=8, duration=1.5, clients=24, rounds=2, seed=3)
 
 
 def _figures(items):
@@ -96,7 +96,7 @@ def offloaded(servers):
     # not the notebook's setting, and every widget at its maximum: 500 ms of slow work at 90 % of the web
     # workers' inline capacity, 6 queue workers; 3 web workers, another seed
     return offload.offload_compare(
-        servers, task_ms=500, utilization=0.9, queue_workers=6, web_workers=3, duration=3.0, seed=5
+        servers, task_ms=500, utilization=0.9, queue_workers=6, web_workers=3, duration=2.5, seed=5
     )
 
 

@@ -48,8 +48,8 @@ def cpu_compare(
     ops = {"sync": 0, "async": 0}
     secs = {"sync": 0.0, "async": 0.0}
     cpu = {"sync": 0.0, "async": 0.0}
-    for _ in range(repeats):
-        for name in ("sync", "async"):
+    for i in range(repeats):
+        for name in ("sync", "async") if i % 2 == 0 else ("async", "sync"):  # ABBA: a drift hits both alike
             svc = servers.by_name(name)
             web = http(svc.endpoint)
             c0 = _cpu_seconds(svc)
