@@ -20,6 +20,7 @@ lab: setup
 test: setup cassandra-jars browser-deps
 	$(BIN)/ruff check labkit tests benchmarks conftest.py
 	$(BIN)/ruff format --check labkit tests benchmarks conftest.py
+	$(BIN)/mypy
 	$(BIN)/python -m pytest --nbval-lax --timeout=900 -p no:cacheprovider --durations=25 $(RERUNS) tests notebooks $(PYTEST_ARGS)
 
 # The codebase checks itself: lint, format and types (configured in pyproject.toml).

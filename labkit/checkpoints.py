@@ -75,18 +75,20 @@ def _check_bound(
             f"(allowed {_fmt(target - tol)}..{_fmt(target + tol)})"
         )
         return ok, bound, why
-    parts, ok, why = [], True, []
+    parts: list[str] = []
+    reasons: list[str] = []
+    ok = True
     if at_least is not None:
         parts.append(f">= {_fmt(at_least)}")
         if not measured >= at_least:
             ok = False
-            why.append(f"{_fmt(measured)} < expected {_fmt(at_least)}")
+            reasons.append(f"{_fmt(measured)} < expected {_fmt(at_least)}")
     if at_most is not None:
         parts.append(f"<= {_fmt(at_most)}")
         if not measured <= at_most:
             ok = False
-            why.append(f"{_fmt(measured)} > expected at most {_fmt(at_most)}")
-    return ok, " and ".join(parts), "; ".join(why)
+            reasons.append(f"{_fmt(measured)} > expected at most {_fmt(at_most)}")
+    return ok, " and ".join(parts), "; ".join(reasons)
 
 
 def checkpoint(

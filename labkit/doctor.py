@@ -134,7 +134,7 @@ def diagnose(include_java: bool = True, platform_name: str | None = None) -> dic
             needed=False,
         )
     for peer, bins in (("pgbench (benchmarks)", ["pgbench"]), ("memaslap (benchmarks)", ["memaslap", "memcaslap"])):
-        found = next((shutil.which(b) for b in bins if shutil.which(b)), None)
+        found: str | Path | None = next((shutil.which(b) for b in bins if shutil.which(b)), None)
         if not found and peer.startswith("pgbench"):
             found = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/pgbench"))), None)
         add(peer, bool(found), str(found) if found else "not installed", hints["peers"], needed=False)

@@ -325,8 +325,11 @@ def check(history: History | Iterable[Operation], *, show: int = 3) -> Report:
                     f"#{w.index}): values must be unique per key so a read names its write"
                 )
             by_value[w.value] = w
-        acked = sorted((w for w in writes if w.outcome == "ok" and w.complete is not None), key=lambda w: w.complete)
-        completes = [w.complete for w in acked]
+        # acknowledged writes: their effective_complete is their (finite) complete time
+        acked = sorted(
+            (w for w in writes if w.outcome == "ok" and w.complete is not None), key=lambda w: w.effective_complete
+        )
+        completes = [w.effective_complete for w in acked]
         latest_invoked: list[Operation] = []  # prefix: among acked[:i+1], the write invoked last
         for w in acked:
             latest_invoked.append(
@@ -352,7 +355,7 @@ def check(history: History | Iterable[Operation], *, show: int = 3) -> Report:
                         r,
                         [w] + ([x] if x is not None else []),
                         f"read of {key!r} returned {got} although write of {w.value!r} was acknowledged "
-                        f"{(r.invoke - w.complete) * 1000:.0f} ms before the read began"
+                        f"{(r.invoke - w.effective_complete) * 1000:.0f} ms before the read began"
                         + ("" if x is None else f" and the write of {x.value!r} had completed before it started"),
                     )
                 )
@@ -369,7 +372,8 @@ def check(history: History | Iterable[Operation], *, show: int = 3) -> Report:
                                 w,
                                 [last] + ([x] if x is not None else []),
                                 f"acknowledged write of {w.value!r} to {key!r} is gone: the last read, begun "
-                                f"{(last.invoke - w.complete) * 1000:.0f} ms after it completed, returned {got}",
+                                f"{(last.invoke - w.effective_complete) * 1000:.0f} ms after it completed, "
+                                f"returned {got}",
                             )
                         )
     indeterminate = sum(1 for o in ops if o.outcome == "timeout")

@@ -386,17 +386,17 @@ class ResponseReader:
             return MetaError(f"unexpected line from memcached: {line[:80]!r}")
 
 
-def _address(address: tuple[str, int] | str | Any) -> tuple[str, int]:
-    """Accept (host, port), "host:port", or a labkit Endpoint."""
-    if hasattr(address, "address"):
-        address = address.address
+def address_of(target: object) -> tuple[str, int]:
+    """(host, port) of memcached given as (host, port), "host:port", or a labkit Endpoint (its ``address``)."""
+    address = getattr(target, "address", target)
     if isinstance(address, str):
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
             raise BadParameter(f"memcached address {address!r}: use 'host:port' or (host, port)")
         return host, int(port)
-    host, port = address
-    return str(host), int(port)
+    if isinstance(address, (tuple, list)) and len(address) == 2:
+        return str(address[0]), int(address[1])
+    raise BadParameter(f"memcached address {address!r}: use 'host:port', (host, port) or st.endpoint('memcached')")
 
 
 # Key prefixes of shared (external) memcached servers, by address. The external provider registers the
@@ -407,7 +407,7 @@ _PREFIXES: dict[tuple[str, int], bytes] = {}
 
 def register_prefix(address: tuple[str, int] | str | Any, prefix: str | bytes | None) -> None:
     """Make every client of ``address`` put ``prefix`` in front of its keys (None: no prefix)."""
-    addr = _address(address)
+    addr = address_of(address)
     if prefix:
         raw = prefix.encode() if isinstance(prefix, str) else bytes(prefix)
         validate_key(raw)  # a prefix must itself be a valid key fragment
@@ -421,7 +421,7 @@ def key_prefix_for(address: tuple[str, int] | str | Any) -> bytes:
     extra = getattr(address, "extra", None)
     if isinstance(extra, dict) and extra.get("key_prefix"):
         return str(extra["key_prefix"]).encode()
-    return _PREFIXES.get(_address(address), b"")
+    return _PREFIXES.get(address_of(address), b"")
 
 
 class _Commands:
@@ -464,7 +464,7 @@ class MetaClient(_Commands):
     def __init__(
         self, address: tuple[str, int] | str | Any, *, timeout: float = 5.0, key_prefix: str | bytes | None = None
     ) -> None:
-        self.address = _address(address)
+        self.address = address_of(address)
         self.timeout = timeout
         self._init_prefix(address, key_prefix)
         self._sock: socket.socket | None = None
@@ -596,7 +596,7 @@ class AsyncMetaClient(_Commands):
     def __init__(
         self, address: tuple[str, int] | str | Any, *, timeout: float = 5.0, key_prefix: str | bytes | None = None
     ) -> None:
-        self.address = _address(address)
+        self.address = address_of(address)
         self.timeout = timeout
         self._init_prefix(address, key_prefix)
         self._transport: asyncio.Transport | None = None
@@ -618,7 +618,7 @@ class AsyncMetaClient(_Commands):
                 transport, _ = await asyncio.wait_for(
                     loop.create_connection(lambda: _MetaProtocol(self), *self.address), self.timeout
                 )
-                self._transport, self._loop = transport, loop  # type: ignore[assignment]
+                self._transport, self._loop = transport, loop
                 self._arm_watchdog()
         return self
 

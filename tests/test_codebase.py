@@ -162,3 +162,14 @@ def test_no_module_grows_unexplained():
         if n > MAX_LINES and "One module on purpose" not in doc and str(path.relative_to(ROOT)) not in KNOWN_LONG:
             long.append(f"{path.relative_to(ROOT)} ({n} lines)")
     assert not long, "split these along their seams, or say why not in the docstring: " + ", ".join(long)
+
+
+def test_labkit_ships_its_types_and_checks_them():
+    """py.typed tells a learner's type checker that labkit is typed; `make test` runs mypy before pytest."""
+    import tomllib
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert (PKG / "py.typed").exists(), "labkit/py.typed is missing"
+    assert "py.typed" in data["tool"]["setuptools"]["package-data"]["labkit"], "py.typed is not in package-data"
+    recipe = (ROOT / "Makefile").read_text().split("\ntest:", 1)[1].split("\n\n", 1)[0]
+    assert "mypy" in recipe.split("pytest", 1)[0], "make test must run mypy before pytest"

@@ -167,14 +167,14 @@ def load_postgres(conn: Any, data: InstagramData) -> dict[str, int]:
     with conn.cursor() as cur:
         cur.execute(SCHEMA)
         with cur.copy("COPY users (id, username, followers) FROM STDIN") as cp:
-            for row in data.users:
-                cp.write_row(row)
+            for user in data.users:
+                cp.write_row(user)
         with cur.copy("COPY posts (id, user_id, caption, like_count) FROM STDIN") as cp:
-            for row in data.posts:
-                cp.write_row(row)
+            for post in data.posts:
+                cp.write_row(post)
         with cur.copy("COPY likes (post_id, user_id) FROM STDIN") as cp:
-            for row in data.likes:
-                cp.write_row(row)
+            for like in data.likes:
+                cp.write_row(like)
         cur.execute("ANALYZE users; ANALYZE posts; ANALYZE likes")
         counts = {}
         for t in ("users", "posts", "likes"):

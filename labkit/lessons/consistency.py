@@ -19,6 +19,7 @@ stuck in an ALL write that times out slows no other pair.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import secrets
 import threading
@@ -30,7 +31,7 @@ from typing import Any
 from labkit.errors import BadParameter, NotRunning
 from labkit.history import History, Operation, Report, check
 from labkit.load import Uniform, Workload, run
-from labkit.load.drivers import Driver, consistency_level
+from labkit.load.drivers import Driver, consistency_level, settle_exception, settle_result
 
 __all__ = [
     "LEVELS",
@@ -159,8 +160,8 @@ class Lab:
         fut: asyncio.Future[Any] = loop.create_future()
         rf = self.session.execute_async(self._bind(stmt, params, level), execution_profile=via)
         rf.add_callbacks(
-            lambda rows: loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(rows)),
-            lambda exc: loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(exc)),
+            lambda rows: loop.call_soon_threadsafe(settle_result, fut, rows),
+            lambda exc: loop.call_soon_threadsafe(settle_exception, fut, exc),
         )
         return await fut
 
@@ -311,6 +312,11 @@ def _validate(
     return pairs
 
 
+def _has_levels(pair: tuple[str, str], op: Operation) -> bool:
+    """Whether ``op`` was run at the (write, read) consistency levels ``pair``."""
+    return (op.tags.get("w"), op.tags.get("r")) == pair
+
+
 @dataclass
 class _PairRun:
     history: History
@@ -319,7 +325,7 @@ class _PairRun:
 
     def __post_init__(self) -> None:
         for pair in self.pairs:
-            self.reports[pair] = check(self.history.filter(lambda o, p=pair: (o.tags.get("w"), o.tags.get("r")) == p))
+            self.reports[pair] = check(self.history.filter(functools.partial(_has_levels, pair)))
 
     def ops(self, pair: tuple[str, str], kind: str, **tags: Any) -> list[Operation]:
         return [

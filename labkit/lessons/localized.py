@@ -18,6 +18,7 @@ Three experiments, all timed through labkit.load:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from collections.abc import Callable
@@ -156,6 +157,11 @@ def _cl(name: str) -> int:
     return getattr(ConsistencyLevel, name)
 
 
+def _nth_user(i: int, rank: int) -> int:
+    """Region i's users are the ids with id % 2 == i: rank r is user 2r + i."""
+    return 2 * rank + i
+
+
 def _op(
     geo: Geo,
     region: str,
@@ -280,7 +286,8 @@ def check_local_quorum_latency(table: pd.DataFrame, fraction: float = 0.25) -> N
         t = table[table["region"] == region].set_index("consistency")
         if {"LOCAL_QUORUM", "QUORUM"} - set(t.index):
             raise BadParameter("the table needs LOCAL_QUORUM and QUORUM rows: run measure_consistency first")
-        worst = max(worst, float(t.loc["LOCAL_QUORUM", "p50_ms"]) / float(t.loc["QUORUM", "p50_ms"]))
+        p50 = t["p50_ms"]
+        worst = max(worst, float(p50["LOCAL_QUORUM"]) / float(p50["QUORUM"]))
     q = float(table[table["consistency"] == "QUORUM"]["p50_ms"].min())
     checkpoint(
         "QUORUM pays at least one cross-DC round trip",
@@ -319,7 +326,7 @@ def compare_placement(
     for name, ks in keyspaces.items():
         before, n_ops, hists = geo.link_bytes(), 0, []
         for i, region in enumerate(REGIONS):  # region i serves users with id % 2 == i
-            fn = _op(geo, region, ks, "LOCAL_QUORUM", value, user_of=lambda r, i=i: 2 * r + i)
+            fn = _op(geo, region, ks, "LOCAL_QUORUM", value, user_of=functools.partial(_nth_user, i))
             res = run(
                 fn,
                 Workload(

@@ -27,6 +27,7 @@ import psycopg
 from labkit.checkpoints import checkpoint
 from labkit.datasets import burbn
 from labkit.errors import BadParameter, CheckpointFailed
+from labkit.services.postgres import fetch_value
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -204,7 +205,7 @@ def time_loads(
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(WEEKLY_VIEW)
         conn.execute("ANALYZE events")
-        n = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+        n = fetch_value(conn, "SELECT count(*) FROM events")
     if n != len(rows):
         raise RuntimeError(f"COPY loaded {n} rows of {len(rows)}: the run stopped early (max_seconds={max_seconds})")
     return pd.DataFrame(out)
@@ -215,7 +216,7 @@ def _frame(dsn: str, sql: str) -> pd.DataFrame:
 
     with psycopg.connect(dsn) as conn:
         cur = conn.execute(sql)
-        return pd.DataFrame(cur.fetchall(), columns=[d.name for d in cur.description])
+        return pd.DataFrame(cur.fetchall(), columns=[d.name for d in cur.description or []])
 
 
 def feature_share(dsn: str) -> pd.DataFrame:
@@ -404,7 +405,8 @@ def check_retention_query(make_sql: Callable[[], str], dsn: str, tol: float = 1e
         return
     if not isinstance(sql, str) or not sql.strip():
         raise CheckpointFailed(f"cohort_retention_sql() returned {sql!r}: return the SQL query as a string")
-    ref = cohort_retention(dsn).set_index(["cohort", "age"])["retention"]
+    reference = cohort_retention(dsn)
+    ref = reference.set_index(["cohort", "age"])["retention"]
     try:
         mine = _frame(dsn, sql)
     except psycopg.Error as exc:
@@ -417,9 +419,10 @@ def check_retention_query(make_sql: Callable[[], str], dsn: str, tol: float = 1e
         )
     got = mine.set_index(["cohort", "age"])["retention"].astype(float)
     if got.index.duplicated().any():
-        c, a = got.index[got.index.duplicated()][0]
+        first = mine[mine.duplicated(["cohort", "age"])].iloc[0]
+        c, a = first["cohort"], first["age"]
         raise CheckpointFailed(f"your query returns cohort {c}, week {a} more than once: group by cohort and age")
-    for (c, a), want in ref.items():
+    for c, a, want in reference[["cohort", "age", "retention"]].itertuples(index=False, name=None):
         if (c, a) not in got.index:
             raise CheckpointFailed(f"cohort {c}, week {a}: missing from your result (reference retention {want:.3f})")
         if not abs(got[(c, a)] - want) <= tol:
@@ -471,7 +474,7 @@ def plot_retention(res: PivotResult) -> Any:
         ages = np.arange(0, int(g["age"].max()) + 1)
         ax2.plot(
             ages,
-            [res.log.true_retention(a, photo) for a in ages],
+            [res.log.true_retention(int(a), photo) for a in ages],
             "-",
             color=color,
             alpha=0.5,

@@ -288,9 +288,9 @@ def run_placement(
     rows, total_moves = [], 0
     pending: list[tuple[int, str, str]] = []
     for rnd in range(1, rounds + 1):
-        remote = Counter()
+        remote: Counter[bool] = Counter()  # True: the read crossed to the other region
 
-        def op(ctx: Any, o: Any, rnd: int = rnd, remote: Counter = remote) -> None:
+        def op(ctx: Any, o: Any, rnd: int = rnd, remote: Counter[bool] = remote) -> None:
             rng = ctx.state.setdefault("rng", random.Random(seed * 1000 + ctx.client + 100 * rnd))
             unit = o.rank
             region = "eu" if rng.random() < who[unit]["eu"] else "us"

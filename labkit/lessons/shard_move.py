@@ -40,6 +40,7 @@ from labkit.errors import BadParameter
 from labkit.lessons.sharding import ConnectionPool, Router, ensure_shards, schema
 from labkit.load.runner import run
 from labkit.load.workload import Uniform, Workload
+from labkit.services.postgres import fetch_value
 
 __all__ = ["MoveResult", "check_move", "move_shard", "move_under_writes", "plot", "table", "view"]
 
@@ -138,13 +139,13 @@ def move_shard(
         dst.execute(f"TRUNCATE {sch}.photos")
         steps["prepare"] = time.perf_counter() - t_start
         t = time.perf_counter()
-        top = src.execute(f"SELECT coalesce(max(id), 0) FROM {sch}.photos").fetchone()[0]
+        top = fetch_value(src, f"SELECT coalesce(max(id), 0) FROM {sch}.photos")
         _copy_rows(src, dst, sch, "id <= %s", (top,), keep_ids)
         steps["bulk copy"] = time.perf_counter() - t
         t = time.perf_counter()
         for _ in range(5):
             since = max(0, top - (LAG_WINDOW_MS << (ids.SHARD_BITS + ids.SEQ_BITS)))
-            new_top = src.execute(f"SELECT coalesce(max(id), 0) FROM {sch}.photos").fetchone()[0]
+            new_top = fetch_value(src, f"SELECT coalesce(max(id), 0) FROM {sch}.photos")
             copied = _copy_rows(src, dst, sch, "id > %s AND id <= %s", (since, new_top), keep_ids)
             top = new_top
             if copied < 20:
@@ -161,9 +162,9 @@ def move_shard(
             else:
                 since = max(0, top - (LAG_WINDOW_MS << (ids.SHARD_BITS + ids.SEQ_BITS)))
                 _copy_rows(src, dst, sch, "id > %s", (since,), keep_ids)
-            last = src.execute(f"SELECT last_value FROM {sch}.id_seq").fetchone()[0]
+            last = fetch_value(src, f"SELECT last_value FROM {sch}.id_seq")
             dst.execute(f"SELECT setval('{sch}.id_seq', %s)", (last + 1,))
-            at_switch = src.execute(f"SELECT count(*), coalesce(max(id), 0) FROM {sch}.photos").fetchone()
+            rows_at_switch = fetch_value(src, f"SELECT count(*) FROM {sch}.photos")
             router.move(shard, target)
             if on_switch is not None:
                 on_switch()
@@ -176,7 +177,7 @@ def move_shard(
         "steps": steps,
         "freeze_s": steps["freeze + switch"] if freeze else 0.0,
         "move_s": time.perf_counter() - t_start,
-        "source_rows_at_switch": int(at_switch[0]),
+        "source_rows_at_switch": int(rows_at_switch),
     }
 
 
@@ -286,7 +287,7 @@ def move_under_writes(
             f"SELECT token, id FROM {sch}.photos WHERE token BETWEEN %s AND %s", (run_tag, run_tag + _TAG - 1)
         ).fetchall()
     with psycopg.connect(router.dsns[source], autocommit=True) as conn:
-        old_rows = conn.execute(f"SELECT count(*) FROM {sch}.photos").fetchone()[0]
+        old_rows = fetch_value(conn, f"SELECT count(*) FROM {sch}.photos")
         conn.execute(f"TRUNCATE {sch}.photos")  # clean up: the old copy goes
     tokens = [p[0] for p in present]
     present_ids = {p[1] for p in present}

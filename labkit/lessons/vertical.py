@@ -476,7 +476,7 @@ def check_usl_fit(fit: usl.USLFit, min_r2: float = 0.9) -> None:
 def check_published_peak(fit: usl.USLFit, data: pd.DataFrame) -> None:
     """The fitted N* lies between the client counts around the published table's highest throughput."""
     d = data.sort_values("clients").reset_index(drop=True)
-    i = int(d["tps"].idxmax())
+    i = int(d["tps"].to_numpy().argmax())  # a position: the index was reset above
     lo = float(d["clients"].iloc[max(0, i - 1)])
     hi = float(d["clients"].iloc[min(len(d) - 1, i + 1)])
     where = f"data peaks at {int(d['clients'].iloc[i])} clients; fitted N*={fit.n_star:.1f}"

@@ -177,7 +177,7 @@ class PqConnection:
             self._loop.add_reader(pg.socket, self._readable)
         while pg.flush() != 0:  # output buffer full (big parameters): let the socket drain
             await asyncio.sleep(0)
-        out = []
+        out: list[Any] = []
         while True:
             pg.consume_input()  # raises OperationalError when the server has gone
             while not pg.is_busy():
@@ -343,10 +343,10 @@ class MemcachedDriver(Driver):
     kind = "memcached"
 
     def __init__(self, target: Any, *, client: str = "meta", timeout: float = 5.0, share: int | None = None) -> None:
-        from labkit.memcache_meta import _address, key_prefix_for
+        from labkit.memcache_meta import address_of, key_prefix_for
 
         ep = _endpoint(target, "memcached")
-        self.address = _address(ep)
+        self.address = address_of(ep)
         # a shared (external) memcached: every key this driver writes goes under the learner's namespace
         self.key_prefix = key_prefix_for(ep)
         if client not in ("meta", "pymemcache"):
@@ -492,6 +492,18 @@ CONSISTENCY_LEVELS = (
 )
 
 
+def settle_result(fut: asyncio.Future[Any], value: Any) -> None:
+    """Resolve ``fut`` unless it is already done (cancelled by a timeout): for callbacks from driver threads."""
+    if not fut.done():
+        fut.set_result(value)
+
+
+def settle_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    """Fail ``fut`` with ``exc`` unless it is already done."""
+    if not fut.done():
+        fut.set_exception(exc)
+
+
 def consistency_level(name: Any) -> int:
     """'quorum' -> cassandra.ConsistencyLevel.QUORUM; unknown names raise BadParameter listing the valid ones."""
     from cassandra import ConsistencyLevel
@@ -535,10 +547,10 @@ class CassandraSession:
         rf = self.session.execute_async(self._statement(cql, params, consistency))
 
         def ok(rows: Any) -> None:
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(rows))
+            loop.call_soon_threadsafe(settle_result, fut, rows)
 
         def err(exc: BaseException) -> None:
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(exc))
+            loop.call_soon_threadsafe(settle_exception, fut, exc)
 
         rf.add_callbacks(ok, err)
         return await fut

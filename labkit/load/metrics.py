@@ -181,8 +181,8 @@ class RunResult:
                 _add_row(rows_by_t, row)
             for k, v in rec.errors.items():
                 res.errors[k] = res.errors.get(k, 0) + v
-            for k, v in rec.error_examples.items():
-                res.error_examples.setdefault(k, v)
+            for k, example in rec.error_examples.items():
+                res.error_examples.setdefault(k, example)
             for k, v in rec.counters.items():
                 res.counters[k] = res.counters.get(k, 0) + v
             res.disconnects += rec.disconnects
@@ -202,8 +202,8 @@ class RunResult:
         for src, dst in ((other.errors, self.errors), (other.counters, self.counters)):
             for k, v in src.items():
                 dst[k] = dst.get(k, 0) + v
-        for k, v in other.error_examples.items():
-            self.error_examples.setdefault(k, v)
+        for k, example in other.error_examples.items():
+            self.error_examples.setdefault(k, example)
         self.disconnects += other.disconnects
         self.first_error_at = _min(self.first_error_at, other.first_error_at)
         self.last_error_at = _max(self.last_error_at, other.last_error_at)

@@ -210,14 +210,14 @@ def run(
         raise BadParameter(f"interval={interval!r}: must be > 0 seconds")
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
         raise BadParameter(f"processes={processes!r}: must be an integer >= 1")
-    name = name or getattr(fn, "__name__", "run")
+    label = name or str(getattr(fn, "__name__", "run"))
     driver = driver if driver is not None else getattr(fn, "driver", None)
     watchers = list(watch) if isinstance(watch, (list, tuple)) else [watch]
     before = [w.snapshot() for w in watchers]
     if processes == 1:
-        res = _run_here(fn, workload, driver, name, progress, interval, stop, op_timeout, 0, use_uvloop)
+        res = _run_here(fn, workload, driver, label, progress, interval, stop, op_timeout, 0, use_uvloop)
     else:
-        res = _run_processes(fn, workload, driver, name, progress, interval, op_timeout, processes, use_uvloop)
+        res = _run_processes(fn, workload, driver, label, progress, interval, op_timeout, processes, use_uvloop)
     for w, b in zip(watchers, before):
         try:
             res.server[w.name] = w.delta(b, w.snapshot())

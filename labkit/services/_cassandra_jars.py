@@ -24,6 +24,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from labkit import config, paths
@@ -221,7 +222,7 @@ def _sha1(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fetch_pinned(version: str, target: Path, say) -> None:  # type: ignore[no-untyped-def]
+def _fetch_pinned(version: str, target: Path, say: Callable[[str], None]) -> None:
     pins = _read_pins(version)
     repo = maven_repository()
     staging = target.with_name("lib.partial")

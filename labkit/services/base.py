@@ -49,6 +49,16 @@ class Endpoint:
         return f"{url}?{urlencode(params, quote_via=quote)}" if params else url
 
     @property
+    def postgres_dsn(self) -> str:
+        """The libpq URL of a Postgres endpoint (``dsn``, typed ``str``); BadParameter for any other kind."""
+        dsn = self.dsn
+        if dsn is None:
+            from labkit.errors import BadParameter
+
+            raise BadParameter(f"{self.kind} '{self.name}' has no DSN: pass a Postgres endpoint")
+        return dsn
+
+    @property
     def contact_points(self) -> list[str]:
         return list(self.extra.get("contact_points", [self.host]))
 

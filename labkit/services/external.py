@@ -230,7 +230,7 @@ class ExternalService(Service):
             from psycopg import sql
 
             try:
-                with psycopg.connect(ep.dsn, connect_timeout=5, autocommit=True) as conn:
+                with psycopg.connect(ep.postgres_dsn, connect_timeout=5, autocommit=True) as conn:
                     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(ep.extra["schema"])))
             except psycopg.Error as e:
                 raise ProviderUnavailable(
@@ -349,7 +349,7 @@ def purge() -> dict[str, list[str]]:
         from psycopg import sql
 
         raw = dataclasses.replace(ep, extra={"dsn_params": ep.extra.get("dsn_params", {})})  # no search_path
-        with psycopg.connect(raw.dsn, connect_timeout=5, autocommit=True) as conn:
+        with psycopg.connect(raw.postgres_dsn, connect_timeout=5, autocommit=True) as conn:
             names = [r[0] for r in conn.execute("SELECT nspname FROM pg_namespace")]
             for ns in own_namespaces(names):
                 conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(ns)))

@@ -159,7 +159,7 @@ class LocalMemcached(LocalService):
             os.chmod(self.dir, 0o777)
         self.procs = [ManagedProcess(argv, self.log_path, cwd=self.dir)]
         self._restored_refs = []
-        self._endpoint = Endpoint(
+        ep = self._endpoint = Endpoint(
             kind=self.kind,
             name=self.name,
             provider=self.provider,
@@ -170,7 +170,7 @@ class LocalMemcached(LocalService):
         try:
             wait_for(
                 f"memcached '{self.name}' on {LOOPBACK}:{self.port} to answer `version`",
-                lambda: query_health(self._endpoint).ok,
+                lambda: query_health(ep).ok,
                 timeout=15,
                 alive=self.procs[0].alive,
                 on_fail=lambda: tail(self.log_path),

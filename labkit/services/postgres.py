@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +52,22 @@ def pg_binary(name: str) -> Path:
     return find_binary(name, [g.format(name=name) for g in PG_GLOBS], PG_HINT)
 
 
+def fetch_value(conn: psycopg.Connection[Any], query: str, params: Sequence[Any] | None = None) -> Any:
+    """The first column of the first row of ``query`` (a count, a version, a sequence's value)."""
+    row = conn.execute(query, params).fetchone()
+    if row is None:
+        raise ServiceFailed(f"Postgres returned no row for {query!r}")
+    return row[0]
+
+
 def query_version(endpoint: Endpoint, timeout: float = 3.0) -> str:
-    with psycopg.connect(endpoint.dsn, connect_timeout=max(1, int(timeout))) as conn:
-        return str(conn.execute("SHOW server_version").fetchone()[0])
+    with psycopg.connect(endpoint.postgres_dsn, connect_timeout=max(1, int(timeout))) as conn:
+        return str(fetch_value(conn, "SHOW server_version"))
 
 
 def query_health(endpoint: Endpoint, timeout: float = 2.0) -> Health:
     try:
-        with psycopg.connect(endpoint.dsn, connect_timeout=max(1, int(timeout))) as conn:
+        with psycopg.connect(endpoint.postgres_dsn, connect_timeout=max(1, int(timeout))) as conn:
             conn.execute("SELECT 1").fetchone()
         return Health(True, "answers SELECT 1")
     except psycopg.Error as e:
@@ -206,7 +215,7 @@ class LocalPostgres(LocalService):
             argv += ["-c", f"{k}={v}"]
         self.procs = [ManagedProcess(argv, self.log_path, user=self.run_as, cwd=self.dir)]
         self._restored_refs = []
-        self._endpoint = Endpoint(
+        ep = self._endpoint = Endpoint(
             kind=self.kind,
             name=self.name,
             provider=self.provider,
@@ -220,13 +229,13 @@ class LocalPostgres(LocalService):
         try:
             wait_for(
                 f"Postgres '{self.name}' on {LOOPBACK}:{self.port} to answer a query",
-                lambda: query_health(self._endpoint, timeout=1.0).ok,
+                lambda: query_health(ep, timeout=1.0).ok,
                 timeout=60,
                 alive=proc.alive,
                 on_fail=lambda: tail(self.log_path),
             )
             if fresh:
-                with psycopg.connect(self._endpoint.dsn, autocommit=True) as conn:
+                with psycopg.connect(ep.postgres_dsn, autocommit=True) as conn:
                     conn.execute(f"CREATE DATABASE {DATABASE}")
         except BaseException:
             self.stop()  # never leave a half-started server behind

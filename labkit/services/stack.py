@@ -268,11 +268,10 @@ def _matches(value: Any, hint: Any) -> bool:
     return isinstance(value, origin or hint) if isinstance(origin or hint, type) else True
 
 
-def _check_types(kind: str, cls: type, options: dict[str, Any]) -> None:
-    import typing
-
+def _check_types(kind: str, cls: type[Service], options: dict[str, Any]) -> None:
     try:
-        hints = typing.get_type_hints(cls.__init__)
+        params = inspect.signature(cls, eval_str=True).parameters  # the constructor's, annotations resolved
+        hints = {n: p.annotation for n, p in params.items() if p.annotation is not inspect.Parameter.empty}
     except Exception:  # noqa: BLE001 - unresolvable hints: the constructor checks on its own
         return
     for k, v in options.items():
@@ -300,7 +299,11 @@ def build(kind: str, name: str, provider: str, options: dict[str, Any]) -> Servi
                 )
         _check_types(kind, cls, options)
     try:
-        return cls(name, kind=kind) if provider == "external" else cls(name, **options)
+        if provider == "external":
+            from labkit.services.external import ExternalService
+
+            return ExternalService(name, kind=kind)
+        return cls(name, **options)
     except LabkitError:
         raise
     except (TypeError, ValueError, OverflowError) as e:  # a value of the wrong type deep in a constructor

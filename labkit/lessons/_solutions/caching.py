@@ -9,7 +9,7 @@ from labkit.memcache_meta import MetaClient
 def read_post(mc: MetaClient, db: PostStore, post_id: int) -> bytes:
     key = post_key(post_id)
     r = mc.get(key)
-    if r.hit:
+    if r.hit and r.value is not None:
         return r.value
     card = db.render(post_id)
     mc.set(key, card, ttl=3600)  # a TTL bounds how long a missed invalidation can serve stale data

@@ -16,5 +16,5 @@ def is_stale(read: Operation, writes: list[Operation]) -> bool:
         source = next((w for w in writes if w.value == read.value), None)
         if source is None or source.outcome != "ok":
             return False
-        source_done = source.complete
-    return any(w.outcome == "ok" and w.complete < read.invoke and source_done < w.invoke for w in writes)
+        source_done = source.effective_complete
+    return any(w.outcome == "ok" and w.effective_complete < read.invoke and source_done < w.invoke for w in writes)

@@ -11,5 +11,5 @@ def choose_home(counts: dict[str, float], current: str) -> str:
     total = sum(counts.values())
     if total < 10:
         return current
-    best = max(counts, key=counts.get)
+    best = max(counts, key=lambda region: counts[region])
     return best if counts[best] >= 0.7 * total else current

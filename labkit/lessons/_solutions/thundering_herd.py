@@ -11,7 +11,7 @@ from labkit.memcache_meta import MetaClient
 def lease_get(mc: MetaClient, key: str, recompute: Callable[[], bytes]) -> bytes:
     for _ in range(2000):  # ~10 s of 5 ms back-offs, then give up loudly
         r = mc.get(key, vivify=10)
-        if r.hit:
+        if r.hit and r.value is not None:
             return r.value
         if r.win:
             value = recompute()
