@@ -220,7 +220,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_fetch(args: argparse.Namespace) -> int:
     if args.what != "cassandra":
         raise LabkitError(f"nothing to fetch for '{args.what}': only `labkit fetch cassandra` downloads anything")
-    from labkit.services._cassandra_jars import fetch_cassandra
+    from labkit.services import fetch_cassandra
 
     path = fetch_cassandra(progress=True)
     print(f"Cassandra jars ready in {path}")

@@ -91,7 +91,7 @@ def diagnose(include_java: bool = True, platform_name: str | None = None) -> dic
     add("python", sys.version_info >= (3, 11), platform.python_version(), "use Python 3.11 or newer")
     dok, dwhy = docker_available()
     add("docker", dok, dwhy, "optional: without Docker labkit runs the same servers as local processes", needed=False)
-    from labkit.services._process import find_binary
+    from labkit.services import find_binary
     from labkit.services.memcached import MC_HINT
     from labkit.services.postgres import pg_binary
 
@@ -149,7 +149,7 @@ def diagnose(include_java: bool = True, platform_name: str | None = None) -> dic
         needed=True,
     )
     if paths.is_root():
-        from labkit.services._process import unprivileged_user
+        from labkit.services import unprivileged_user
 
         u = unprivileged_user()
         add(

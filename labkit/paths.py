@@ -10,6 +10,11 @@ def is_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
+def source_root() -> Path:
+    """The directory that holds the `labkit` package: put it on PYTHONPATH so child processes import this labkit."""
+    return Path(__file__).resolve().parent.parent
+
+
 def home() -> Path:
     """labkit's own directory. `LABKIT_HOME` overrides it.
 

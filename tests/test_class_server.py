@@ -23,7 +23,7 @@ from labkit.datasets import instagram
 from labkit.errors import BadParameter
 from labkit.lessons import caching
 from labkit.memcache_meta import MetaClient
-from labkit.services.external import _memcached_keys
+from labkit.services.external import memcached_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDENTS = {"student_a": 3, "student_b": 4}  # namespace -> dataset seed (different data, same table names)
@@ -151,7 +151,7 @@ def test_two_students_side_by_side_leave_foreign_objects_untouched(class_server,
     after = _foreign_state(pg.dsn, mc.address, foreign_keys)
     assert after == before
     # the students' cache entries live under their own prefixes
-    keys = _memcached_keys(mc.address)
+    keys = memcached_keys(mc.address)
     for ns in STUDENTS:
         assert any(k.startswith(f"{ns}:post:".encode()) for k in keys), ns
 
@@ -168,7 +168,7 @@ def test_two_students_side_by_side_leave_foreign_objects_untouched(class_server,
     with psycopg.connect(pg.dsn) as conn:
         schemas = {r[0] for r in conn.execute("SELECT nspname FROM pg_namespace")}
     assert "student_a" not in schemas and {"student_b", "other", "public"} <= schemas
-    keys = _memcached_keys(mc.address)
+    keys = memcached_keys(mc.address)
     assert not any(k.startswith(b"student_a:") for k in keys)
     assert any(k.startswith(b"student_b:") for k in keys)
     assert _foreign_state(pg.dsn, mc.address, foreign_keys) == before

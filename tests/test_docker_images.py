@@ -1,13 +1,13 @@
 """CI's local Cassandra image is launched like the local provider: the files baked into it come from the local
-provider's own code (labkit/services/_docker_images.py). Runs without Docker (no engine needed)."""
+provider's own code (labkit/services/docker_images.py). Runs without Docker (no engine needed)."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
 
-from labkit.services._docker_images import IMAGE_CONF, IMAGE_ROOT, cassandra_image_files
 from labkit.services.cassandra import CassandraNode, LocalCassandra
+from labkit.services.docker_images import IMAGE_CONF, IMAGE_ROOT, cassandra_image_files
 
 ROOT = Path(__file__).resolve().parent.parent
 

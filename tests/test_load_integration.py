@@ -192,9 +192,9 @@ def test_paused_server_ends_on_time(stack) -> None:
 
 
 def test_cassandra_consistency_per_request() -> None:
-    from labkit.services._cassandra_jars import cached_version
+    from labkit.services import cassandra_jars_version
 
-    if cached_version() is None:
+    if cassandra_jars_version() is None:
         # CI fetches them first (`labkit fetch cassandra`); a fresh checkout may not have them yet
         pytest.skip("Cassandra jars not fetched: run `labkit fetch cassandra` (or set LABKIT_CACHE)")
     with labkit.stack("cassandra", attach=True) as st, drivers.cassandra(st, consistency="ONE") as cd:

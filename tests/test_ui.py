@@ -104,9 +104,9 @@ def test_rate_zero_is_rejected() -> None:
 
 def test_interactive_panel_runs_in_background_and_stops(experiment) -> None:
     """The widget path without a browser: the run must not block the caller, Stop must end it."""
-    from labkit.ui.panel import _params
+    from labkit.ui.panel import params_for
 
-    params, extras = _params(experiment, {"clients": (1, 16), "seconds": (0.5, 30.0)})
+    params, extras = params_for(experiment, {"clients": (1, 16), "seconds": (0.5, 30.0)})
     p = ui.Panel(experiment, params, extras, "cache", live=True)
     p.controls["seconds"].value = 20.0
     t0 = time.monotonic()
@@ -129,9 +129,9 @@ def test_interactive_panel_runs_in_background_and_stops(experiment) -> None:
 
 
 def _panel(fn, view=None, **specs):
-    from labkit.ui.panel import _params
+    from labkit.ui.panel import params_for
 
-    params, extras = _params(fn, specs)
+    params, extras = params_for(fn, specs)
     return ui.Panel(fn, params, extras, None, live=True, view=view)
 
 
@@ -206,7 +206,7 @@ def test_closed_stack_says_run_setup_again() -> None:
     """After the cleanup cell, Run does not start and says which cell to run; after Setup again it runs."""
     import labkit
     from labkit.memcache_meta import MetaClient
-    from labkit.ui._hints import StackClosed, explain
+    from labkit.ui.hints import StackClosed, explain
 
     g = {"MetaClient": MetaClient, "labkit": labkit}
     exec(

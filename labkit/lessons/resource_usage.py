@@ -279,9 +279,7 @@ def feed_fixture(dsn: str, users: int = 20) -> Path:
 
 def _count(fixture: Path, render: str, n: int, method: str) -> subprocess.Popen[str]:
     env = {**os.environ, "LABKIT_WEB_RENDER": render, "PYTHONHASHSEED": "0", "LABKIT_WEB_DSN": ""}
-    from labkit.services.web import _labkit_root
-
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_labkit_root(), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(paths.source_root()), env.get("PYTHONPATH")]))
     # -S: no site-packages (the app needs only the stdlib and labkit): less start-up to count and subtract
     argv = [sys.executable, "-S", "-m", "labkit.webapp.bench", str(fixture), str(n)]
     if method == "valgrind":

@@ -5,6 +5,9 @@
 - external: servers that already run elsewhere (a class cluster), given by environment or a config file.
 
 `LABKIT_PROVIDER=local|docker|external` overrides the automatic choice (docker if a daemon answers, else local).
+
+Other packages use this package's public modules (base, stack, postgres, memcached, cassandra, ...) and the
+names exported here (the jar fetch, binary lookup, the unprivileged user); the `_`-modules are its internals.
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ from __future__ import annotations
 import importlib
 
 from labkit.errors import UnknownService
+from labkit.services._cassandra_jars import cached_version as cassandra_jars_version
+from labkit.services._cassandra_jars import fetch_cassandra
 from labkit.services._docker import docker_available
+from labkit.services._process import find_binary, unprivileged_user
 from labkit.services.base import Endpoint, Health, Service
 
 KINDS: dict[str, str] = {
@@ -75,4 +81,8 @@ __all__ = [
     "choose_provider",
     "service_class",
     "docker_available",
+    "fetch_cassandra",
+    "cassandra_jars_version",
+    "find_binary",
+    "unprivileged_user",
 ]

@@ -303,7 +303,7 @@ def own_namespaces(names: list[str]) -> list[str]:
     return [n for n in names if n.startswith(user_prefix()) and len(n) > len(user_prefix())]
 
 
-def _memcached_keys(address: tuple[str, int], timeout: float = 10.0) -> list[bytes]:
+def memcached_keys(address: tuple[str, int], timeout: float = 10.0) -> list[bytes]:
     """Every key the server holds (`lru_crawler metadump all`, memcached >= 1.4.31), as stored."""
     for _ in range(50):
         with socket.create_connection(address, timeout=timeout) as s:
@@ -361,7 +361,7 @@ def purge() -> dict[str, list[str]]:
     if mep is not None:
         from labkit.memcache_meta import MetaClient
 
-        keys = _memcached_keys(mep.address)
+        keys = memcached_keys(mep.address)
         mine = {k.split(b":", 1)[0].decode(errors="replace") for k in keys if b":" in k}
         own = set(own_namespaces(sorted(mine)))
         with MetaClient(mep.address, key_prefix=b"") as mc:

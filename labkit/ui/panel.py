@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from labkit.errors import BadParameter
-from labkit.ui import _hints
+from labkit.ui import hints
 from labkit.ui import view as _view
 
 __all__ = ["panel", "Panel", "Param", "claim_result", "headless", "result_of"]
@@ -156,7 +156,9 @@ def _spec_to_param(name: str, spec: Any, default: Any) -> Param:
     )
 
 
-def _params(fn: Callable[..., Any], specs: dict[str, Any]) -> tuple[list[Param], set[str]]:
+def params_for(fn: Callable[..., Any], specs: dict[str, Any]) -> tuple[list[Param], set[str]]:
+    """The widgets a panel shows for ``fn``: one Param per knob spec (checked against fn's signature, so a
+    typo fails here and not in a learner's Run), and the names of fn's parameters that get no widget."""
     sig = inspect.signature(fn)
     names = set(sig.parameters)
     unknown = set(specs) - names
@@ -315,10 +317,10 @@ class Panel:
         if not self._done.is_set():
             self.status.value = "<i>a run is in progress: stop it first</i>"
             return
-        closed = _hints.closed_stack_message(self.fn)
+        closed = hints.closed_stack_message(self.fn)
         if closed:  # say what to do instead of letting the run fail on refused connections
-            self.error = _hints.StackClosed(closed)
-            self.status.value = _hints.error_html(self.error, closed)
+            self.error = hints.StackClosed(closed)
+            self.status.value = hints.error_html(self.error, closed)
             return
         values = {**self.values(), **overrides}
         self._stop.clear()
@@ -392,7 +394,7 @@ class Panel:
                 self.bar_label.value = "waiting for another panel's run to finish"
                 while not _RUN_LOCK.acquire(timeout=0.5):
                     if self._stop.is_set():
-                        raise _hints.Stopped("stopped before it started (another panel's run was going on)")
+                        raise hints.Stopped("stopped before it started (another panel's run was going on)")
                 t0 = time.monotonic()
                 self.bar_label.value = "starting"
             threading.Thread(target=self._tick, args=(t0,), daemon=True, name="labkit-panel-tick").start()
@@ -419,7 +421,7 @@ class Panel:
             self.error = exc
             self.bar.bar_style = "danger"
             self.bar_label.value = f"failed after {time.monotonic() - t0:.1f} s"
-            self.status.value = _hints.error_html(exc, _hints.explain(exc, self.fn))
+            self.status.value = hints.error_html(exc, hints.explain(exc, self.fn))
         finally:
             self.run_button.disabled, self.stop_button.disabled = False, True
             self._done.set()
@@ -513,7 +515,7 @@ def panel(
             f"view={view!r}: give a function of the result that returns tables/figures, "
             "e.g. view=lambda df: [lesson.table(df), lesson.plot(df)]"
         )
-    params, extras = _params(fn, specs)
+    params, extras = params_for(fn, specs)
     if headless():
         values = {p.name: p.check(p.default) for p in params}
         result = _call(fn, values, extras, None, threading.Event())

@@ -5,7 +5,7 @@ launched with the SAME JVM flags and the same generated cassandra.yaml: the file
 `LocalCassandra._jvm_args` and `LocalCassandra._write_config` for one node whose directory is the image's
 /var/lib/cassandra, so a change to the local launch is a change to the image at its next build.
 
-    python -m labkit.services._docker_images cassandra DIR   # writes DIR/conf/* and DIR/jvm.args
+    python -m labkit.services.docker_images cassandra DIR   # writes DIR/conf/* and DIR/jvm.args
 
 The image's entrypoint then applies the official image's environment contract (CASSANDRA_CLUSTER_NAME, _DC,
 _RACK, _SEEDS, _ENDPOINT_SNITCH, _LISTEN_ADDRESS, _BROADCAST_ADDRESS, _BROADCAST_RPC_ADDRESS, _NUM_TOKENS,
@@ -63,7 +63,7 @@ def cassandra_image_files(dest: Path) -> list[str]:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] != "cassandra":
-        print("usage: python -m labkit.services._docker_images cassandra DIR", file=sys.stderr)
+        print("usage: python -m labkit.services.docker_images cassandra DIR", file=sys.stderr)
         return 2
     cassandra_image_files(Path(argv[1]))
     return 0
