@@ -28,46 +28,10 @@ def _print_table(rows: list[list[str]], header: list[str]) -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
-def status_data() -> list[dict[str, Any]]:
-    """One entry per recorded service: stack, name, kind, provider, host, port, dsn, healthy, pids."""
-    from labkit.errors import StateError
+def cmd_status(args: argparse.Namespace) -> int:
     from labkit.services import stack as stacks
 
-    stacks.reap_orphans()
-    out: list[dict[str, Any]] = []
-    for path, rec in stacks.all_records():
-        if isinstance(rec, StateError):
-            out.append({"stack": path.stem, "error": str(rec)})
-            continue
-        for name, srec in rec["services"].items():
-            ep = srec.get("endpoint") or {}
-            entry = {
-                "stack": rec["id"],
-                "shared": rec.get("shared", False),
-                "name": name,
-                "kind": srec["kind"],
-                "provider": srec["provider"],
-                "host": ep.get("host"),
-                "port": ep.get("port"),
-                "pids": [r["pid"] for r in srec.get("pids", [])],
-            }
-            if srec["kind"] == "postgres":
-                entry["dsn"] = ep.get("dsn")
-            if srec["kind"] == "cassandra":
-                entry["contact_points"] = ep.get("extra", {}).get("contact_points")
-                entry["local_dc"] = ep.get("extra", {}).get("local_dc")
-                entry["datacenters"] = ep.get("extra", {}).get("datacenters")
-            try:
-                entry["healthy"] = bool(stacks.restore(srec).health().ok)
-            except Exception as e:  # noqa: BLE001
-                entry["healthy"] = False
-                entry["detail"] = str(e)
-            out.append(entry)
-    return out
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    data = status_data()
+    data = stacks.status()
     if args.json:
         print(json.dumps({"services": data}, indent=2))
         return 0
@@ -201,20 +165,10 @@ def _purge() -> None:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from labkit.errors import UnknownService
     from labkit.services import stack as stacks
 
-    for _path, rec in stacks.all_records():
-        if isinstance(rec, Exception):
-            continue
-        if args.service in rec["services"]:
-            print(stacks.restore(rec["services"][args.service]).logs(args.lines))
-            return 0
-    names = sorted({n for _, r in stacks.all_records() if isinstance(r, dict) for n in r["services"]})
-    raise UnknownService(
-        f"no running service named '{args.service}' (running: {', '.join(names) or 'none'}). "
-        "`labkit status` lists them."
-    )
+    print(stacks.recorded_service(args.service).logs(args.lines))
+    return 0
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:

@@ -349,8 +349,7 @@ class DockerService(Service):
         return rec
 
     def _adopt(self, record: dict[str, Any]) -> None:
-        if record.get("endpoint"):
-            self._endpoint = Endpoint.from_dict(record["endpoint"])
+        super()._adopt(record)
         names = list(record.get("containers", []))
         if names:
             self.container_name = names[0]

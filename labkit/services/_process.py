@@ -430,10 +430,7 @@ class LocalService(Service):
 
     def _adopt(self, record: dict[str, Any]) -> None:
         """Take over a running server from a stack record written by another process."""
-        from labkit.services.base import Endpoint
-
-        if record.get("endpoint"):
-            self._endpoint = Endpoint.from_dict(record["endpoint"])
+        super()._adopt(record)
         self._restored_refs = list(record.get("pids", []))
 
     def remove_data(self) -> None:

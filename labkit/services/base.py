@@ -155,6 +155,7 @@ class Service(abc.ABC):
 
     # records: how a stack file remembers a service so another process can attach or reap it --
     def to_record(self) -> dict[str, Any]:
+        """What a stack record keeps of this service; providers add their processes, containers, layout."""
         return {
             "kind": self.kind,
             "name": self.name,
@@ -162,9 +163,50 @@ class Service(abc.ABC):
             "endpoint": self.endpoint.to_dict() if self._endpoint else None,
         }
 
+    def adopt(self, record: dict[str, Any]) -> None:
+        """Take over a server that another process started, from its `to_record()`: afterwards health, logs,
+        faults and stop act on that server. Providers extend the `_adopt` hook (processes, containers)."""
+        self._adopt(record)
+
+    def _adopt(self, record: dict[str, Any]) -> None:
+        if record.get("endpoint"):
+            self._endpoint = Endpoint.from_dict(record["endpoint"])
+
     def pids(self) -> list[dict[str, float]]:
         """Processes this service owns, as {"pid", "create_time"} pairs (local provider only)."""
         return []
+
+    def remove_data(self) -> None:
+        """Delete the server's data directory after stop(); services without data of their own keep nothing."""
+        return None
+
+    def status(self) -> dict[str, Any]:
+        """What `labkit status` shows: where it answers, its processes, whether it answers a real request now,
+        and what a learner connects with (a DSN, contact points)."""
+        ep = self._endpoint
+        entry: dict[str, Any] = {
+            "name": self.name,
+            "kind": self.kind,
+            "provider": self.provider,
+            "host": ep.host if ep else None,
+            "port": ep.port if ep else None,
+            "pids": [r["pid"] for r in self.pids()],
+        }
+        if self.kind == "postgres":
+            entry["dsn"] = ep.dsn if ep else None
+        if self.kind == "cassandra":
+            extra = ep.extra if ep else {}
+            entry.update(
+                contact_points=extra.get("contact_points"),
+                local_dc=extra.get("local_dc"),
+                datacenters=extra.get("datacenters"),
+            )
+        try:
+            entry["healthy"] = bool(self.health().ok)
+        except Exception as e:  # noqa: BLE001 - a status line, never a crash
+            entry["healthy"] = False
+            entry["detail"] = str(e)
+        return entry
 
     def __enter__(self) -> Service:
         self.start()

@@ -427,8 +427,7 @@ class Stack:
         svc = self.service(name)
         if name in self.owned:
             svc.stop()
-            if hasattr(svc, "remove_data"):
-                svc.remove_data()
+            svc.remove_data()
             self.owned.discard(name)
         del self.services[name]
         self.save()
@@ -476,8 +475,7 @@ class Stack:
             svc = self.services[name]
             with contextlib.suppress(Exception):
                 svc.stop()
-            if hasattr(svc, "remove_data"):
-                svc.remove_data()
+            svc.remove_data()
         self.owned.clear()
         self.closed = True
         with _locked():
@@ -522,11 +520,41 @@ def restore(srec: dict[str, Any]) -> Service:
     if srec["provider"] == "local":
         opts["instance_dir"] = Path(srec["dir"])
     svc = cls(srec["name"], **opts)
-    if hasattr(svc, "_adopt"):
-        svc._adopt(srec)
-    elif srec.get("endpoint"):
-        svc._endpoint = Endpoint.from_dict(srec["endpoint"])
+    svc.adopt(srec)
     return svc
+
+
+def status() -> list[dict[str, Any]]:
+    """`labkit status`: one entry per recorded service (its stack, address, PIDs, DSN, health), or per
+    corrupt record an {"stack", "error"} entry. Orphans of killed kernels are reaped first."""
+    reap_orphans()
+    out: list[dict[str, Any]] = []
+    for path, rec in all_records():
+        if isinstance(rec, StateError):
+            out.append({"stack": path.stem, "error": str(rec)})
+            continue
+        for name, srec in rec["services"].items():
+            try:
+                entry = restore(srec).status()
+            except Exception as e:  # noqa: BLE001 - an unreadable record still gets its status line
+                ep = srec.get("endpoint") or {}
+                entry = {"name": name, "kind": srec["kind"], "provider": srec["provider"], "host": ep.get("host")}
+                entry.update(port=ep.get("port"), pids=[r["pid"] for r in srec.get("pids", [])], healthy=False)
+                entry["detail"] = str(e)
+            out.append({"stack": rec["id"], "shared": rec.get("shared", False), **entry})
+    return out
+
+
+def recorded_service(name: str) -> Service:
+    """The running service called `name` in any recorded stack (for `labkit logs`), or UnknownService."""
+    records = [rec for _, rec in all_records() if isinstance(rec, dict)]
+    for rec in records:
+        if name in rec["services"]:
+            return restore(rec["services"][name])
+    names = sorted({n for rec in records for n in rec["services"]})
+    raise UnknownService(
+        f"no running service named '{name}' (running: {', '.join(names) or 'none'}). `labkit status` lists them."
+    )
 
 
 def _compatible(srec: dict[str, Any], options: dict[str, Any]) -> bool:
