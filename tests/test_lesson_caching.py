@@ -218,7 +218,7 @@ def test_ttl_hit_ratio_follows_expiry_model_and_can_fail(stack, pg, data, capsys
             ttl=1,
             rate=300,
             seconds=2.0,
-            read=lambda mc_, st_, pid, ttl: caching._read_through(mc_, st_, pid, 0),
+            read=lambda mc_, st_, pid, ttl: caching.read_through(mc_, st_, pid, 0),
         )
     df = pd.DataFrame(rows)
     assert df["evictions"].sum() == 0 and df["hit_ratio"].iloc[1] > df["hit_ratio"].iloc[0]
