@@ -41,20 +41,14 @@ KNOWN_PRIVATE_USES = {
     "tests/test_docker_services.py",
 }
 KNOWN_LONG = {
-    "labkit/lessons/caching.py",
     "labkit/lessons/consistency.py",
     "labkit/lessons/localized.py",
     "labkit/lessons/pivot.py",
     "labkit/lessons/placement.py",
     "labkit/lessons/sharding.py",
-    "labkit/lessons/thundering_herd.py",
     "labkit/lessons/vertical.py",
-    "labkit/load/drivers.py",
-    "labkit/memcache_meta.py",
     "labkit/services/_cassandra_docker.py",
     "labkit/services/cassandra.py",
-    "labkit/services/stack.py",
-    "labkit/ui/panel.py",
 }
 
 

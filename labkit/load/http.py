@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from labkit.load.drivers import Driver, _endpoint
+from labkit.load.driver_base import Driver, _endpoint
 from labkit.load.workload import Op
 from labkit.webapp.httpclient import AsyncHttpConnection, HttpConnection, HttpError, Response
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from labkit.errors import StateError
-from labkit.services import stack as stacks
+from labkit.services import stack_records as stacks
 
 
 def main(record: Path, interval: float = 0.5) -> int:

@@ -6,311 +6,73 @@ Every stack is a JSON record in `<labkit home>/stacks/`:
   servers when that owner dies, even by SIGKILL; `reap_orphans()` does the same from any later labkit call.
 
 `labkit.stack()` attaches to the shared stack's services when they are up, and starts the missing ones itself.
+
+The records and reaping live in ``stack_records``, option checking in ``stack_options``; this module keeps the
+Stack and ``stack()`` and re-exports the rest (``labkit.services.stack.X`` works for all of it).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import fcntl
-import inspect
-import json
-import math
 import os
-import re
 import secrets
-import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import psutil
-
 from labkit import paths
-from labkit.errors import BadParameter, LabkitError, StateError, UnknownService
-from labkit.services import check_kind, choose_provider, service_class
-from labkit.services._process import proc_ref, reap, same_process
+from labkit.errors import BadParameter, LabkitError, UnknownService
+from labkit.services import check_kind, choose_provider
+from labkit.services._process import proc_ref
 from labkit.services.base import Endpoint, Health, Service
+from labkit.services.stack_options import NAME_RE, build, check_name, check_options, option_names
+from labkit.services.stack_records import (
+    SHARED_ID,
+    _locked,
+    all_records,
+    down,
+    is_stale,
+    owner_alive,
+    read_record,
+    reap_orphans,
+    reap_record,
+    record_alive_pids,
+    record_path,
+    recorded_service,
+    restore,
+    status,
+    strays,
+    write_record,
+)
 
-SHARED_ID = "shared"
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")  # a name becomes part of a directory and a container name
+__all__ = [
+    "SHARED_ID",
+    "NAME_RE",
+    "record_path",
+    "read_record",
+    "write_record",
+    "all_records",
+    "owner_alive",
+    "record_alive_pids",
+    "is_stale",
+    "strays",
+    "reap_record",
+    "reap_orphans",
+    "down",
+    "option_names",
+    "check_name",
+    "check_options",
+    "build",
+    "Stack",
+    "restore",
+    "status",
+    "recorded_service",
+    "stack",
+]
+
 _open_stacks: set[Stack] = set()  # closed at interpreter exit (strong refs: an unnamed stack counts too)
-
-
-# records -----------------------------------------------------------------------------------
-def record_path(stack_id: str) -> Path:
-    return paths.stacks_dir() / f"{stack_id}.json"
-
-
-@contextlib.contextmanager
-def _locked() -> Iterator[None]:
-    """Serialise read-modify-write of stack records between processes (a notebook and `labkit up`)."""
-    with open(paths.stacks_dir() / ".lock", "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def read_record(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict) or not isinstance(data.get("services"), dict):
-            raise ValueError("not a stack record (no 'services' object)")
-        return data
-    except FileNotFoundError:
-        raise
-    except (ValueError, OSError) as e:
-        raise StateError(
-            f"stack record {path} is corrupt ({e}). Run `labkit down` to stop whatever it started "
-            f"(it also finds labkit's servers by process scan) and remove it."
-        ) from None
-
-
-def write_record(path: Path, record: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    os.replace(tmp, path)
-
-
-def all_records() -> list[tuple[Path, dict[str, Any] | StateError]]:
-    out: list[tuple[Path, dict[str, Any] | StateError]] = []
-    for p in sorted(paths.stacks_dir().glob("*.json")):
-        try:
-            out.append((p, read_record(p)))
-        except FileNotFoundError:
-            continue
-        except StateError as e:
-            out.append((p, e))
-    return out
-
-
-def owner_alive(record: dict[str, Any]) -> bool:
-    owner = record.get("owner")
-    return owner is None or same_process(owner) is not None
-
-
-def record_alive_pids(record: dict[str, Any]) -> list[int]:
-    return [r["pid"] for s in record["services"].values() for r in s.get("pids", []) if same_process(r)]
-
-
-def is_stale(record: dict[str, Any]) -> bool:
-    """A record whose local servers are all gone (a reboot, a crash) while it still lists some."""
-    local = [s for s in record["services"].values() if s.get("provider") == "local"]
-    return bool(local) and not record_alive_pids(record)
-
-
-# reaping -----------------------------------------------------------------------------------
-def strays(markers: list[str]) -> list[psutil.Process]:
-    """Processes whose command line names one of `markers` (instance directories of labkit's servers)."""
-    found = []
-    me = os.getpid()
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            cmd = " ".join(p.info["cmdline"] or [])
-        except (psutil.Error, TypeError):
-            continue
-        if p.pid != me and any(m in cmd for m in markers) and "labkit.services._watchdog" not in cmd:
-            found.append(p)
-    return found
-
-
-def reap_record(record: dict[str, Any], remove_data: bool = True) -> list[int]:
-    """Stop every process a record lists (and any stray that names its directories); returns the PIDs."""
-    refs = [r for s in record["services"].values() for r in s.get("pids", [])]
-    stopped = reap(refs)
-    dirs = [s["dir"] for s in record["services"].values() if s.get("dir")]
-    if dirs:
-        extra = strays(dirs)
-        stopped += reap([proc_ref(p.pid) for p in extra if p.is_running()])
-    for s in record["services"].values():
-        for name in s.get("containers", []):
-            _remove_container(name)
-        for name in s.get("networks", []):
-            _remove_network(name)
-    if remove_data:
-        for d in dirs:
-            shutil.rmtree(d, ignore_errors=True)
-    wd = record.get("watchdog")
-    if wd and same_process(wd) and wd.get("pid") != os.getpid():
-        reap([wd], grace=1)
-    return sorted(set(stopped))
-
-
-def _remove_container(name: str) -> None:
-    try:
-        import docker
-
-        docker.from_env(timeout=5).containers.get(name).remove(force=True)
-    except Exception:  # noqa: BLE001 - gone already, or no daemon
-        pass
-
-
-def _remove_network(name: str) -> None:
-    try:
-        from labkit.services import _docker
-
-        _docker.client().networks.get(name).remove()
-    except Exception:  # noqa: BLE001 - gone already, or no daemon
-        pass
-
-
-def reap_orphans() -> list[int]:
-    """Reap the servers of private stacks whose owner process died (a killed kernel or test run)."""
-    stopped: list[int] = []
-    with _locked():
-        for path, rec in all_records():
-            if isinstance(rec, StateError) or rec.get("id") == SHARED_ID or owner_alive(rec):
-                continue
-            stopped += reap_record(rec)
-            path.unlink(missing_ok=True)
-    return stopped
-
-
-def down(remove_data: bool = True) -> dict[str, Any]:
-    """Stop everything labkit started under this home: every stack, corrupt records' servers, strays."""
-    report: dict[str, Any] = {"stacks": [], "pids": [], "corrupt": [], "strays": [], "containers": []}
-    with _locked():
-        for path, rec in all_records():
-            if isinstance(rec, StateError):
-                report["corrupt"].append(str(path))
-            else:
-                report["pids"] += reap_record(rec, remove_data=remove_data)
-                report["stacks"].append(rec.get("id", path.stem))
-            path.unlink(missing_ok=True)
-        from labkit.services import _docker
-
-        # containers and networks labelled with this home that no record names (a crash mid-start)
-        report["containers"] = _docker.remove_labelled()["containers"]
-        leftover = strays([str(paths.instances_dir())])
-        report["strays"] = reap([proc_ref(p.pid) for p in leftover if p.is_running()])
-        if remove_data:
-            for d in paths.instances_dir().iterdir():
-                shutil.rmtree(d, ignore_errors=True)
-    return report
-
-
-# options -------------------------------------------------------------------------------------
-def option_names(kind: str) -> list[str]:
-    """The options a service kind takes (the same for the local and docker providers)."""
-    names: set[str] = set()
-    for prov in ("local", "docker"):
-        for p in inspect.signature(service_class(kind, prov).__init__).parameters.values():
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "instance_dir":
-                names.add(p.name)
-    return sorted(names)
-
-
-def check_name(name: Any) -> str:
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise BadParameter(
-            f"service name {name!r}: use 1-63 letters, digits, '_', '.' or '-', starting with a "
-            "letter or digit (e.g. name='cache-2')"
-        )
-    return name
-
-
-def check_options(kind: str, provider: str, options: Any) -> dict[str, Any]:
-    """Refuse options `kind` does not take, by name, listing the valid ones (nothing is silently ignored)."""
-    if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
-        raise BadParameter(
-            f"options for {kind} must be a dict of option names to values, got {options!r} "
-            f"(e.g. {{'memory_mb': 64}}); valid options: {', '.join(option_names(kind))}"
-        )
-    if provider == "external":
-        if options:
-            raise BadParameter(
-                f"the external provider points at a {kind} that already runs: it cannot apply "
-                f"{', '.join(f'{k}=' for k in sorted(options))}. Drop these options, or run this "
-                f"{kind} yourself with provider='local'"
-            )
-        return options
-    valid = option_names(kind)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise BadParameter(
-            f"{kind} has no option {', '.join(repr(u) for u in unknown)}: valid options are {', '.join(valid)}"
-        )
-    for k, v in options.items():  # no option of any kind means anything as NaN or infinity
-        if isinstance(v, float) and not math.isfinite(v):
-            raise BadParameter(f"{kind} option {k}={v}: give a finite number")
-    return options
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    """Whether `value` fits a constructor's type hint (int, float, str, dict, list, Path, Optional, Union)."""
-    import types
-    import typing
-
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        try:
-            import operator
-
-            operator.index(value)
-            return not isinstance(value, bool)
-        except TypeError:
-            return False
-    if origin in (dict, list, tuple):
-        return isinstance(value, origin)
-    return isinstance(value, origin or hint) if isinstance(origin or hint, type) else True
-
-
-def _check_types(kind: str, cls: type[Service], options: dict[str, Any]) -> None:
-    try:
-        params = inspect.signature(cls, eval_str=True).parameters  # the constructor's, annotations resolved
-        hints = {n: p.annotation for n, p in params.items() if p.annotation is not inspect.Parameter.empty}
-    except Exception:  # noqa: BLE001 - unresolvable hints: the constructor checks on its own
-        return
-    for k, v in options.items():
-        if k in hints and not _matches(v, hints[k]):
-            want = str(hints[k]).replace("typing.", "").replace("<class '", "").replace("'>", "")
-            raise BadParameter(
-                f"{kind} option {k}={v!r}: expected {want}; valid options: {', '.join(option_names(kind))}"
-            )
-
-
-def build(kind: str, name: str, provider: str, options: dict[str, Any]) -> Service:
-    """Construct (not start) a service: every option is checked here, before anything runs."""
-    kind = check_kind(kind)
-    check_name(name)
-    check_options(kind, provider, options)
-    cls = service_class(kind, provider)
-    if provider != "external":
-        params = inspect.signature(cls.__init__).parameters
-        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-            other = sorted(set(options) - set(params))
-            if other:
-                raise BadParameter(
-                    f"{kind} option {', '.join(other)} does not apply to the {provider} provider "
-                    f"(the {'docker' if provider == 'local' else 'local'} provider's only): drop it"
-                )
-        _check_types(kind, cls, options)
-    try:
-        if provider == "external":
-            from labkit.services.external import ExternalService
-
-            return ExternalService(name, kind=kind)
-        return cls(name, **options)
-    except LabkitError:
-        raise
-    except (TypeError, ValueError, OverflowError) as e:  # a value of the wrong type deep in a constructor
-        raise BadParameter(
-            f"{kind} options {options!r} are not valid ({e}): give numbers as int/float and "
-            f"text as str; valid options: {', '.join(option_names(kind))}"
-        ) from None
 
 
 # the Stack ---------------------------------------------------------------------------------
@@ -511,50 +273,6 @@ class Stack:
             if s._endpoint
         )
         return f"<table><tr><th>service</th><th>provider</th><th>address</th><th>owner</th></tr>{rows}</table>"
-
-
-def restore(srec: dict[str, Any]) -> Service:
-    """Rebuild a Service object from its record (another process started it)."""
-    cls = service_class(srec["kind"], srec["provider"])
-    opts = dict(srec.get("options", {}))
-    if srec["provider"] == "local":
-        opts["instance_dir"] = Path(srec["dir"])
-    svc = cls(srec["name"], **opts)
-    svc.adopt(srec)
-    return svc
-
-
-def status() -> list[dict[str, Any]]:
-    """`labkit status`: one entry per recorded service (its stack, address, PIDs, DSN, health), or per
-    corrupt record an {"stack", "error"} entry. Orphans of killed kernels are reaped first."""
-    reap_orphans()
-    out: list[dict[str, Any]] = []
-    for path, rec in all_records():
-        if isinstance(rec, StateError):
-            out.append({"stack": path.stem, "error": str(rec)})
-            continue
-        for name, srec in rec["services"].items():
-            try:
-                entry = restore(srec).status()
-            except Exception as e:  # noqa: BLE001 - an unreadable record still gets its status line
-                ep = srec.get("endpoint") or {}
-                entry = {"name": name, "kind": srec["kind"], "provider": srec["provider"], "host": ep.get("host")}
-                entry.update(port=ep.get("port"), pids=[r["pid"] for r in srec.get("pids", [])], healthy=False)
-                entry["detail"] = str(e)
-            out.append({"stack": rec["id"], "shared": rec.get("shared", False), **entry})
-    return out
-
-
-def recorded_service(name: str) -> Service:
-    """The running service called `name` in any recorded stack (for `labkit logs`), or UnknownService."""
-    records = [rec for _, rec in all_records() if isinstance(rec, dict)]
-    for rec in records:
-        if name in rec["services"]:
-            return restore(rec["services"][name])
-    names = sorted({n for rec in records for n in rec["services"]})
-    raise UnknownService(
-        f"no running service named '{name}' (running: {', '.join(names) or 'none'}). `labkit status` lists them."
-    )
 
 
 def _compatible(srec: dict[str, Any], options: dict[str, Any]) -> bool:
