@@ -161,3 +161,38 @@ def test_labkit_ships_its_types_and_checks_them():
     assert "py.typed" in data["tool"]["setuptools"]["package-data"]["labkit"], "py.typed is not in package-data"
     recipe = (ROOT / "Makefile").read_text().split("\ntest:", 1)[1].split("\n\n", 1)[0]
     assert "mypy" in recipe.split("pytest", 1)[0], "make test must run mypy before pytest"
+
+
+def _layout_entries() -> list[tuple[Path, str]]:
+    """(path, description) per entry of the README's layout block; indented entries are inside labkit/."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Layout", 1)[1].split("```", 2)[1]
+    entries: list[tuple[Path, str]] = []
+    for line in block.splitlines():
+        if not line.strip() or line.startswith(" " * 6):  # a description's continuation line
+            if entries and line.strip():
+                entries[-1] = (entries[-1][0], entries[-1][1] + " " + line.strip())
+            continue
+        name, _, desc = line.strip().partition(" ")
+        base = ROOT / "labkit" if line.startswith("  ") else ROOT
+        entries.append((base / name.rstrip("/"), desc))
+    return entries
+
+
+def test_readme_layout_matches_the_tree():
+    """Every directory and module the README's layout names exists, files named in a description exist where it
+    says, and every labkit package is in it (a new package must be described there)."""
+    import re
+
+    entries = _layout_entries()
+    missing = [str(p.relative_to(ROOT)) for p, _ in entries if not p.exists()]
+    for path, desc in entries:
+        where = path if path.is_dir() else path.parent
+        for name in re.findall(r"(?<![\w./])([A-Za-z_][\w]*\.py|_?[A-Za-z][\w]*/)(?![\w.])", desc):
+            if not (where / name.rstrip("/")).exists():
+                missing.append(f"{(where / name).relative_to(ROOT)} (named in the line of {path.name})")
+    assert not missing, "the README's layout names what is not in the tree: " + ", ".join(missing)
+    named = {p for p, _ in entries}
+    packages = [d for d in sorted(PKG.iterdir()) if (d / "__init__.py").exists()]
+    undocumented = [str(d.relative_to(ROOT)) for d in packages if d not in named]
+    assert not undocumented, "add these labkit packages to the README's layout: " + ", ".join(undocumented)
