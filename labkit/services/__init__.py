@@ -13,10 +13,9 @@ names exported here (the jar fetch, binary lookup, the unprivileged user); the `
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 from labkit.errors import UnknownService
-from labkit.services._cassandra_jars import cached_version as cassandra_jars_version
-from labkit.services._cassandra_jars import fetch_cassandra
 from labkit.services._docker import docker_available
 from labkit.services._process import find_binary, unprivileged_user
 from labkit.services.base import Endpoint, Health, Service
@@ -56,6 +55,20 @@ def choose_provider(provider: str | None = None) -> str:
             "(or leave LABKIT_PROVIDER unset to choose automatically)"
         )
     return choice
+
+
+def fetch_cassandra(progress: bool = True, version: str | None = None) -> Path:
+    """Cassandra's jars into labkit's cache (`labkit fetch cassandra`): Maven, else the pinned list; the path."""
+    from labkit.services._cassandra_jars import fetch_cassandra as fetch  # urllib & co. only when fetching
+
+    return fetch(progress=progress, version=version)
+
+
+def cassandra_jars_version() -> str | None:
+    """The Cassandra version whose jars are in the cache, or None before `labkit fetch cassandra`."""
+    from labkit.services._cassandra_jars import cached_version
+
+    return cached_version()
 
 
 def service_class(kind: str, provider: str) -> type[Service]:
