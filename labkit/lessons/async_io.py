@@ -69,7 +69,7 @@ def defaults() -> dict[str, Any]:
         "cpu_n": 300_000,  # ~30 ms of pure Python per request: the servers' HTTP overheads are noise beside it
         "cpu_clients": 8,
         "cpu_duration": 1.0,  # per slice; the servers alternate, cpu_repeats slices each
-        "cpu_repeats": 6,  # per-CPU-second rates move with what shares the core: more slices, less noise
+        "cpu_repeats": 10,  # per-CPU-second rates move ±15 % with what shares the core: many slices average it
     }
 
 
