@@ -83,10 +83,11 @@ class ConnectionPool:
         return c
 
     def reserve(self, clients: int) -> None:
-        """Have at least ``clients`` bundles (opened in parallel)."""
+        """Have at least ``clients`` bundles free to lend (opened in parallel)."""
         if isinstance(clients, bool) or not isinstance(clients, int) or not 1 <= clients <= self.MAX:
             raise BadParameter(f"clients={clients!r}: use 1..{self.MAX} concurrent clients")
-        missing = clients - len(self._all)
+        with self._lock:  # free ones, not all: a bundle still lent (a run cut short) must not count
+            missing = clients - len(self._free)
         if missing <= 0:
             return
         jobs = [j for _ in range(missing) for j in range(len(self.dsns))]
@@ -135,9 +136,13 @@ class ConnectionPool:
                     f"all {self.size} pooled connections are in use: call pool.reserve(clients) before the run"
                 )
             bundle = self._free.pop()
-        for j, c in enumerate(bundle):
-            if c.broken():
-                bundle[j] = self._connect(j)
+        try:
+            for j, c in enumerate(bundle):
+                if c.broken():
+                    bundle[j] = self._connect(j)
+        except BaseException:
+            self.give(bundle)  # a server that refuses a new connection must not cost the pool a bundle
+            raise
         return bundle
 
     def give(self, bundle: list[_Conn]) -> None:
