@@ -60,7 +60,7 @@ GLOBAL_KS = "geo_global"
 
 def nodes_spec() -> str:
     """Full: two nodes per DC (LOCAL_QUORUM needs both local replicas). CI and Binder (light, ~2 GB for
-    everything, ~640 MB per node): one node per DC, where LOCAL_QUORUM is one local replica and QUORUM is
+    everything, ~400 MB per light node): one node per DC, where LOCAL_QUORUM is one local replica and QUORUM is
     still both continents, so every claim keeps its meaning."""
     return "us:2,eu:2" if profile.current() == "full" else "us:1,eu:1"
 
