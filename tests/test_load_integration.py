@@ -232,3 +232,21 @@ def test_postgres_pq_engine_returns_rows_and_reports_sql_errors(pg_table) -> Non
     _assert_clean(sync, min_ops=10)
     bad = run(drv.query_op("SELECT nope FROM load_kv WHERE k = %s"), Workload(clients=2, ops=20))
     assert bad.ops == 0 and bad.errors == {"UndefinedColumn": 20}, bad.summary()
+    # the hot path's shortcuts: libpq's status codes as plain ints, and the one-column fast path (NULLs too)
+    from psycopg import pq
+
+    from labkit.load import postgres_driver
+
+    assert (postgres_driver._TUPLES_OK, postgres_driver._FATAL_ERROR) == (
+        pq.ExecStatus.TUPLES_OK,
+        pq.ExecStatus.FATAL_ERROR,
+    )
+    shapes: list[list[tuple]] = []
+
+    async def shapes_op(ctx, op):
+        shapes.append(await ctx.conn.fetch("SELECT x FROM (VALUES (1), (NULL), (3)) t(x) ORDER BY x NULLS LAST"))
+        shapes.append(await ctx.conn.fetch("SELECT %s::int, NULL::text, 'é'", (op.rank,)))
+        shapes.append(await ctx.conn.fetch("SELECT 1 WHERE false"))
+
+    assert run(shapes_op, Workload(keys=Uniform(1), clients=1, ops=1), driver=drv).error_count == 0
+    assert shapes == [[("1",), ("3",), (None,)], [("0", None, "é")], []]

@@ -108,6 +108,30 @@ def test_several_postgres_servers_in_one_stack():
             st.add("postgres", name="shard-2")
 
 
+def test_new_servers_are_copies_of_one_data_template_each_with_its_own_password_and_data():
+    """A cold start copies a cached initdb result instead of running initdb (issue 18); the copies must not
+    share anything: not the template's password, not each other's tables, and the template stays pristine."""
+    from labkit.services.postgres import data_template
+
+    with labkit.stack("postgres", attach=False) as st:
+        st.add("postgres", name="copy-2")
+        tmpl = data_template(LocalPostgres("probe").run_as)
+        template_password = (tmpl / "password").read_text().strip()
+        a, b = st.endpoint("postgres"), st.endpoint("copy-2")
+        assert template_password not in (a.password, b.password) and a.password != b.password
+        for ep in (a, b):
+            with pytest.raises(psycopg.OperationalError):
+                psycopg.connect(ep.dsn.replace(ep.password, template_password), connect_timeout=3)
+        with psycopg.connect(a.dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE only_in_a (id int)")
+        with psycopg.connect(b.dsn) as conn:
+            assert conn.execute("SELECT to_regclass('only_in_a')").fetchone()[0] is None
+            assert conn.execute("SELECT current_database()").fetchone()[0] == "labkit"
+    built = sorted(p.name for p in tmpl.parent.iterdir())
+    assert tmpl.name in built and not [n for n in built if n.startswith(".build-")], built
+    assert not (tmpl / "data" / "postmaster.pid").exists()
+
+
 def test_sigkilled_server_is_unhealthy_and_restarts_with_its_data():
     with labkit.stack("postgres", "memcached", attach=False) as st:
         pg = st.service("postgres")

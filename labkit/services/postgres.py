@@ -8,7 +8,10 @@ As root (Colab, CI) the server runs as an unprivileged user, because Postgres re
 
 from __future__ import annotations
 
+import hashlib
 import os
+import secrets
+import shutil
 import signal
 import subprocess
 from collections.abc import Sequence
@@ -16,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
-from labkit import profile
+from labkit import paths, profile
 from labkit.errors import BadParameter, ServiceFailed
 from labkit.services import _docker
 from labkit.services._process import (
@@ -110,6 +114,79 @@ def check_options(
     return buffers, conns, {k: str(v) for k, v in (settings or {}).items()}
 
 
+TEMPLATE_FORMAT = 1  # bump when the template's contents change (initdb flags, the databases in it)
+
+
+def data_template(run_as: Any) -> Path:
+    """A Postgres data directory made once per Postgres build and server user, then copied for every new server.
+
+    It holds what initdb makes (user ``labkit``, SCRAM auth, UTF8, C locale) plus the ``labkit`` database,
+    created in single-user mode (no port, no password on the wire). Each copy gets its own password on first
+    start. Kept under the cache directory (``LABKIT_CACHE``), so ``labkit down`` leaves it; a new Postgres
+    build gets a new template. Built in a private directory and renamed into place: a half-built template is
+    never used, and two processes building at once both end with a complete one.
+    """
+    postgres = pg_binary("postgres")
+    st = postgres.stat()
+    owner = run_as.pw_uid if run_as is not None else os.getuid()
+    build = f"{TEMPLATE_FORMAT}|{postgres.resolve()}|{st.st_size}|{st.st_mtime_ns}|{owner}"
+    key = hashlib.sha256(build.encode()).hexdigest()[:16]
+    root = paths.cache_dir() / "postgres-templates"
+    final = root / key
+    if (final / "data" / "PG_VERSION").exists() and (final / "password").exists():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".build-{key}-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        password = new_password()
+        (tmp / "password").write_text(password + "\n")
+        os.chmod(tmp / "password", 0o600)
+        pwfile = tmp / "pwfile"
+        pwfile.write_text(password + "\n")
+        os.chmod(pwfile, 0o600)
+        give_to(tmp, run_as)
+        kw: dict[str, Any] = {}
+        if run_as is not None:
+            kw.update(user=run_as.pw_uid, group=run_as.pw_gid, extra_groups=[])
+        initdb = [
+            pg_binary("initdb"),
+            "-D",
+            tmp / "data",
+            "-U",
+            USER,
+            f"--pwfile={pwfile}",
+            "--auth=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+            "--no-instructions",
+        ]
+        single = [postgres, "--single", "-D", tmp / "data", "-c", "fsync=off", "postgres"]
+        for argv, stdin, what in (
+            (initdb, None, "initdb"),
+            (single, f"CREATE DATABASE {DATABASE};\n", "creating the labkit database (postgres --single)"),
+        ):
+            res = subprocess.run(
+                [str(a) for a in argv], input=stdin, capture_output=True, text=True, cwd=tmp, timeout=120, **kw
+            )
+            if res.returncode != 0 or "ERROR" in res.stderr:
+                raise ServiceFailed(
+                    f"{what} failed while preparing Postgres' data template in {tmp} (exit {res.returncode}):\n"
+                    f"{(res.stdout + res.stderr)[-2000:]}\nCheck that this Postgres installation works "
+                    f"(`{postgres} --version`), then run again."
+                )
+        pwfile.unlink()
+        try:
+            tmp.rename(final)
+        except OSError:  # another process finished first: use its template
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
 class LocalPostgres(LocalService):
     """A real `postgres` process with its own data directory, a free port on 127.0.0.1 and a password."""
 
@@ -148,36 +225,22 @@ class LocalPostgres(LocalService):
             "password": self.password,
         }
 
-    def _initdb(self) -> None:
+    def _copy_template(self) -> str:
+        """Make this server's data directory from the cached template; returns the template's password.
+
+        Why: initdb writes ~1,000 files and fsyncs nothing here but still costs most of a cold start
+        (about 0.8 s of 1.4 s on 2 cores); copying its result costs a tenth of that."""
+        tmpl = data_template(self.run_as)
         self.dir.mkdir(parents=True, exist_ok=True)
-        pwfile = self.dir / "pwfile"
-        pwfile.write_text(self.password + "\n")
-        os.chmod(pwfile, 0o600)
+        shutil.copytree(tmpl / "data", self.data_dir, symlinks=True)
         give_to(self.dir, self.run_as)
-        argv = [
-            pg_binary("initdb"),
-            "-D",
-            self.data_dir,
-            "-U",
-            USER,
-            f"--pwfile={pwfile}",
-            "--auth=scram-sha-256",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-            "--no-instructions",
-        ]
-        kw: dict[str, Any] = {}
-        if self.run_as is not None:
-            kw.update(user=self.run_as.pw_uid, group=self.run_as.pw_gid, extra_groups=[])
-        res = subprocess.run([str(a) for a in argv], capture_output=True, text=True, cwd=self.dir, **kw)
-        pwfile.unlink(missing_ok=True)
-        if res.returncode != 0:
-            raise ServiceFailed(
-                f"initdb failed for Postgres '{self.name}' (exit {res.returncode}):\n"
-                f"{(res.stdout + res.stderr)[-2000:]}"
-            )
+        return (tmpl / "password").read_text().strip()
+
+    def _set_password(self, ep: Endpoint) -> None:
+        """Give the copied cluster this server's own password (sent as a SCRAM verifier, never in clear)."""
+        with psycopg.connect(ep.postgres_dsn, autocommit=True, connect_timeout=5) as conn:
+            verifier = conn.pgconn.encrypt_password(self.password.encode(), USER.encode(), b"scram-sha-256")
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(USER), verifier.decode()))
 
     def _stat_statements_available(self) -> bool:
         try:
@@ -192,8 +255,7 @@ class LocalPostgres(LocalService):
         if self.running():
             return self.endpoint
         fresh = not (self.data_dir / "PG_VERSION").exists()
-        if fresh:
-            self._initdb()
+        template_password = self._copy_template() if fresh else self.password
         # Backends of a server that was SIGKILLed may still hold its shared memory for a moment.
         wait_for(f"old Postgres '{self.name}' processes to exit", lambda: not self._stale_postmaster(), 15)
         self.port = reuse_or_pick_port(self.requested_port, self.port, what=f"Postgres '{self.name}'")
@@ -222,8 +284,8 @@ class LocalPostgres(LocalService):
             host=LOOPBACK,
             port=self.port,
             user=USER,
-            password=self.password,
-            database="postgres",
+            password=template_password,
+            database=DATABASE,
         )
         proc = self.procs[0]
         try:
@@ -235,8 +297,7 @@ class LocalPostgres(LocalService):
                 on_fail=lambda: tail(self.log_path),
             )
             if fresh:
-                with psycopg.connect(ep.postgres_dsn, autocommit=True) as conn:
-                    conn.execute(f"CREATE DATABASE {DATABASE}")
+                self._set_password(ep)
         except BaseException:
             self.stop()  # never leave a half-started server behind
             raise
