@@ -19,18 +19,13 @@ from typing import Any
 
 import psutil
 
+from labkit import paths
 from labkit.errors import BadParameter, BinaryNotFound
 from labkit.services._process import LOOPBACK, LocalService, ManagedProcess, reuse_or_pick_port, tail, wait_for
 from labkit.services.base import Endpoint, Health
 
 SERVERS = ("gunicorn", "uvicorn")
 _HINT = {"gunicorn": "pip install gunicorn", "uvicorn": "pip install uvicorn"}
-
-
-def _labkit_root() -> str:
-    import labkit
-
-    return str(Path(labkit.__file__).resolve().parent.parent)
 
 
 def get_json(endpoint: Endpoint, path: str, timeout: float = 5.0) -> Any:
@@ -147,7 +142,7 @@ class LocalWebServer(LocalService):
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = reuse_or_pick_port(self.requested_port, self.port, what=f"{self.server} '{self.name}'")
         env = {**os.environ, **self.env}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_labkit_root(), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(paths.source_root()), env.get("PYTHONPATH")]))
         self.procs = [ManagedProcess(self._argv(), self.log_path, cwd=self.dir, env=env)]
         self._endpoint = Endpoint(
             kind=self.kind,

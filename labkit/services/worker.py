@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from labkit import paths
 from labkit.errors import BadParameter
 from labkit.services._process import LOOPBACK, LocalService, ManagedProcess, tail, wait_for
 from labkit.services.base import Endpoint, Health
@@ -50,12 +51,10 @@ class LocalWorker(LocalService):
     def start(self) -> Endpoint:
         if self.running():
             return self.endpoint
-        from labkit.services.web import _labkit_root
-
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ready_file.unlink(missing_ok=True)
         env = {**os.environ, **self.env, "_LABKIT_WORKER_READY": str(self.ready_file)}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_labkit_root(), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(paths.source_root()), env.get("PYTHONPATH")]))
         self.procs = [
             ManagedProcess(
                 [sys.executable, "-m", self.module, *self.args, "--instance", self.dir],
