@@ -43,10 +43,7 @@ KNOWN_PRIVATE_USES = {
 KNOWN_LONG = {
     "labkit/lessons/consistency.py",
     "labkit/lessons/localized.py",
-    "labkit/lessons/pivot.py",
     "labkit/lessons/placement.py",
-    "labkit/lessons/sharding.py",
-    "labkit/lessons/vertical.py",
     "labkit/services/_cassandra_docker.py",
     "labkit/services/cassandra.py",
 }

@@ -179,7 +179,7 @@ def test_warm_connections_recover_after_backends_are_killed(server):
     import psycopg
 
     dsn, accounts, _ = server
-    drv = vertical._WarmPostgres(dsn, 2)
+    drv = vertical.WarmPostgres(dsn, 2)
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(

@@ -19,7 +19,8 @@ import psycopg
 
 from labkit.checkpoints import checkpoint
 from labkit.errors import BadParameter
-from labkit.lessons.sharding import USERS_PER_SHARD, ConnectionPool, Router, schema
+from labkit.lessons.shard_pool import ConnectionPool, schema
+from labkit.lessons.shard_router import USERS_PER_SHARD, Router
 from labkit.load.runner import run
 from labkit.load.workload import Uniform, Workload
 

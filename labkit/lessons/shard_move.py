@@ -37,7 +37,8 @@ import psycopg
 from labkit import ids
 from labkit.checkpoints import checkpoint
 from labkit.errors import BadParameter
-from labkit.lessons.sharding import ConnectionPool, Router, ensure_shards, schema
+from labkit.lessons.shard_pool import ConnectionPool, schema
+from labkit.lessons.shard_router import Router, ensure_shards
 from labkit.load.runner import run
 from labkit.load.workload import Uniform, Workload
 from labkit.services.postgres import fetch_value

@@ -20,7 +20,7 @@ from labkit.errors import BadParameter
 from labkit.load import drivers
 
 if TYPE_CHECKING:
-    from labkit.lessons.sharding import Router
+    from labkit.lessons.shard_router import Router
 
 __all__ = ["SESSION_OPTIONS", "ConnectionPool", "ShardedDriver", "schema"]
 

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 from labkit import cgroups
 from labkit.checkpoints import checkpoint
 from labkit.errors import BadParameter, ResourceLimitUnavailable
-from labkit.lessons.sharding import USERS_PER_SHARD, ConnectionPool, Router, feed_sql, insert_sql
+from labkit.lessons.shard_pool import ConnectionPool
+from labkit.lessons.shard_router import USERS_PER_SHARD, Router, feed_sql, insert_sql
 from labkit.load.runner import run
 from labkit.load.workload import Uniform, Workload
 

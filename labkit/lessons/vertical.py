@@ -15,32 +15,59 @@ so a few clients cannot saturate the server by themselves and the curve has room
 
 Connections are opened before the clock starts (pgbench also reports tps "without initial connection
 time"), so a sweep measures transactions, not connection storms.
+
+The parts live in their own modules (``vertical_bench``: the workload, its warm driver, the CPU cap and one
+measurement; ``vertical_cost``: the published table, prices and cost; ``vertical_exercise``: the learner's
+check). This module keeps the sweeps, their claims and plots, and re-exports the rest: ``vertical.X`` works
+for all of it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import csv
 import math
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from labkit import cgroups
 from labkit.checkpoints import checkpoint
-from labkit.errors import BadParameter, CheckpointFailed, LabkitError
+from labkit.datasets.tables import DATASETS
+from labkit.errors import BadParameter
 from labkit.lessons import usl
-from labkit.load import Uniform, Workload, run
-from labkit.load.drivers import Driver, PqConnection
+from labkit.lessons.vertical_bench import (
+    ACCOUNTS_PER_BRANCH,
+    READ_SQL,
+    WRITE_SQL,
+    WarmPostgres,
+    cap_status,
+    cpu_cap,
+    measure,
+    prepare,
+    server_pid,
+)
+from labkit.lessons.vertical_cost import (
+    PRICES_CSV,
+    PUBLISHED_CSV,
+    check_cost_rises,
+    check_published_peak,
+    cost_table,
+    plot_cost,
+    prices,
+    published,
+)
+from labkit.lessons.vertical_exercise import check_n_star
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
+    "ACCOUNTS_PER_BRANCH",
     "DATASETS",
+    "PRICES_CSV",
+    "PUBLISHED_CSV",
+    "READ_SQL",
+    "WRITE_SQL",
+    "WarmPostgres",
     "cap_status",
     "check_cost_rises",
     "check_knee",
@@ -65,18 +92,6 @@ __all__ = [
     "sleep_sweep",
 ]
 
-DATASETS = Path(__file__).resolve().parents[2] / "datasets"
-PUBLISHED_CSV = "pgbench-pg91-select-only-haas.csv"
-PRICES_CSV = "aws-ec2-m5-on-demand-us-east-1.csv"
-
-READ_SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = %s"
-WRITE_SQL = """WITH a AS (UPDATE pgbench_accounts SET abalance = abalance + %s WHERE aid = %s RETURNING abalance),
-t AS (UPDATE pgbench_tellers SET tbalance = tbalance + %s WHERE tid = %s),
-b AS (UPDATE pgbench_branches SET bbalance = bbalance + %s WHERE bid = %s),
-h AS (INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (%s, %s, %s, %s, now()))
-SELECT abalance FROM a"""
-ACCOUNTS_PER_BRANCH = 100_000
-
 
 def defaults() -> dict[str, Any]:
     """The notebook's knobs for the current profile."""
@@ -93,162 +108,6 @@ def defaults() -> dict[str, Any]:
         "scale": int(profile.pick(4, 1)),
         "sweep_clients": 16,
         "cpus": [0.05, 0.1, 0.25, 0.5, 1.0],
-    }
-
-
-def prepare(dsn: str, scale: int = 1) -> int:
-    """(Re)create pgbench's tables at ``scale`` (100 000 accounts per branch); returns the account count."""
-    if isinstance(scale, bool) or not isinstance(scale, int) or not 1 <= scale <= 100:
-        raise BadParameter(f"scale={scale!r}: pgbench's scale factor is an integer 1..100 (100 000 accounts each)")
-    stmts = [
-        "DROP TABLE IF EXISTS pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history",
-        "CREATE TABLE pgbench_branches (bid int PRIMARY KEY, bbalance int NOT NULL, filler char(88))",
-        "CREATE TABLE pgbench_tellers (tid int PRIMARY KEY, bid int NOT NULL, tbalance int NOT NULL, filler char(84))",
-        "CREATE TABLE pgbench_accounts (aid int PRIMARY KEY, bid int NOT NULL, abalance int NOT NULL, filler char(84))",
-        "CREATE TABLE pgbench_history (tid int, bid int, aid int, delta int, mtime timestamp, filler char(22))",
-        f"INSERT INTO pgbench_branches SELECT b, 0, '' FROM generate_series(1, {scale}) b",
-        f"INSERT INTO pgbench_tellers SELECT t, (t - 1) / 10 + 1, 0, '' FROM generate_series(1, {10 * scale}) t",
-        f"INSERT INTO pgbench_accounts SELECT a, (a - 1) / {ACCOUNTS_PER_BRANCH} + 1, 0, '' "
-        f"FROM generate_series(1, {ACCOUNTS_PER_BRANCH * scale}) a",
-        "VACUUM ANALYZE",
-    ]
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for s in stmts:
-            conn.execute(s)
-    return ACCOUNTS_PER_BRANCH * scale
-
-
-class _WarmPostgres(Driver):
-    """Hands the runner connections opened in advance and takes them back after each run (lean libpq path)."""
-
-    kind = "postgres"
-
-    def __init__(self, dsn: str, n: int) -> None:
-        self.dsn = dsn
-        # synchronous_commit=off: a commit does not wait for the WAL to reach the disk, so the lesson
-        # measures the server's CPU and locks, not the (shared, noisy) disk's flush time -- lesson 01
-        # already showed what a flush per commit costs
-        self.free = [self._open() for _ in range(n)]
-        self.all = list(self.free)
-
-    def _open(self) -> PqConnection:
-        return PqConnection(psycopg.connect(self.dsn, autocommit=True, options="-c synchronous_commit=off"))
-
-    async def aconnect(self) -> Any:
-        if not self.free:
-            raise BadParameter("more clients than warm connections: open the driver with enough connections")
-        return self.free.pop()
-
-    async def aclose(self, conn: Any) -> None:
-        conn._detach()  # the next run brings its own event loop
-        if getattr(conn, "lk_broken", False) or conn.pg.status != psycopg.pq.ConnStatus.OK:
-            # a broken connection (server restarted, backend killed) is replaced, never handed out again
-            with contextlib.suppress(Exception):
-                conn.conn.close()
-            with contextlib.suppress(Exception):
-                conn = self._open()
-                self.all.append(conn)
-            if conn.pg.status != psycopg.pq.ConnStatus.OK:
-                return
-        self.free.append(conn)
-
-    def is_disconnect(self, exc: BaseException) -> bool:
-        return isinstance(exc, (OSError, psycopg.OperationalError, psycopg.InterfaceError))
-
-    def close_all(self) -> None:
-        for c in self.all:
-            with contextlib.suppress(Exception):
-                c.conn.close()
-
-
-def _transaction(accounts: int, think_s: float) -> Callable[..., Any]:
-    tellers = max(1, accounts // ACCOUNTS_PER_BRANCH * 10)
-
-    async def tx(ctx: Any, op: Any) -> None:
-        aid = op.rank + 1
-        try:
-            if op.kind == "read":
-                await ctx.conn.fetch(READ_SQL, (aid,))
-            else:
-                delta, tid = op.seq % 10_001 - 5_000, op.rank % tellers + 1
-                bid = (tid - 1) // 10 + 1
-                await ctx.conn.fetch(WRITE_SQL, (delta, aid, delta, tid, delta, bid, tid, bid, aid, delta))
-        except (OSError, psycopg.OperationalError, asyncio.CancelledError):
-            # the warm driver replaces it when the runner hands it back: a broken connection, or one whose
-            # query was cancelled mid-flight (a client still stuck at the end of a run) and may still be busy
-            ctx.conn.lk_broken = True
-            raise
-        if think_s > 0:
-            await asyncio.sleep(think_s)
-
-    return tx
-
-
-def server_pid(st: Any, name: str = "postgres") -> int | None:
-    """The postmaster's PID when the server is a local process of this machine (else None)."""
-    pids = st.service(name).pids()
-    return int(pids[0]["pid"]) if pids else None
-
-
-def cap_status(pid: int | None) -> tuple[bool, str]:
-    """Can this notebook cap the server's CPU here? (True, "") or (False, why, in words)."""
-    if pid is None:
-        return (
-            False,
-            "the Postgres server is not a local process (Docker or external): its CPU cannot be capped from here",
-        )
-    return cgroups.available("cpu")
-
-
-@contextlib.contextmanager
-def cpu_cap(pid: int | None, cpus: float | None) -> Iterator[Any]:
-    """Cap the server's whole process tree to ``cpus`` cores for the ``with`` block (None: no cap)."""
-    if cpus is None:
-        yield None
-        return
-    ok, why = cap_status(pid)
-    if not ok:
-        raise LabkitError(f"cannot cap the server's CPU: {why}")
-    with cgroups.CpuLimit("lesson02-postgres", cpus=float(cpus)) as cap:
-        cap.add_tree(int(pid))  # type: ignore[arg-type]
-        yield cap
-
-
-def measure(
-    driver: _WarmPostgres,
-    accounts: int,
-    clients: int,
-    *,
-    duration: float,
-    read_ratio: float,
-    think_ms: float,
-    fn: Callable[..., Any] | None = None,
-    name: str = "pgbench-like",
-) -> dict[str, Any]:
-    """One closed-loop run; throughput in transactions/s and latency percentiles in ms."""
-    if not 0 <= read_ratio <= 1:
-        raise BadParameter(f"read_ratio={read_ratio!r}: the share of read transactions is in [0, 1]")
-    if think_ms < 0:
-        raise BadParameter(f"think_ms={think_ms!r}: think time between transactions must be >= 0 ms")
-    op = fn or _transaction(accounts, think_ms / 1000)
-    wl = Workload(
-        keys=Uniform(accounts),
-        mix={"read": read_ratio, "write": 1 - read_ratio},
-        clients=clients,
-        duration=duration,
-        seed=clients,
-    )
-    res = run(op, wl, driver=driver, name=name, use_uvloop=True)
-    hist = res.histogram  # two percentiles straight from the HDR histogram (the full summary is slow)
-    p50, p99 = (hist.get_value_at_percentile(q) / 1000 if res.ops else math.nan for q in (50, 99))
-    return {
-        "clients": clients,
-        "tps": res.throughput,
-        "p50_ms": p50,
-        "p99_ms": p99,
-        "errors": res.error_count,
-        "ops": res.ops,
-        "error_kinds": dict(res.errors),
     }
 
 
@@ -297,7 +156,7 @@ def client_sweep(
     clients = _sweep_clients(clients)
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise BadParameter(f"rounds={rounds!r}: measure each client count at least once")
-    drv = _WarmPostgres(dsn, max(clients))
+    drv = WarmPostgres(dsn, max(clients))
     runs: dict[int, list[dict[str, Any]]] = {n: [] for n in clients}
     rng = np.random.default_rng(len(clients))
     try:
@@ -347,7 +206,7 @@ def cpu_sweep(
     """Throughput at ``clients`` clients against the cores the server may use (a real CFS quota)."""
     import pandas as pd
 
-    drv = _WarmPostgres(dsn, clients)
+    drv = WarmPostgres(dsn, clients)
     rows = []
     try:
         for c in cpus:
@@ -368,7 +227,7 @@ def sleep_sweep(dsn: str, clients: list[int], *, sleep_ms: float = 50.0, duratio
     import pandas as pd
 
     clients = _sweep_clients(clients)
-    drv = _WarmPostgres(dsn, max(clients))
+    drv = WarmPostgres(dsn, max(clients))
     sql = f"SELECT pg_sleep({float(sleep_ms) / 1000})"
 
     async def nap(ctx: Any, op: Any) -> None:
@@ -397,55 +256,6 @@ def efficiency(df: pd.DataFrame) -> float:
     return x1 / (x0 * n1 / n0)
 
 
-# -- published data, prices, cost ----------------------------------------------------------------
-
-
-def _csv(name: str) -> list[dict[str, str]]:
-    path = DATASETS / name
-    if not path.is_file():
-        raise LabkitError(
-            f"{path} not found: the lesson reads it from the repository's datasets/ folder "
-            "(run from a checkout of the course)"
-        )
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def published() -> pd.DataFrame:
-    """Robert Haas's PostgreSQL 9.1 pgbench -S throughput vs clients (see datasets/README.md)."""
-    import pandas as pd
-
-    rows = _csv(PUBLISHED_CSV)
-    return pd.DataFrame({"clients": [int(r["clients"]) for r in rows], "tps": [float(r["tps"]) for r in rows]})
-
-
-def prices() -> pd.DataFrame:
-    """Machine sizes and on-demand prices (see datasets/README.md for source and date)."""
-    import pandas as pd
-
-    rows = _csv(PRICES_CSV)
-    return pd.DataFrame(
-        {
-            "instance": [r["instance"] for r in rows],
-            "vcpus": [int(r["vcpus"]) for r in rows],
-            "memory_gib": [float(r["memory_gib"]) for r in rows],
-            "usd_per_hour": [float(r["usd_per_hour"]) for r in rows],
-        }
-    )
-
-
-def cost_table(fit: usl.USLFit, price: pd.DataFrame) -> pd.DataFrame:
-    """Cost of 1000 transactions/s on each machine size, if its throughput follows ``fit`` with N = vCPUs.
-
-    The assumption (Gunther's, for hardware scalability): a machine with p vCPUs, kept busy by p
-    backends, serves X(p) of the fitted USL. Prices grow linearly with vCPUs; throughput does not.
-    """
-    out = price.copy()
-    out["predicted_tps"] = [float(fit.predict(p)) for p in out["vcpus"]]
-    out["usd_per_hour_per_1k_tps"] = out["usd_per_hour"] / (out["predicted_tps"] / 1000)
-    return out
-
-
 # -- checkpoints ----------------------------------------------------------------------------------
 
 
@@ -471,49 +281,6 @@ def check_usl_fit(fit: usl.USLFit, min_r2: float = 0.9) -> None:
         context=ctx,
     )
     checkpoint(f"the USL fit explains the measurements (R^2 >= {min_r2})", fit.r2, at_least=min_r2, context=ctx)
-
-
-def check_published_peak(fit: usl.USLFit, data: pd.DataFrame) -> None:
-    """The fitted N* lies between the client counts around the published table's highest throughput."""
-    d = data.sort_values("clients").reset_index(drop=True)
-    i = int(d["tps"].to_numpy().argmax())  # a position: the index was reset above
-    lo = float(d["clients"].iloc[max(0, i - 1)])
-    hi = float(d["clients"].iloc[min(len(d) - 1, i + 1)])
-    where = f"data peaks at {int(d['clients'].iloc[i])} clients; fitted N*={fit.n_star:.1f}"
-    checkpoint(f"the published table's USL peak N* is at least {lo:g} clients", fit.n_star, at_least=lo, context=where)
-    checkpoint(f"the published table's USL peak N* is at most {hi:g} clients", fit.n_star, at_most=hi, context=where)
-
-
-def check_cost_rises(cost: pd.DataFrame, factor: float = 2.0) -> None:
-    """The biggest machine costs at least ``factor`` times more per unit of throughput than the smallest."""
-    c = cost.sort_values("vcpus")["usd_per_hour_per_1k_tps"].tolist()
-    checkpoint(
-        f"cost per 1k tps on the biggest machine is at least {factor:g}x the smallest's",
-        c[-1] / c[0],
-        at_least=factor,
-        context=f"{c[0]:.3f} -> {c[-1]:.3f} USD/h per 1k tps",
-    )
-
-
-def check_n_star(fn: Callable[[float, float], float], fits: dict[str, usl.USLFit]) -> None:
-    """Exercise: ``fn(sigma, kappa)`` must give the fitted peak of each measured fit (and inf with kappa = 0)."""
-    try:
-        fn(0.1, 0.01)
-    except NotImplementedError:
-        print("Not attempted yet: write usl_peak(sigma, kappa) and run this cell again")
-        return
-    cases = [(name, f.sigma, f.kappa) for name, f in fits.items()] + [("a made-up fit", 0.2, 0.0008)]
-    for name, s, k in cases:
-        want = usl.peak(s, k)
-        got = float(fn(s, k))
-        if not (math.isinf(want) and math.isinf(got)) and not abs(got - want) <= 1e-6 * max(1.0, abs(want)):
-            raise CheckpointFailed(
-                f"{name} (sigma={s:.4g}, kappa={k:.4g}): usl_peak gave {got:.4g}, expected "
-                f"{want:.4g} -- where dX/dN = 0: N* = sqrt((1 - sigma) / kappa)"
-            )
-    if not math.isinf(float(fn(0.1, 0.0))):
-        raise CheckpointFailed("with kappa = 0 throughput never falls, so there is no peak: return math.inf")
-    print("PASS  exercise: usl_peak gives the peak of every fitted curve")
 
 
 # -- plots ----------------------------------------------------------------------------------------
@@ -559,23 +326,5 @@ def plot_cpu(df: pd.DataFrame) -> Any:
     ax.set_ylabel("throughput (transactions/s)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def plot_cost(cost: pd.DataFrame) -> Any:
-    """Price per hour and cost per 1000 tps against machine size."""
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
-    ax1.plot(cost["vcpus"], cost["usd_per_hour"], "o-")
-    ax1.set_xlabel("machine size (vCPUs)")
-    ax1.set_ylabel("on-demand price (USD/hour)")
-    ax1.grid(alpha=0.3)
-    ax2.plot(cost["vcpus"], cost["usd_per_hour_per_1k_tps"], "o-", color="C3")
-    ax2.set_xlabel("machine size (vCPUs)")
-    ax2.set_ylabel("cost of 1000 tps (USD/hour)")
-    ax2.set_yscale("log")
-    ax2.grid(alpha=0.3)
     fig.tight_layout()
     return fig
