@@ -33,7 +33,6 @@ LAYERS: list[tuple[str, ...]] = [
 MAX_LINES = 450
 # Debt recorded when these checks were written: each entry is to be removed when it is fixed; a NEW one fails.
 KNOWN_PRIVATE_USES = {
-    "labkit/lessons/async_io.py",  # load.runner._run_coroutine: lesson 08's module, being written elsewhere
     # white-box tests of the Cassandra jar fetch and of the docker engine helpers (_cassandra_jars, _docker,
     # _cassandra_docker, cassandra._query_one); those modules are being split by the Cassandra rework
     "tests/test_cassandra.py",

@@ -377,9 +377,8 @@ def check_converted_handler(
     Converted properly, the calls overlap: throughput near ``clients / latency``, not ``1 / latency``."""
     import inspect
 
-    from labkit.load import Workload, run
+    from labkit.load import Workload, run, run_coroutine
     from labkit.load.http import http
-    from labkit.load.runner import _run_coroutine
 
     if not inspect.iscoroutinefunction(handler):
         raise CheckpointFailed("handler is a plain function: define it with `async def` and `await` the request")
@@ -393,7 +392,7 @@ def check_converted_handler(
             await conn.close()
 
     try:
-        first = _run_coroutine(once, False)
+        first = run_coroutine(once)
     except NotImplementedError:
         print("Not attempted yet: write the async handler in the cell above, then run this cell again.")
         return None

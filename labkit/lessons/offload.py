@@ -11,6 +11,7 @@ drained and counted, so "done later" is checked, not assumed.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from labkit.checkpoints import checkpoint
 from labkit.errors import BadParameter, CheckpointFailed
 from labkit.lessons import task_queue as tq
 from labkit.lessons.async_io import IoRun, Servers, io_run
+from labkit.services.postgres import fetch_value
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -74,7 +76,6 @@ def offload_compare(
     rate = utilization * web_workers / (task_ms / 1000)
     dep = f"{servers.dep.endpoint.host}:{servers.dep.endpoint.port}"
     names = [f"offload-worker-{i + 1}" for i in range(queue_workers)]
-    common = dict(rate=rate, duration=duration, clients=clients, dep_ms=task_ms, workers=web_workers, seed=seed)
     inline_path = f"/notify?mode=inline&ms={round(task_ms)}&post="
     try:
         web = st.add("web", name="notify", provider="local", server="gunicorn", workers=web_workers, env=servers.env)
@@ -86,20 +87,33 @@ def offload_compare(
                 module="labkit.lessons.task_queue",
                 args=[dsn, n, task_ms, "--dep", dep],
             )
-        inline = io_run(web, "inline", path=lambda op: f"{inline_path}{op.rank + 1}", **common)
-        queued = io_run(web, "queued", path=lambda op: f"/notify?mode=queue&post={op.rank + 1}", **common)
+
+        def load(mode: str, path: Callable[[Any], str]) -> IoRun:  # the same open-loop load for both modes
+            return io_run(
+                web,
+                mode,
+                path=path,
+                rate=rate,
+                duration=duration,
+                clients=clients,
+                dep_ms=task_ms,
+                workers=web_workers,
+                seed=seed,
+            )
+
+        inline = load("inline", lambda op: f"{inline_path}{op.rank + 1}")
+        queued = load("queued", lambda op: f"/notify?mode=queue&post={op.rank + 1}")
         t_end = time.monotonic()
         with psycopg.connect(dsn, autocommit=True) as conn:
             deadline = t_end + timeout
             while True:
-                enq, done = conn.execute(
-                    "SELECT count(*), count(*) FILTER (WHERE status = 'done') FROM tasks"
-                ).fetchone()
+                row = conn.execute("SELECT count(*), count(*) FILTER (WHERE status = 'done') FROM tasks").fetchone()
+                enq, done = row if row is not None else (0, 0)  # an aggregate always returns its one row
                 if done >= enq or time.monotonic() > deadline:
                     break
                 time.sleep(0.05)
             drain_s = time.monotonic() - t_end
-            results = conn.execute("SELECT count(*) FROM task_results").fetchone()[0]
+            results = fetch_value(conn, "SELECT count(*) FROM task_results")
             rows = conn.execute(
                 "SELECT extract(epoch FROM done_at - created_at) * 1000, "
                 "extract(epoch FROM done_at - min(created_at) OVER ()) "

@@ -7,7 +7,7 @@ result.summary(); result.to_frame(); result.percentiles()
 
 from labkit.load import drivers, server_stats
 from labkit.load.metrics import RunResult
-from labkit.load.runner import Context, OperationBug, Progress, arun, run, sweep
+from labkit.load.runner import Context, OperationBug, Progress, arun, run, run_coroutine, sweep
 from labkit.load.workload import HotSpot, KeyDistribution, Op, OpMix, Trace, Uniform, Workload, Zipf
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "KeyDistribution",
     "run",
     "arun",
+    "run_coroutine",
     "sweep",
     "RunResult",
     "Context",

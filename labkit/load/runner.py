@@ -127,7 +127,7 @@ def _run_here(
     notes: list[str] = []
     t0 = time.perf_counter()
     if is_async(fn):
-        recs, state = _run_coroutine(
+        recs, state = run_coroutine(
             lambda: async_engine(fn, wl, driver, progress, interval, stop, op_timeout, offset, notes, t0), use_uvloop
         )
     else:
@@ -135,8 +135,13 @@ def _run_here(
     return _finish(name, wl, recs, t0, time.perf_counter(), state.finish(), interval, notes)
 
 
-def _run_coroutine(make: Callable[[], Awaitable[Any]], use_uvloop: bool) -> Any:
-    """Run a coroutine to completion even when called from inside a running loop (Jupyter)."""
+def run_coroutine(make: Callable[[], Awaitable[Any]], use_uvloop: bool = False) -> Any:
+    """Run the coroutine ``make()`` to completion and return its value (or raise its exception).
+
+    Why not ``asyncio.run``: a notebook cell already runs inside Jupyter's event loop, where ``asyncio.run``
+    refuses to start; then the coroutine gets a fresh loop on a thread of its own. ``make`` is a factory, so the
+    coroutine is created inside the loop that runs it. The load engine drives its asyncio clients through it;
+    lessons use it to call a learner's ``async def`` once, outside any load run."""
 
     def runner() -> Any:
         if use_uvloop:

@@ -71,8 +71,8 @@ async def _handle(path: str, query: str) -> tuple[int, Any]:
     if path == "/notify":
         post = core.query_int(query, "post", 1, 1)
         if "mode=queue" in query.split("&"):
-            rows = await _query("INSERT INTO tasks (payload) VALUES (%s) RETURNING id", (post,))
-            return 200, {"post": post, "task": rows[0][0]}
+            task = await _query("INSERT INTO tasks (payload) VALUES (%s) RETURNING id", (post,))
+            return 200, {"post": post, "task": task[0][0]}
         return 200, {"post": post, "dependency": await _dependency(core.query_int(query, "ms", 50, 0, 60_000))}
     if path == "/feed":
         user = core.query_int(query, "user", 1, 1)
