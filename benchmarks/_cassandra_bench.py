@@ -16,8 +16,8 @@ from typing import Any
 
 import psutil
 
-from labkit.services._cassandra_jars import fetch_cassandra
 from labkit.services.cassandra import LocalCassandra
+from labkit.services.cassandra.jars import fetch_cassandra
 
 SHAPES = [
     ("single node cold start", "dc1:1"),

@@ -10,7 +10,7 @@ of a cluster) and, with ``--nmt``, the JVM's own account of its native memory (`
 VM.native_memory summary``, -XX:NativeMemoryTracking=summary: on in measurement runs only, it costs a few
 MB itself). The steps are cumulative: each adds one setting to the one above, starting from the light
 profile as it was before issue 18 and ending with the shipped one (LIGHT_JVM and LIGHT_YAML in
-labkit/services/cassandra.py; the script checks that its last step is exactly what ships).
+labkit/services/cassandra/flags.py; the script checks that its last step is exactly what ships).
 
 Cluster row: a 3-node RF=3 cluster (light profile as shipped, or --cluster-step N) runs lesson 05's
 workload (the lagging-replica experiment over every consistency pair, then the lightweight-transaction
@@ -370,7 +370,7 @@ def main() -> int:
     os.environ.setdefault("LABKIT_CACHE", str(paths.cache_dir()))
     os.environ["LABKIT_HOME"] = home
     os.environ.setdefault("LABKIT_PROFILE", "light")
-    from labkit.services._cassandra_jars import fetch_cassandra
+    from labkit.services.cassandra.jars import fetch_cassandra
 
     fetch_cassandra(progress=False)
     print(f"cassandra_memory: {os.cpu_count()} cores, idle {args.idle:g} s, state in {home}\n", flush=True)

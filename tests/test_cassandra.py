@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -21,9 +22,8 @@ import psutil
 import pytest
 
 from labkit.errors import BadParameter, BinaryNotFound, InsufficientResources, LabkitError, ServiceFailed
-from labkit.services import _cassandra_jars as jars
 from labkit.services import cassandra as cmod
-from labkit.services.cassandra import LocalCassandra, parse_nodes
+from labkit.services.cassandra import LocalCassandra, jars, java, parse_nodes
 
 pytestmark = pytest.mark.cassandra
 
@@ -129,7 +129,7 @@ def test_missing_java_names_the_install(tmp_path, monkeypatch):
     monkeypatch.delenv("LABKIT_JAVA_BIN", raising=False)
     monkeypatch.delenv("JAVA_HOME", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(cmod, "_JAVA_GLOBS", [])
+    monkeypatch.setattr(java, "JAVA_GLOBS", [])
     with pytest.raises(BinaryNotFound, match="Java 17 not found: apt-get install openjdk-17-jre-headless"):
         LocalCassandra("nojava").start()
     monkeypatch.setenv("LABKIT_JAVA_BIN", str(tmp_path / "nope"))
@@ -144,7 +144,7 @@ def test_jars_missing_and_offline(tmp_path, monkeypatch):
         jars.fetch_cassandra(progress=False)
     with pytest.raises(LabkitError, match="LABKIT_OFFLINE"):
         jars.cassandra_classpath()
-    if cmod.shutil.which("java"):
+    if shutil.which("java"):
         with pytest.raises(LabkitError, match="labkit fetch cassandra"):
             LocalCassandra("nojars").start()
 
@@ -174,7 +174,7 @@ def test_no_maven_and_no_repository_names_the_fix(tmp_path, monkeypatch):
 
 
 def test_pinned_jar_list_matches_the_pinned_version():
-    pins = jars._read_pins(jars.PINNED_VERSION)
+    pins = jars.read_pins(jars.PINNED_VERSION)
     names = [rel.rsplit("/", 1)[-1] for rel, _ in pins]
     assert f"cassandra-all-{jars.PINNED_VERSION}.jar" in names
     assert any(n.startswith("jamm-") for n in names)
@@ -185,20 +185,20 @@ def test_pinned_download_verifies_sha1(tmp_path, monkeypatch):
     """The no-Maven path against Maven Central, on one small jar: a right sha1 passes, a wrong one fails."""
     if jars.offline():
         pytest.skip("LABKIT_OFFLINE is set: this test downloads one small jar from Maven Central")
-    small = next((rel, sha) for rel, sha in jars._read_pins(jars.PINNED_VERSION) if rel.endswith("javax.inject-1.jar"))
+    small = next((rel, sha) for rel, sha in jars.read_pins(jars.PINNED_VERSION) if rel.endswith("javax.inject-1.jar"))
     monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
     if not os.environ.get("LABKIT_MAVEN_REPO"):
-        mvn = jars.shutil.which("mvn")
+        mvn = shutil.which("mvn")
         repo = jars.maven_default_repository(mvn) if mvn else None
         if not repo:
             pytest.skip("neither LABKIT_MAVEN_REPO nor Maven to name a repository to download from")
         monkeypatch.setenv("LABKIT_MAVEN_REPO", repo)
-    monkeypatch.setattr(jars, "_read_pins", lambda v: [small])
-    jars._fetch_pinned(jars.PINNED_VERSION, tmp_path / "ok" / "lib", lambda m: None)
+    monkeypatch.setattr(jars, "read_pins", lambda v: [small])
+    jars.fetch_pinned(jars.PINNED_VERSION, tmp_path / "ok" / "lib", lambda m: None)
     assert (tmp_path / "ok" / "lib" / "javax.inject-1.jar").is_file()
-    monkeypatch.setattr(jars, "_read_pins", lambda v: [(small[0], "0" * 40)])
+    monkeypatch.setattr(jars, "read_pins", lambda v: [(small[0], "0" * 40)])
     with pytest.raises(ServiceFailed, match="checksum mismatch"):
-        jars._fetch_pinned(jars.PINNED_VERSION, tmp_path / "bad" / "lib", lambda m: None)
+        jars.fetch_pinned(jars.PINNED_VERSION, tmp_path / "bad" / "lib", lambda m: None)
 
 
 def test_node_that_fails_to_start_shows_its_log(cassandra_jars):

@@ -13,8 +13,8 @@ import time
 import pytest
 
 from labkit.services import _docker
-from labkit.services._cassandra_docker import DockerCassandra
-from labkit.services._cassandra_jars import cassandra_classpath
+from labkit.services.cassandra.containers import DockerCassandra
+from labkit.services.cassandra.jars import cassandra_classpath
 
 pytestmark = pytest.mark.docker
 D_MS = 40.0  # one-way inter-DC delay
@@ -118,7 +118,7 @@ def test_cluster_layout_and_datacenters(cluster):
         cl.shutdown()
     # prefer_local (the rackdc file labkit mounts, read through -Dcassandra-rackdc.properties): us1 reaches its
     # same-DC peer us2 at us2's private address, and eu1 only through eu1's proxy
-    from labkit.services.cassandra import _query_one
+    from labkit.services.cassandra import query_one as _query_one
 
     us1, us2, eu1 = (cluster._node(n) for n in ("us1", "us2", "eu1"))
     deadline, pref = time.monotonic() + 60, {}

@@ -18,7 +18,7 @@ def test_cassandra_image_gets_the_local_providers_flags_and_yaml(tmp_path):
     c.classpath = [Path("/x/jamm.jar")]
     c.native_port, c.storage_port = 9042, 7000
     n = CassandraNode(
-        name="n",
+        name=c.plan.nodes[0].name,
         dc="dc1",
         rack="rack1",
         address="127.0.0.1",

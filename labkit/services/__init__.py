@@ -59,14 +59,14 @@ def choose_provider(provider: str | None = None) -> str:
 
 def fetch_cassandra(progress: bool = True, version: str | None = None) -> Path:
     """Cassandra's jars into labkit's cache (`labkit fetch cassandra`): Maven, else the pinned list; the path."""
-    from labkit.services._cassandra_jars import fetch_cassandra as fetch  # urllib & co. only when fetching
+    from labkit.services.cassandra.jars import fetch_cassandra as fetch
 
     return fetch(progress=progress, version=version)
 
 
 def cassandra_jars_version() -> str | None:
     """The Cassandra version whose jars are in the cache, or None before `labkit fetch cassandra`."""
-    from labkit.services._cassandra_jars import cached_version
+    from labkit.services.cassandra.jars import cached_version
 
     return cached_version()
 

@@ -2,8 +2,9 @@
 
 Cassandra is not a Debian package, so the image carries the Maven Central jars the local provider uses and is
 launched with the SAME JVM flags and the same generated cassandra.yaml: the files below come from
-`LocalCassandra._jvm_args` and `LocalCassandra._write_config` for one node whose directory is the image's
-/var/lib/cassandra, so a change to the local launch is a change to the image at its next build.
+`LocalCassandra._jvm_args` and `LocalCassandra._write_config` (labkit/services/cassandra/flags.py) for one node
+whose directory is the image's /var/lib/cassandra, so a change to the local launch is a change to the image at
+its next build.
 
     python -m labkit.services.docker_images cassandra DIR   # writes DIR/conf/* and DIR/jvm.args
 
@@ -27,11 +28,11 @@ def cassandra_image_files(dest: Path) -> list[str]:
     from labkit.services.cassandra import CassandraNode, LocalCassandra
 
     work = dest / "node"
-    c = LocalCassandra("image", nodes="dc1:1", instance_dir=dest / "instance")
+    c = LocalCassandra("image", nodes="datacenter1:1", instance_dir=dest / "instance")
     c.classpath = [IMAGE_LIB / "jamm.jar"]  # the build script links the real jamm jar to this name
     c.native_port, c.storage_port = 9042, 7000
     n = CassandraNode(
-        name="node",
+        name=c.plan.nodes[0].name,
         dc="datacenter1",
         rack="rack1",
         address="127.0.0.1",

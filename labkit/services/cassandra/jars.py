@@ -10,7 +10,7 @@ The jars land in ``paths.cache_dir()/cassandra/<version>/lib`` and survive ``lab
   repository named by ``LABKIT_MAVEN_REPO`` and every jar's SHA-1 is checked.
 
 ``LABKIT_OFFLINE=1`` forbids any download (CI images and tests use it to prove the offline error).
-Regenerate the pinned list after a version bump with ``python -m labkit.services._cassandra_jars --pin``.
+Regenerate the pinned list after a version bump with ``python -m labkit.services.cassandra.jars --pin``.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def lib_dir(version: str) -> Path:
     return paths.cache_dir() / "cassandra" / version / "lib"
 
 
-def _read_pins(version: str) -> list[tuple[str, str]]:
+def read_pins(version: str) -> list[tuple[str, str]]:
     pins = []
     for line in pinned_list(version).read_text().splitlines():
         line = line.strip()
@@ -156,7 +156,7 @@ def fetch_cassandra(progress: bool = True, version: str | None = None) -> Path:
             )
         target = lib_dir(version)
         say(f"labkit: Maven not found; downloading the pinned Cassandra {version} jars into {target}")
-        _fetch_pinned(version, target, say)
+        fetch_pinned(version, target, say)
     (target / _MARKER).write_text("\n".join(sorted(p.name for p in target.glob("*.jar"))) + "\n")
     say(f"labkit: Cassandra {version} ready ({len(list(target.glob('*.jar')))} jars)")
     return target
@@ -222,8 +222,8 @@ def _sha1(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fetch_pinned(version: str, target: Path, say: Callable[[str], None]) -> None:
-    pins = _read_pins(version)
+def fetch_pinned(version: str, target: Path, say: Callable[[str], None]) -> None:
+    pins = read_pins(version)
     repo = maven_repository()
     staging = target.with_name("lib.partial")
     staging.mkdir(parents=True, exist_ok=True)
@@ -259,7 +259,7 @@ def write_pins(version: str) -> Path:
         f"# org.apache.cassandra:cassandra-all:{version} runtime classpath as resolved by mvn "
         "dependency:copy-dependencies.",
         "# <path in a Maven repository (Maven Central's layout)> <sha1>. Regenerate with: "
-        "python -m labkit.services._cassandra_jars --pin",
+        "python -m labkit.services.cassandra.jars --pin",
     ]
     for jar in sorted(target.glob("*.jar")):
         hits = list(m2.rglob(jar.name))

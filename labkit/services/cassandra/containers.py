@@ -4,7 +4,8 @@ The containers follow the official cassandra image's contract only (CASSANDRA_CL
 _ENDPOINT_SNITCH, _LISTEN_ADDRESS, _BROADCAST_ADDRESS, _BROADCAST_RPC_ADDRESS, _NUM_TOKENS, MAX_HEAP_SIZE,
 JVM_OPTS), so the same code runs on the official image and on CI's local one (LABKIT_IMAGE_CASSANDRA).
 
-Layout, the same idea as the local provider's (labkit/services/cassandra.py):
+Layout, the same plan as the local provider's (plan.py: names, datacenters, racks, tokens, seeds, start order;
+local.py places the same plan on loopback addresses):
 
 * One node: a container with CQL published on 127.0.0.1.
 * Several nodes: a labelled Docker network with its own /24 subnet, so every address is fixed before anything
@@ -17,7 +18,8 @@ Layout, the same idea as the local provider's (labkit/services/cassandra.py):
   pays the delay, exactly as with the local provider. ``set_inter_dc_delay`` rewrites the proxies' config files,
   which they poll.
 
-Nodes start the way the local provider starts them: the first seed alone, then every other node at once.
+Nodes start in the plan's order, as the local provider starts them: the first seed alone, then every other
+node at once.
 """
 
 from __future__ import annotations
@@ -34,23 +36,16 @@ from labkit.errors import BadParameter, NotRunning, ServiceFailed
 from labkit.services import _docker
 from labkit.services._process import LOOPBACK, wait_for
 from labkit.services.base import Endpoint, Health, Service
-from labkit.services.cassandra import (
-    LIGHT_JVM,
-    PROFILES,
-    _initial_token,
-    _query_one,
-    check_memory,
-    format_nodes,
-    parse_nodes,
-)
+from labkit.services.cassandra.container_proxy import proxy_container, proxy_sources, wait_proxy, write_proxy_configs
+from labkit.services.cassandra.driver import peers_converged, release_version
+from labkit.services.cassandra.flags import FAST_START, LIGHT_JVM, PROFILES, rackdc_properties
+from labkit.services.cassandra.java import check_memory
+from labkit.services.cassandra.plan import ClusterPlan, cluster_endpoint, format_nodes
 
-CQL, STORAGE = 9042, 7000
+CQL = 9042
 _NODE_OFFSET, _PROXY_OFFSET = 10, 100
-# the local provider's fast dev start (cassandra.py _jvm_args), given to any image through JVM_OPTS
-_FAST_START = (
-    "-Dcassandra.skip_wait_for_gossip_to_settle=0 -Dcassandra.ring_delay_ms=1000 "
-    "-Dcassandra.consistent.rangemovement=false -Dcassandra.superuser_setup_delay_ms=0"
-)
+# the local provider's fast dev start (flags.FAST_START), given to any image through JVM_OPTS
+_FAST_START = " ".join(FAST_START)
 # the light profile's settings that any image honours through JVM_OPTS: Netty's allocator (system properties).
 # The collector and heap come from the image's own jvm options files and MAX_HEAP_SIZE (the official image
 # selects G1 there, and a second collector flag would stop the JVM); CI's local image is built from the local
@@ -77,7 +72,8 @@ class DockerCassandra(Service):
         **_: Any,
     ) -> None:
         super().__init__(name)
-        self.datacenters = parse_nodes(nodes)
+        self.plan = ClusterPlan.of(nodes)
+        self.datacenters = self.plan.datacenters
         if profile not in PROFILES:
             raise BadParameter(f"profile={profile!r}: use one of {', '.join(PROFILES)}")
         if inter_dc_delay_ms < 0 or jitter_ms < 0:
@@ -94,11 +90,11 @@ class DockerCassandra(Service):
     # -- layout ---------------------------------------------------------------------------------------------------
     @property
     def multi_node(self) -> bool:
-        return sum(self.datacenters.values()) > 1
+        return self.plan.multi_node
 
     @property
     def multi_dc(self) -> bool:
-        return len(self.datacenters) > 1
+        return self.plan.multi_dc
 
     def options(self) -> dict[str, Any]:
         return {
@@ -109,22 +105,21 @@ class DockerCassandra(Service):
             "jitter_ms": self.jitter_ms,
         }
 
-    def _plan(self) -> None:
-        self.nodes = []
-        for d, (dc, n) in enumerate(self.datacenters.items()):
-            for i in range(n):
-                nm = f"{dc}_{i + 1}" if dc[-1].isdigit() else f"{dc}{i + 1}"
-                self.nodes.append(
-                    {
-                        "name": nm,
-                        "dc": dc,
-                        "token": _initial_token(d, i, n),
-                        "container": _docker.container_name(self.name, nm),
-                        "proxy_container": _docker.container_name(self.name, f"{nm}-proxy") if self.multi_dc else None,
-                        "address": None,
-                        "proxy": None,
-                    }
-                )
+    def _place(self) -> None:
+        """The plan's nodes as containers (addresses come with the network, _create_network)."""
+        self.nodes = [
+            {
+                "name": p.name,
+                "dc": p.dc,
+                "rack": p.rack,
+                "token": p.token,
+                "container": _docker.container_name(self.name, p.name),
+                "proxy_container": _docker.container_name(self.name, f"{p.name}-proxy") if self.multi_dc else None,
+                "address": None,
+                "proxy": None,
+            }
+            for p in self.plan.nodes
+        ]
 
     def _create_network(self) -> None:
         """A labelled bridge network on a free 10.x.y.0/24 (fixed addresses need a subnet of our own)."""
@@ -157,10 +152,7 @@ class DockerCassandra(Service):
         return n["proxy"] if self.multi_dc else n["address"]
 
     def _seeds(self) -> str:
-        first: dict[str, dict[str, Any]] = {}
-        for n in self.nodes:
-            first.setdefault(n["dc"], n)
-        return ",".join(self._broadcast(n) for n in first.values())
+        return ",".join(self._broadcast(self._node(p.name)) for p in self.plan.seeds())
 
     # -- containers -----------------------------------------------------------------------------------------------
     def _run(self, container: Any, name: str, ip: str | None, publish_cql: bool = False) -> None:
@@ -185,9 +177,9 @@ class DockerCassandra(Service):
         if self.profile == "light":
             jvm += f" {_LIGHT_PORTABLE}"
         env = {
-            "CASSANDRA_CLUSTER_NAME": f"labkit-{self.name}",
+            "CASSANDRA_CLUSTER_NAME": self.plan.cluster_name(self.name),
             "CASSANDRA_DC": n["dc"],
-            "CASSANDRA_RACK": "rack1",
+            "CASSANDRA_RACK": n["rack"],
             "CASSANDRA_ENDPOINT_SNITCH": "GossipingPropertyFileSnitch",
             "CASSANDRA_NUM_TOKENS": "1",
             "MAX_HEAP_SIZE": f"{self.heap_mb}M",
@@ -206,53 +198,12 @@ class DockerCassandra(Service):
             # dc, rack and prefer_local in a file of our own: same-DC peers then bypass the proxies
             rackdc = self.dir / "rackdc"
             rackdc.mkdir(parents=True, exist_ok=True)
-            (rackdc / f"{n['name']}.properties").write_text(f"dc={n['dc']}\nrack=rack1\nprefer_local=true\n")
+            (rackdc / f"{n['name']}.properties").write_text(rackdc_properties(n["dc"], n["rack"]))
             c.with_volume_mapping(str(rackdc), "/labkit-rackdc", "ro")
             jvm += f" -Dcassandra-rackdc.properties=file:///labkit-rackdc/{n['name']}.properties"
         env["JVM_OPTS"] = jvm
         for k, v in env.items():
             c.with_env(k, v)
-        return c
-
-    def _proxy_files(self) -> Path:
-        """labkit.services.latency_proxy and the one module it imports, as a package the proxy image can run."""
-        src = Path(__file__).resolve().parent.parent
-        dst = self.dir / "proxy-src" / "labkit"
-        (dst / "services").mkdir(parents=True, exist_ok=True)
-        (dst / "__init__.py").write_text("")
-        (dst / "services" / "__init__.py").write_text("")
-        shutil.copy(src / "errors.py", dst / "errors.py")
-        shutil.copy(src / "services" / "latency_proxy.py", dst / "services" / "latency_proxy.py")
-        return dst.parent
-
-    def _write_proxy_configs(self) -> None:
-        from labkit.services.latency_proxy import write_config
-
-        conf = self.dir / "proxy-conf"
-        conf.mkdir(parents=True, exist_ok=True)
-        for n in self.nodes:
-            write_config(
-                conf / f"{n['name']}.json",
-                [
-                    {
-                        "listen": [n["proxy"], STORAGE],
-                        "target": [n["address"], STORAGE],
-                        "delay_ms": self.inter_dc_delay_ms,
-                        "jitter_ms": self.jitter_ms,
-                    }
-                ],
-            )
-
-    def _proxy_container(self, n: dict[str, Any], src: Path) -> Any:
-        from testcontainers.core.container import DockerContainer
-
-        c = DockerContainer(self.proxy_image)
-        c.with_volume_mapping(str(src), "/labkit-proxy-src", "ro")
-        c.with_volume_mapping(str(self.dir / "proxy-conf"), "/labkit-proxy-conf", "rw")
-        c.with_env("PYTHONPATH", "/labkit-proxy-src")
-        c.with_command(
-            ["python3", "-m", "labkit.services.latency_proxy", "--config", f"/labkit-proxy-conf/{n['name']}.json"]
-        )
         return c
 
     def start(self) -> Endpoint:
@@ -262,22 +213,24 @@ class DockerCassandra(Service):
         if self.nodes:  # after kill(): start the stopped containers again, same addresses and data
             return self._restart_stopped()
         _docker.require_docker()
-        check_memory(sum(self.datacenters.values()), PROFILES[self.profile]["footprint_mb"])
-        self._plan()
+        check_memory(self.plan.size, PROFILES[self.profile]["footprint_mb"])
+        self._place()
         self.dir.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + 180 + 90 * len(self.nodes)  # JVMs on a busy 2-core machine
         try:
             if self.multi_node:
                 self._create_network()
             if self.multi_dc:
-                src = self._proxy_files()
-                self._write_proxy_configs()
+                src = proxy_sources(self.dir)
+                write_proxy_configs(self.dir, self.nodes, self.inter_dc_delay_ms, self.jitter_ms)
                 for n in self.nodes:
-                    self._run(self._proxy_container(n, src), n["proxy_container"], n["proxy"])
+                    self._run(
+                        proxy_container(self.proxy_image, self.dir, n["name"], src), n["proxy_container"], n["proxy"]
+                    )
                 for n in self.nodes:
-                    self._wait_proxy(n, deadline)
-            first, rest = self.nodes[:1], self.nodes[1:]
-            for group in (first, rest):
+                    wait_proxy(self.dir, n, deadline)
+            for names in self.plan.start_groups():
+                group = [self._node(nm) for nm in names]
                 for n in group:
                     self._run(self._node_container(n), n["container"], n["address"], publish_cql=not self.multi_node)
                 for n in group:
@@ -303,25 +256,6 @@ class DockerCassandra(Service):
         self._endpoint = self._make_endpoint()
         return self._endpoint
 
-    def _wait_proxy(self, n: dict[str, Any], deadline: float) -> None:
-        """A proxy is up when it has bound its route: it then writes <config>.ready (latency_proxy._serve)."""
-        ready = self.dir / "proxy-conf" / f"{n['name']}.ready"
-
-        def up() -> bool:
-            st = _docker.state(n["proxy_container"])
-            if st not in ("running", "created"):
-                raise ServiceFailed(
-                    f"latency proxy container of {n['name']} is {st}:\n{_docker.logs_by_name(n['proxy_container'])}"
-                )
-            return ready.exists()
-
-        wait_for(
-            f"the latency proxy of Cassandra node {n['name']} to listen",
-            up,
-            max(5.0, min(60.0, deadline - time.monotonic())),
-            interval=0.2,
-        )
-
     def _cql_address(self, n: dict[str, Any]) -> tuple[str, int]:
         if self.multi_node:
             return n["address"], CQL
@@ -335,7 +269,7 @@ class DockerCassandra(Service):
             if st not in ("running", "created"):
                 raise ServiceFailed(f"Cassandra container {n['name']} is {st}:\n{_docker.logs_by_name(n['container'])}")
             try:
-                return bool(_query_one(host, port, "SELECT release_version FROM system.local", timeout=3))
+                return bool(release_version(host, port, timeout=3))
             except Exception:  # noqa: BLE001 - not listening yet
                 return False
 
@@ -349,18 +283,10 @@ class DockerCassandra(Service):
 
     def _wait_converged(self, deadline: float) -> None:
         """Every node lists every other as a peer (schema changes then reach everyone)."""
-        want = {self._broadcast(n) for n in self.nodes}
-
-        def converged() -> bool:
-            for n in self.nodes:
-                rows = _query_one(n["address"], CQL, "SELECT peer FROM system.peers_v2")
-                if {str(r[0]) for r in rows} | {self._broadcast(n)} != want:
-                    return False
-            return True
-
+        view = [(n["address"], CQL, self._broadcast(n)) for n in self.nodes]
         wait_for(
             f"Cassandra cluster '{self.name}' to see all {len(self.nodes)} nodes",
-            converged,
+            lambda: peers_converged(view),
             max(5.0, deadline - time.monotonic()),
             interval=1.0,
         )
@@ -372,24 +298,7 @@ class DockerCassandra(Service):
             nodes.append(
                 {"name": n["name"], "dc": n["dc"], "address": host, "native_port": port, "container": n["container"]}
             )
-        dcs: dict[str, list[str]] = {}
-        for n in nodes:
-            dcs.setdefault(n["dc"], []).append(n["address"])
-        first = nodes[0]
-        return Endpoint(
-            kind=self.kind,
-            name=self.name,
-            provider=self.provider,
-            host=first["address"],
-            port=first["native_port"],
-            extra={
-                "contact_points": [n["address"] for n in nodes],
-                "local_dc": first["dc"],
-                "datacenters": dcs,
-                "nodes": nodes,
-                "port": first["native_port"],
-            },
-        )
+        return cluster_endpoint(self.kind, self.name, self.provider, nodes)
 
     # -- delay, stop, records ---------------------------------------------------------------------------------------
     def set_inter_dc_delay(self, delay_ms: float, jitter_ms: float = 0.0) -> None:
@@ -403,7 +312,7 @@ class DockerCassandra(Service):
             )
         self.inter_dc_delay_ms, self.jitter_ms = float(delay_ms), float(jitter_ms)
         if self.nodes and self.multi_dc:
-            self._write_proxy_configs()
+            write_proxy_configs(self.dir, self.nodes, self.inter_dc_delay_ms, self.jitter_ms)
             time.sleep(0.15)  # the proxies poll their config every 50 ms
 
     def _names(self) -> list[str]:
@@ -460,7 +369,7 @@ class DockerCassandra(Service):
                 continue
             try:
                 host, port = self._cql_address(n)
-                return str(_query_one(host, port, "SELECT release_version FROM system.local")[0][0])
+                return release_version(host, port)
             except Exception as e:  # noqa: BLE001 - try the next node
                 last = e
         raise NotRunning(f"no node of cassandra '{self.name}' answers CQL ({last}): start() it")
