@@ -1,4 +1,4 @@
-"""Lesson 05's tables, plots, checkpoints and exercise self-check (the runs are in labkit.lessons.consistency).
+"""Lesson 05's tables, plots, checkpoints and exercise self-check (the runs are in labkit.lessons.consistency_runs).
 
 Every checkpoint first asserts that the experiment could have shown the opposite (reads really went through
 the lagging replica, writes really were acknowledged across the kill), then the claim itself.
@@ -13,11 +13,15 @@ from typing import TYPE_CHECKING, Any
 from labkit.checkpoints import checkpoint
 from labkit.errors import CheckpointFailed
 from labkit.history import Operation, check
+from labkit.lessons.consistency_cluster import LEVELS, replicas
+from labkit.lessons.consistency_runs import lagging_replica
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from labkit.lessons.consistency import Lab, LaggingRun, LwtRun, NodeDownRun
+    from labkit.lessons.consistency import LwtRun
+    from labkit.lessons.consistency_cluster import Lab
+    from labkit.lessons.consistency_runs import LaggingRun, NodeDownRun
 
 __all__ = [
     "check_lwt_slower",
@@ -35,8 +39,6 @@ ONE_ONE = ("ONE", "ONE")
 
 
 def _n(level: str) -> int:
-    from labkit.lessons.consistency import replicas
-
     return replicas(level)
 
 
@@ -68,8 +70,6 @@ def plot_rwn(lag: LaggingRun, down: NodeDownRun | None = None) -> Any:
     that succeeded with one node down (the lower of writes and reads)."""
     import matplotlib.pyplot as plt
     import numpy as np
-
-    from labkit.lessons.consistency import LEVELS
 
     panels = [
         (
@@ -224,8 +224,6 @@ def check_stale_rule(
     """Run a fresh lagging-replica history (ONE/ONE and QUORUM/QUORUM) on the real cluster and compare the
     learner's ``is_stale(read, writes)`` with the checker on every read. Returns the number of reads compared
     (None when the function is not written yet)."""
-    from labkit.lessons.consistency import lagging_replica
-
     try:
         probe_w = Operation(0, 0, "write", "k", 1, 0.0, 1.0, "ok")
         is_stale(Operation(1, 1, "read", "k", 1, 2.0, 3.0, "ok"), [probe_w])

@@ -2,7 +2,7 @@
 
 Akkio (Facebook, OSDI 2018) splits data into small units ("microshards", here one per user), places each unit in
 one region, counts accesses per unit and region, and moves a unit when another region dominates its recent
-accesses. This module runs that on lesson 06's cluster:
+accesses. This module runs that on lesson 06's cluster and keyspaces (:mod:`labkit.datasets.geo_store`):
 
 * Data: ``geo_us.posts`` / ``geo_eu.posts`` (each replicated on one continent only). A unit's rows live in its
   home region's keyspace. The directory ``geo_global.directory (unit, home, epoch)`` is on both continents;
@@ -15,34 +15,42 @@ accesses. This module runs that on lesson 06's cluster:
   home by writers that had not seen the switch) -> delete the old copy, while the writers keep writing.
 * Placement (:func:`run_placement`): rounds of traffic; after each, a policy picks each unit's home from decayed
   access counters; moves run during the next round. Flaps (a unit moved back to a region it left) are counted.
+
+The parts live in their own modules (``placement_units``: the data, the directory and a move;
+``placement_policy``: the policies, flaps and the offline replay; ``placement_exercise``: the learner's check).
+This module keeps the experiment, its plot and claims, and re-exports the rest: ``placement.X`` works for all
+of it.
 """
 
 from __future__ import annotations
 
-import itertools
 import random
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from labkit import profile
 from labkit.checkpoints import checkpoint
+from labkit.datasets.geo_store import REGIONS, Geo
 from labkit.errors import BadParameter
-from labkit.lessons.localized import REGIONS, Geo, _with_cl
+from labkit.lessons.placement_exercise import check_policy
+from labkit.lessons.placement_policy import Hysteresis, Policy, check_flapping, flaps, most_accesses, replay
+from labkit.lessons.placement_units import lookup, migrate, prepare, verify_units, write_row
 from labkit.load import Uniform, Workload, run
 
 __all__ = [
     "Hysteresis",
     "PlacementResult",
+    "Policy",
     "check_flapping",
     "check_no_lost_writes",
     "check_policy",
     "check_remote_share",
     "defaults",
     "flaps",
+    "lookup",
     "migrate",
     "most_accesses",
     "plot_rounds",
@@ -50,9 +58,8 @@ __all__ = [
     "replay",
     "run_placement",
     "verify_units",
+    "write_row",
 ]
-
-Policy = Callable[[dict[str, float], str], str]
 
 
 def defaults() -> dict[str, Any]:
@@ -71,140 +78,6 @@ def defaults() -> dict[str, Any]:
     }
 
 
-# -- placement policies -------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Hysteresis:
-    """Move a unit only when one region has at least ``threshold`` of its recent accesses (and enough of them).
-
-    Why a threshold above 1/2: a unit read evenly from both continents would otherwise follow the noise of each
-    window and move back and forth (flap), paying a copy each time for nothing."""
-
-    threshold: float = 0.75
-    min_accesses: float = 10.0
-
-    def __call__(self, counts: dict[str, float], current: str) -> str:
-        total = sum(counts.values())
-        if total < self.min_accesses:
-            return current
-        best = max(sorted(counts), key=lambda r: counts[r])
-        return best if counts[best] / total >= self.threshold else current
-
-
-def most_accesses(counts: dict[str, float], current: str) -> str:
-    """The naive policy: the region with the most recent accesses, whatever the margin (it flaps)."""
-    if not counts or sum(counts.values()) == 0:
-        return current
-    return max(sorted(counts), key=lambda r: (counts[r], r == current))
-
-
-# -- schema and data ----------------------------------------------------------------------------------------------
-def prepare(geo: Geo, units: int = 24, rows: int = 5, home: str = "us", seed: int = 1) -> dict[int, str]:
-    """Empty the lesson's tables and put ``units`` units of ``rows`` rows each at ``home`` (the legacy US)."""
-    from cassandra.concurrent import execute_concurrent_with_args
-
-    if not 2 <= units <= 1000:
-        raise BadParameter(f"units={units}: use 2-1000 units")
-    s = geo.sessions["us"]
-    s.execute("CREATE TABLE IF NOT EXISTS geo_global.directory (unit int PRIMARY KEY, home text, epoch int)")
-    for r in REGIONS:
-        s.execute(
-            f"CREATE TABLE IF NOT EXISTS geo_{r}.posts (unit int, id uuid, wid text, body text, PRIMARY KEY (unit, id))"
-        )
-    geo.cluster.wait_for_schema_agreement()
-    for t in ("geo_global.directory", "geo_us.posts", "geo_eu.posts"):
-        s.execute(f"TRUNCATE {t}", timeout=60)
-    d = _with_cl(geo, "us", "INSERT INTO geo_global.directory (unit, home, epoch) VALUES (?, ?, 0)", "EACH_QUORUM")
-    execute_concurrent_with_args(s, d, [(u, home) for u in range(units)], concurrency=32)
-    ins = _with_cl(geo, "us", f"INSERT INTO geo_{home}.posts (unit, id, wid, body) VALUES (?, ?, ?, ?)", "QUORUM")
-    execute_concurrent_with_args(
-        s,
-        ins,
-        [(u, uuid.uuid4(), f"seed-{u}-{i}", "b" * 200) for u in range(units) for i in range(rows)],
-        concurrency=32,
-    )
-    return {u: home for u in range(units)}
-
-
-def lookup(geo: Geo, region: str, unit: int) -> tuple[str, int]:
-    row = (
-        geo.sessions[region]
-        .execute(
-            _with_cl(geo, region, "SELECT home, epoch FROM geo_global.directory WHERE unit = ?", "LOCAL_QUORUM"),
-            (unit,),
-        )
-        .one()
-    )
-    return row[0], row[1]
-
-
-def write_row(geo: Geo, region: str, unit: int, row_id: uuid.UUID, wid: str) -> str:
-    """Append one row to ``unit`` from ``region``; return the home it was acknowledged at."""
-    for _ in range(10):
-        home, epoch = lookup(geo, region, unit)
-        geo.sessions[region].execute(
-            _with_cl(geo, region, f"INSERT INTO geo_{home}.posts (unit, id, wid, body) VALUES (?, ?, ?, ?)", "QUORUM"),
-            (unit, row_id, wid, "w" * 200),
-        )
-        if lookup(geo, region, unit)[1] == epoch:  # nobody switched the unit while we wrote: acknowledged
-            return home
-    raise TimeoutError(f"unit {unit} kept moving while a write tried to land")
-
-
-def migrate(
-    geo: Geo,
-    unit: int,
-    src: str,
-    dst: str,
-    *,
-    second_pass: bool = True,
-    fresh_ids: bool = False,
-    via: str | None = None,
-) -> int:
-    """Copy -> switch the directory -> copy the rows that landed meanwhile -> delete the old copy. Returns
-    rows copied. ``second_pass=False`` and ``fresh_ids=True`` are the broken variants the tests show failing."""
-    region = via or dst
-    sel = _with_cl(geo, region, f"SELECT id, wid, body FROM geo_{src}.posts WHERE unit = ?", "QUORUM")
-    ins = _with_cl(geo, region, f"INSERT INTO geo_{dst}.posts (unit, id, wid, body) VALUES (?, ?, ?, ?)", "QUORUM")
-    s = geo.sessions[region]
-
-    def copy() -> int:
-        from cassandra.concurrent import execute_concurrent_with_args
-
-        rows = list(s.execute(sel, (unit,)))
-        execute_concurrent_with_args(
-            s, ins, [(unit, uuid.uuid4() if fresh_ids else r.id, r.wid, r.body) for r in rows], concurrency=16
-        )
-        return len(rows)
-
-    n = copy()
-    _, epoch = lookup(geo, region, unit)
-    s.execute(
-        _with_cl(geo, region, "UPDATE geo_global.directory SET home = ?, epoch = ? WHERE unit = ?", "EACH_QUORUM"),
-        (dst, epoch + 1, unit),
-    )
-    if second_pass:
-        n += copy()
-    s.execute(_with_cl(geo, region, f"DELETE FROM geo_{src}.posts WHERE unit = ?", "QUORUM"), (unit,))
-    return n
-
-
-def verify_units(geo: Geo, acked: list[tuple[int, str]]) -> dict[str, int]:
-    """Read every unit at its home: acknowledged writes missing (lost), writes present twice (duplicated)."""
-    units = sorted({u for u, _ in acked})
-    lost = dup = 0
-    for u in units:
-        home, _ = lookup(geo, "us", u)
-        wids = Counter(
-            r.wid
-            for r in geo.sessions["us"].execute(
-                _with_cl(geo, "us", f"SELECT wid FROM geo_{home}.posts WHERE unit = ?", "QUORUM"), (u,)
-            )
-        )
-        dup += sum(c - 1 for c in wids.values() if c > 1)
-        lost += sum(1 for uu, w in acked if uu == u and wids[w] == 0)
-    return {"acknowledged": len(acked), "lost": lost, "duplicated": dup}
-
-
 # -- the experiment -----------------------------------------------------------------------------------------------
 @dataclass
 class PlacementResult:
@@ -218,19 +91,6 @@ class PlacementResult:
     @property
     def flaps(self) -> int:
         return flaps(self.history)
-
-
-def flaps(history: dict[int, list[str]]) -> int:
-    """Moves back to a region the unit had left before (A -> B -> A counts one)."""
-    n = 0
-    for homes in history.values():
-        left: set[str] = set()
-        for a, b in itertools.pairwise(homes):
-            if a != b:
-                if b in left:
-                    n += 1
-                left.add(a)
-    return n
 
 
 def _pattern(units: int, skew: float, balanced: float, seed: int) -> dict[int, dict[str, float]]:
@@ -301,7 +161,7 @@ def run_placement(
                 return
             home, _ = lookup(geo, region, unit)
             geo.sessions[region].execute(
-                _with_cl(geo, region, f"SELECT id FROM geo_{home}.posts WHERE unit = ?", "QUORUM"), (unit,)
+                geo.statement(region, f"SELECT id FROM geo_{home}.posts WHERE unit = ?", "QUORUM"), (unit,)
             )
             log.append((rnd, unit, region))
             remote[home != region] += 1
@@ -374,34 +234,7 @@ def run_placement(
     )
 
 
-def replay(
-    policy: Policy, log: list[tuple[int, int, str]], windows: int = 8, decay: float = 0.5, start: str = "us"
-) -> tuple[dict[int, list[str]], float, float]:
-    """Run ``policy`` offline over a real access log cut into ``windows``: the homes it would have chosen, and the
-    remote-read share of the log's last round under the initial placement and under the policy's."""
-    if not log:
-        raise BadParameter("the access log is empty: run the experiment first")
-    units = sorted({u for _, u, _ in log})
-    home = {u: start for u in units}
-    history = {u: [start] for u in units}
-    counts = {u: {r: 0.0 for r in REGIONS} for u in units}
-    size = max(1, len(log) // windows)
-    for w in range(windows):
-        for u in units:
-            for r in REGIONS:
-                counts[u][r] *= decay
-        for _, u, r in log[w * size : (w + 1) * size]:
-            counts[u][r] += 1
-        for u in units:
-            home[u] = policy(dict(counts[u]), home[u])
-            history[u].append(home[u])
-    last = [(u, r) for rr, u, r in log if rr == max(x[0] for x in log)]
-    before = sum(1 for u, r in last if r != start) / len(last)
-    after = sum(1 for u, r in last if r != home[u]) / len(last)
-    return history, before, after
-
-
-# -- tables, plots, checkpoints ---------------------------------------------------------------------------------
+# -- plot and checkpoints ---------------------------------------------------------------------------------------
 def plot_rounds(res: PlacementResult) -> Any:
     import matplotlib.pyplot as plt
 
@@ -461,53 +294,3 @@ def check_no_lost_writes(res: PlacementResult) -> None:
         at_most=0,
         context=f"{w['duplicated']} extra copies among {w['acknowledged']} writes",
     )
-
-
-def check_flapping(
-    history: dict[int, list[str]], moves: int | None = None, label: str = "", claim_prefix: str = ""
-) -> None:
-    n = flaps(history)
-    if moves is None:
-        moves = sum(sum(1 for a, b in itertools.pairwise(h) if a != b) for h in history.values())
-    checkpoint(
-        f"{claim_prefix}0 flapping under a stable access pattern (units moved back)",
-        n,
-        at_most=0,
-        context=f"{label}{n} moves back among {moves} moves of {len(history)} units",
-    )
-
-
-# -- exercise ---------------------------------------------------------------------------------------------------
-def check_policy(choose_home: Policy, res: PlacementResult, windows: int = 8) -> None:
-    """Run the learner's ``choose_home(counts, current) -> region`` on small cases, then offline on the real access
-    log of ``res`` (cut into ``windows``): remote reads must fall by half or more and no unit may flap."""
-    try:
-        _check_policy(choose_home, res, windows)
-    except NotImplementedError:
-        print("Not attempted yet: write choose_home in the cell above, then run this cell again.")
-
-
-def _check_policy(choose_home: Policy, res: PlacementResult, windows: int) -> None:
-    from labkit.errors import CheckpointFailed
-
-    cases = [
-        ({"us": 3.0, "eu": 2.0}, "us", "us", "too few accesses to know: stay"),
-        ({"us": 48.0, "eu": 52.0}, "us", "us", "read evenly from both regions: stay (hysteresis)"),
-        ({"us": 52.0, "eu": 48.0}, "eu", "eu", "read evenly from both regions: stay (hysteresis)"),
-        ({"us": 5.0, "eu": 95.0}, "us", "eu", "95% of the reads come from eu: move there"),
-        ({"us": 90.0, "eu": 10.0}, "us", "us", "already where it is read: stay"),
-    ]
-    for counts, current, want, why in cases:
-        got = choose_home(dict(counts), current)
-        if got != want:
-            raise CheckpointFailed(
-                f"choose_home({counts}, current={current!r}) returned {got!r}, expected {want!r}: {why}"
-            )
-    history, before, after = replay(choose_home, res.log, windows=windows)
-    checkpoint(
-        "exercise: your policy halves the remote reads of the real access log",
-        1 - after / max(before, 1e-9),
-        at_least=0.5,
-        context=f"remote share {before:.0%} with every unit in the US, {after:.0%} with yours",
-    )
-    check_flapping(history, label="replayed over the access log in windows: ", claim_prefix="exercise: ")
