@@ -28,8 +28,9 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m selects: `make docker-test` runs `-m "docker or notebook"`
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Never re-run a notebook cell (``make test`` re-runs a failed test once).
+    """Never re-run a notebook cell (``make test`` re-runs a failed test once), and mark every cell `notebook`.
 
     pytest-rerunfailures tears the failed item's parents down before the rerun: for an nbval cell that
     is the notebook's kernel, so the cell would re-run in a fresh kernel and it and every later cell fail
@@ -37,6 +38,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if type(item).__name__ == "IPyNbCell":
             item.add_marker(pytest.mark.flaky(reruns=0))
+            item.add_marker(pytest.mark.notebook)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -4,8 +4,9 @@ same servers started by hand with their own tools (the peer), measured in the sa
     python benchmarks/stack_start.py [--runs 5] [--no-cassandra] [--docker]
 
 --docker adds the docker provider's cold start per service beside the local provider's (ratio docker/local),
+Postgres, memcached and a one-node Cassandra (unless --no-cassandra; the local node measured in the same run),
 where a Docker daemon answers; CI: `.ci/docker-up && .ci/docker-exec .venv/bin/python benchmarks/stack_start.py
---docker --no-cassandra; .ci/docker-down` (inside its engine's network namespace, on its local images).
+--docker --cassandra-runs 1; .ci/docker-down` (inside its engine's network namespace, on its local images).
 
 Prints a table: median, min-max spread, and the ratio labkit/peer. Targets on a 2-core machine: Postgres
 ready < 2 s, memcached < 0.5 s, attach < 1 s; Cassandra (issue 18) one node < 5 s, 3 nodes < 12 s, <= 400 MB
@@ -215,10 +216,13 @@ def cassandra_row(r: dict) -> list[str]:
 
 def docker_rows(args: argparse.Namespace, local: dict[str, list[float]]) -> list[list[str]]:
     """Container cold start (create, start, first real answer) per service; the ratio column is docker/local."""
-    from labkit.services import _docker
+    from labkit.services import docker_available, host_namespace_refusal, service_class
 
-    ok, why = _docker.docker_available()
-    refusal = _docker.host_namespace_refusal()
+    def image(kind: str) -> str:  # the image the docker provider runs (LABKIT_IMAGE_<KIND> or the pinned official one)
+        return str(service_class(kind, "docker")(kind).image)
+
+    ok, why = docker_available()
+    refusal = host_namespace_refusal()
     if not ok or refusal:
         print(f"(docker rows skipped: {refusal or why})")
         return []
@@ -230,7 +234,7 @@ def docker_rows(args: argparse.Namespace, local: dict[str, list[float]]) -> list
                 measure_labkit_cold(kind, args.runs, "docker"),
                 local[kind],
                 None,
-                f"ratio: docker/local; image {_docker.image(kind)}",
+                f"ratio: docker/local; image {image(kind)}",
             )
         )
     if not args.no_cassandra:
@@ -241,7 +245,7 @@ def docker_rows(args: argparse.Namespace, local: dict[str, list[float]]) -> list
                 measure_labkit_cold("cassandra", runs, "docker"),
                 measure_labkit_cold("cassandra", runs, "local"),
                 None,
-                f"ratio: docker/local; image {_docker.image('cassandra')}",
+                f"ratio: docker/local; image {image('cassandra')}",
             )
         )
     return rows

@@ -2,7 +2,9 @@
 latency proxy (proxy containers), with the same claims as the local provider's tests (tests/test_cassandra.py).
 
 CI runs these inside its private engine's namespace (`make docker-test`), on an image with the official image's
-contract that carries the local provider's jars and JVM flags.
+contract that carries the local provider's jars and JVM flags. The clusters start through labkit's public API
+(`labkit.stack(provider="docker")`); what it claims about containers is checked with the daemon itself
+(tests/conftest.py DockerEngine) and what it claims about Cassandra with the driver, one node at a time.
 """
 
 from __future__ import annotations
@@ -12,27 +14,11 @@ import time
 
 import pytest
 
-from labkit.services import _docker
-from labkit.services.cassandra.containers import DockerCassandra
-from labkit.services.cassandra.jars import cassandra_classpath
+import labkit
+from labkit.services import cassandra_jars_version
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
 D_MS = 40.0  # one-way inter-DC delay
-
-
-def _guard() -> None:
-    from labkit.services import docker_available
-
-    refusal = _docker.host_namespace_refusal()
-    if refusal and docker_available()[0]:
-        pytest.fail(refusal)
-    ok, why = docker_available()
-    if not ok:
-        import os
-
-        if os.environ.get("LABKIT_REQUIRE_DOCKER"):
-            pytest.fail(f"LABKIT_REQUIRE_DOCKER is set but {why}")
-        pytest.skip(f"Docker provider test skipped: {why}")
 
 
 def session_for(ep, dc: str):  # noqa: ANN001, ANN201 - driver objects
@@ -61,18 +47,27 @@ def median_ms(session, cql: str, cl, n: int) -> float:  # noqa: ANN001
     return statistics.median(times) * 1000
 
 
-def jar_version() -> str:
-    jar = next(p for p in cassandra_classpath() if p.name.startswith("cassandra-all-"))
-    return jar.name[len("cassandra-all-") : -len(".jar")]
+def query_node(address: str, cql: str) -> list:
+    """One query answered by exactly the node at `address` (a driver session pinned to it)."""
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+    from cassandra.policies import WhiteListRoundRobinPolicy
+
+    pinned = ExecutionProfile(load_balancing_policy=WhiteListRoundRobinPolicy([address]), request_timeout=10)
+    cluster = Cluster(
+        [address], port=9042, protocol_version=5, execution_profiles={EXEC_PROFILE_DEFAULT: pinned}, connect_timeout=10
+    )
+    try:
+        return list(cluster.connect().execute(cql))
+    finally:
+        cluster.shutdown()
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    _guard()
-    c = DockerCassandra("dock-2dc", nodes="us:2,eu:1", inter_dc_delay_ms=0)
-    t0 = time.monotonic()
-    c.start()
-    c.ready_s = time.monotonic() - t0
+def cluster(docker_engine):
+    st = labkit.stack(
+        "cassandra", provider="docker", attach=False, cassandra={"nodes": "us:2,eu:1", "inter_dc_delay_ms": 0}
+    )
+    c = st.service("cassandra")
     cu, su = session_for(c.endpoint, "us")
     ce, se = session_for(c.endpoint, "eu")
     su.execute("CREATE KEYSPACE app WITH replication = {'class': 'NetworkTopologyStrategy', 'us': 2, 'eu': 1}")
@@ -82,25 +77,26 @@ def cluster():
     yield c
     cu.shutdown()
     ce.shutdown()
-    c.stop()
+    st.close()
 
 
-def test_single_node_real_version_and_restart_after_kill():
-    _guard()
-    with DockerCassandra("dock-one") as one:
+def test_single_node_real_version_and_restart_after_kill(docker_engine):
+    with labkit.stack("cassandra", provider="docker", attach=False) as st:
+        one = st.service("cassandra")
         ep = one.endpoint
-        assert ep.host == "127.0.0.1" and ep.local_dc == "dc1" and one.health().ok
+        assert ep.provider == "docker" and ep.host == "127.0.0.1" and ep.local_dc == "dc1" and one.health().ok
         # the server's own answer, and the same Cassandra the local provider runs (same jars in the image)
         if "labkit-local" in one.image:
-            assert one.version() == jar_version()
+            assert one.version() == cassandra_jars_version()
         assert one.version().startswith("5.0.")
+        (container,) = [n["container"] for n in one.nodes]
         one.kill()
-        assert _docker.state(one.nodes[0]["container"]) == "exited" and not one.health().ok
-        one.start()  # the same container again, on its data
-        assert one.health().ok
+        assert docker_engine.state(container) == "exited" and not one.health().ok
+        st.restart("cassandra")  # the same container again, on its data
+        assert docker_engine.state(container) == "running" and one.health().ok
 
 
-def test_cluster_layout_and_datacenters(cluster):
+def test_cluster_layout_and_datacenters(cluster, docker_engine):
     ep = cluster.endpoint
     assert ep.local_dc == "us" and set(ep.extra["datacenters"]) == {"us", "eu"}
     cl, s = session_for(ep, "us")
@@ -118,19 +114,19 @@ def test_cluster_layout_and_datacenters(cluster):
         cl.shutdown()
     # prefer_local (the rackdc file labkit mounts, read through -Dcassandra-rackdc.properties): us1 reaches its
     # same-DC peer us2 at us2's private address, and eu1 only through eu1's proxy
-    from labkit.services.cassandra import query_one as _query_one
-
-    us1, us2, eu1 = (cluster._node(n) for n in ("us1", "us2", "eu1"))
+    nodes = {n["name"]: n for n in cluster.nodes}
+    us1, us2, eu1 = nodes["us1"], nodes["us2"], nodes["eu1"]
     deadline, pref = time.monotonic() + 60, {}
     while time.monotonic() < deadline:
-        rows = _query_one(us1["address"], 9042, "SELECT peer, preferred_ip FROM system.peers_v2")
+        rows = query_node(us1["address"], "SELECT peer, preferred_ip FROM system.peers_v2")
         pref = {str(r[0]): (str(r[1]) if r[1] else None) for r in rows}
         if pref.get(us2["proxy"]) == us2["address"]:
             break
         time.sleep(1)
     assert pref.get(us2["proxy"]) == us2["address"], pref
     assert pref.get(eu1["proxy"]) in (None, eu1["proxy"]), pref
-    assert len([n for n in _docker.labelled() if "dock-2dc" in n]) == 6  # 3 nodes + 3 proxies, all labelled
+    names = {n[part] for n in cluster.nodes for part in ("container", "proxy_container")}
+    assert len(names) == 6 and names <= set(docker_engine.labelled())  # 3 nodes + 3 proxies, all labelled
 
 
 def test_cross_dc_quorum_pays_the_proxy_delay_and_local_quorum_does_not(cluster):
@@ -157,7 +153,7 @@ def test_cross_dc_quorum_pays_the_proxy_delay_and_local_quorum_does_not(cluster)
     assert eu_quorum - eu_quorum_0 >= 2 * D_MS * 0.9, "set_inter_dc_delay(0) did not take the delay away"
 
 
-def test_paused_node_fails_local_quorum_and_recovers_after_resume(cluster):
+def test_paused_node_fails_local_quorum_and_recovers_after_resume(cluster, docker_engine):
     from cassandra import ConsistencyLevel as CL
     from cassandra.query import SimpleStatement
 
@@ -166,7 +162,8 @@ def test_paused_node_fails_local_quorum_and_recovers_after_resume(cluster):
     local_quorum = SimpleStatement("SELECT v FROM app.kv WHERE k = 3", consistency_level=CL.LOCAL_QUORUM)
     cluster.pause_node("us2")
     try:
-        assert _docker.state(cluster._node("us2")["container"]) == "paused"
+        (us2,) = [n["container"] for n in cluster.nodes if n["name"] == "us2"]
+        assert docker_engine.state(us2) == "paused"
         with pytest.raises(Exception) as err:  # LOCAL_QUORUM in us needs both us replicas
             us.execute(local_quorum, timeout=10)
         assert type(err.value).__name__ in (

@@ -47,10 +47,15 @@ def test_ci_scripts_are_wired():
     """.ci/run runs the Docker part after `make test`; every script parses and tears down by PID."""
     run = (ROOT / ".ci/run").read_text()
     assert run.index("\nmake test") < run.index("make docker-test\n")  # the Docker part after the local suite
+    # the engine and images build in the background while the local suite runs; the Docker part waits for them,
+    # a failed build fails CI, and the trap stops the build and tears the engine down on every exit
+    assert run.index("setsid .ci/docker-up") < run.index("\nmake test") < run.index('if ! wait "$docker_up"')
+    assert "did not build" in run and "exit 1" in run and "trap stop_docker EXIT" in run and ".ci/docker-down" in run
     for script in ("docker-up", "docker-down", "docker-exec", "docker-test", "images/build"):
         path = ROOT / ".ci" / script
         assert path.stat().st_mode & 0o111, f"{path} is not executable"
         subprocess.run(["bash", "-n", str(path)], check=True)
-    assert "trap '.ci/docker-down' EXIT" in (ROOT / ".ci/docker-test").read_text()
+    test = (ROOT / ".ci/docker-test").read_text()
+    assert "trap teardown EXIT" in test and ".ci/docker-down || rc=1" in test
     down = (ROOT / ".ci/docker-down").read_text()
     assert "ip netns delete" in down and 'kill -TERM "$pid"' in down and "pkill" not in down

@@ -2,8 +2,9 @@
 
 CI runs these inside the network namespace of its private engine (`make docker-test`), on locally built images
 with the official images' contract; elsewhere they run wherever a Docker daemon answers. They refuse to run
-from the host's namespace of a machine with a /.dockerenv (see _docker.host_namespace_refusal), and with
-LABKIT_REQUIRE_DOCKER=1 (CI) a missing engine fails them instead of skipping them.
+from the host's namespace of a machine with a /.dockerenv (labkit.services.host_namespace_refusal), and with
+LABKIT_REQUIRE_DOCKER=1 (CI) a missing engine fails them instead of skipping them (the `docker_engine` fixture,
+tests/conftest.py). They go through labkit's public API and check what it claims by asking the daemon directly.
 """
 
 from __future__ import annotations
@@ -22,57 +23,42 @@ import pytest
 from pymemcache.client.base import Client
 
 import labkit
-from labkit.services import _docker, docker_available
+from labkit.services import host_namespace_refusal, service_class
 from labkit.services.memcached import query_stats
 from labkit.services.memcached import query_version as mc_version
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def docker_or_skip() -> None:
-    refusal = _docker.host_namespace_refusal()
-    if refusal and docker_available()[0]:
-        pytest.fail(refusal)
-    ok, why = docker_available()
-    if not ok:
-        if os.environ.get("LABKIT_REQUIRE_DOCKER"):
-            pytest.fail(f"LABKIT_REQUIRE_DOCKER is set but {why}")
-        pytest.skip(f"Docker provider test skipped: {why}")
-
-
-@pytest.fixture(autouse=True)
-def _engine():
-    docker_or_skip()
 
 
 def test_refuses_the_host_namespace_of_a_machine_with_dockerenv(monkeypatch):
     """The guard itself: outside labkit's namespace it names the way to run the tests; inside it is silent."""
     if not os.path.exists("/.dockerenv"):
-        assert _docker.host_namespace_refusal() is None
+        assert host_namespace_refusal() is None
         return
     monkeypatch.setenv("LABKIT_NETNS", "no-such-namespace")
-    assert "refusing" in _docker.host_namespace_refusal() and "make docker-test" in _docker.host_namespace_refusal()
+    refusal = host_namespace_refusal()
+    assert refusal is not None and "refusing" in refusal and "make docker-test" in refusal
     monkeypatch.undo()
-    assert _docker.host_namespace_refusal() is None  # we are inside the namespace (or the test failed earlier)
+    assert host_namespace_refusal() is None  # we are inside the namespace (or the test failed earlier)
 
 
 def test_images_come_from_configuration(monkeypatch):
+    memcached = service_class("memcached", "docker")  # constructing a service starts nothing
     monkeypatch.setenv("LABKIT_IMAGE_MEMCACHED", "example/memcached:9")
-    assert _docker.image("memcached") == "example/memcached:9"
+    assert memcached("m").image == "example/memcached:9"
     monkeypatch.delenv("LABKIT_IMAGE_MEMCACHED")
-    assert (
-        _docker.image("memcached") == _docker.DEFAULT_IMAGES["memcached"] and ":" in _docker.DEFAULT_IMAGES["memcached"]
-    )
+    default = memcached("m").image  # the official image, pinned by tag
+    assert default.split(":")[0] == "memcached" and default.split(":")[1] not in ("", "latest"), default
 
 
-def _in_container(name: str, *cmd: str) -> str:
-    res = _docker.client().containers.get(name).exec_run(list(cmd))
+def _in_container(engine, name: str, *cmd: str) -> str:  # noqa: ANN001 - tests/conftest.py DockerEngine
+    res = engine.client.containers.get(name).exec_run(list(cmd))
     assert res.exit_code == 0, res.output
     return res.output.decode().strip()
 
 
-def test_postgres_and_memcached_same_contract_real_versions():
+def test_postgres_and_memcached_same_contract_real_versions(docker_engine):
     with labkit.stack("postgres", "memcached", provider="docker", attach=False) as st:
         pg, mc = st.endpoint("postgres"), st.endpoint("memcached")
         assert pg.host == "127.0.0.1" and mc.host == "127.0.0.1" and pg.provider == mc.provider == "docker"
@@ -83,9 +69,9 @@ def test_postgres_and_memcached_same_contract_real_versions():
         with pytest.raises(psycopg.OperationalError):  # the generated password is required
             psycopg.connect(pg.dsn.replace(pg.password, "wrong"), connect_timeout=5)
         # the version the server reports is the binary's in the container, not a label
-        pg_bin = _in_container(st.service("postgres").container_name, "postgres", "--version")
+        pg_bin = _in_container(docker_engine, st.service("postgres").container_name, "postgres", "--version")
         assert st.service("postgres").version().split()[0] in pg_bin
-        mc_bin = _in_container(st.service("memcached").container_name, "memcached", "--version")
+        mc_bin = _in_container(docker_engine, st.service("memcached").container_name, "memcached", "--version")
         assert mc_bin.split()[-1] == st.service("memcached").version() and mc_version(mc).startswith("1.")
         big = os.urandom(1_000_000)  # -I 2m reached memcached: a 1 MB item is stored
         client = Client(mc.address)
@@ -93,14 +79,14 @@ def test_postgres_and_memcached_same_contract_real_versions():
         assert int(query_stats(mc)["limit_maxbytes"]) == st.service("memcached").memory_mb * 1024 * 1024
 
 
-def test_faults_kill_pause_resume_through_docker():
+def test_faults_kill_pause_resume_through_docker(docker_engine):
     with labkit.stack("postgres", "memcached", provider="docker", attach=False) as st:
         pg, mcs = st.service("postgres"), st.service("memcached")
         with psycopg.connect(pg.endpoint.dsn, autocommit=True) as conn:
             conn.execute("CREATE TABLE kept (v int); INSERT INTO kept VALUES (7)")
         # pause: the container is frozen, a request times out; resume: it answers again
         mcs.pause()
-        assert _docker.state(mcs.container_name) == "paused"
+        assert docker_engine.state(mcs.container_name) == "paused"
         with pytest.raises(OSError):
             mc_version_with_timeout(mcs.endpoint.address, 1.0)
         mcs.resume()
@@ -108,9 +94,9 @@ def test_faults_kill_pause_resume_through_docker():
         # kill: SIGKILL through Docker, the server is gone; start again: same container, same data
         pg.kill()
         deadline = time.monotonic() + 20
-        while _docker.state(pg.container_name) == "running" and time.monotonic() < deadline:
+        while docker_engine.state(pg.container_name) == "running" and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert _docker.state(pg.container_name) == "exited" and not pg.health().ok
+        assert docker_engine.state(pg.container_name) == "exited" and not pg.health().ok
         st.restart("postgres")
         with psycopg.connect(pg.endpoint.dsn) as conn:
             assert conn.execute("SELECT v FROM kept").fetchone() == (7,)
@@ -122,19 +108,19 @@ def mc_version_with_timeout(address: tuple[str, int], timeout: float) -> bytes:
         return s.recv(100)
 
 
-def test_several_postgres_servers_in_one_stack():
-    with labkit.stack(provider="docker", attach=False) as st:
-        a, b = st.add("postgres", name="pg-a"), st.add("postgres", name="pg-b")
+def test_several_postgres_servers_in_one_stack(docker_engine):
+    with labkit.stack("postgres", provider="docker", attach=False) as st:
+        a, b = st.service("postgres"), st.add("postgres", name="pg-b")
         assert a.endpoint.port != b.endpoint.port and a.container_name != b.container_name
         with psycopg.connect(a.endpoint.dsn, autocommit=True) as conn:
             conn.execute("CREATE TABLE only_in_a (v int)")
         with psycopg.connect(b.endpoint.dsn) as conn:  # separate servers: b has no such table
             assert conn.execute("SELECT to_regclass('only_in_a')").fetchone() == (None,)
-        names = set(_docker.labelled())
+        names = set(docker_engine.labelled())
         assert {a.container_name, b.container_name} <= names
 
 
-def test_two_stacks_side_by_side():
+def test_two_stacks_side_by_side(docker_engine):
     with (
         labkit.stack("memcached", provider="docker", attach=False) as a,
         labkit.stack("memcached", provider="docker", attach=False) as b,
@@ -144,7 +130,7 @@ def test_two_stacks_side_by_side():
         Client(ea.address).set("k", b"from-a", noreply=False)
         assert Client(eb.address).get("k") is None and Client(ea.address).get("k") == b"from-a"
         name_a = a.service("memcached").container_name
-    assert _docker.state(name_a) == "missing"  # closing a stack removes its containers
+    assert docker_engine.state(name_a) == "missing"  # closing a stack removes its containers
 
 
 _KERNEL = """
@@ -165,26 +151,26 @@ def _start_kernel(home: Path) -> tuple[subprocess.Popen, dict]:
     return proc, json.loads(line)
 
 
-def _wait_gone(home: Path, timeout: float) -> list[str]:
+def _wait_gone(engine, home: Path, timeout: float) -> list[str]:  # noqa: ANN001 - tests/conftest.py DockerEngine
     deadline = time.monotonic() + timeout
-    left = _docker.labelled(str(home.resolve()))
+    left = engine.labelled(str(home.resolve()))
     while left and time.monotonic() < deadline:
         time.sleep(0.5)
-        left = _docker.labelled(str(home.resolve()))
+        left = engine.labelled(str(home.resolve()))
     return left
 
 
-def test_sigkilled_kernel_leaves_no_container_watchdog(tmp_path):
+def test_sigkilled_kernel_leaves_no_container_watchdog(tmp_path, docker_engine):
     """A kernel killed by SIGKILL: its stack's watchdog removes the labelled containers."""
     home = tmp_path / "home"
     proc, info = _start_kernel(home)
-    assert _docker.state(info["container"]) == "running"
+    assert docker_engine.state(info["container"]) == "running"
     os.killpg(proc.pid, signal.SIGKILL)  # the kernel and its process group; the watchdog has its own session
     proc.wait()
-    assert _wait_gone(home, 30) == []
+    assert _wait_gone(docker_engine, home, 30) == []
 
 
-def test_sigkilled_kernel_and_watchdog_labkit_down_removes_containers(tmp_path):
+def test_sigkilled_kernel_and_watchdog_labkit_down_removes_containers(tmp_path, docker_engine):
     """Kernel and watchdog both SIGKILLed: `labkit down` removes what the record names, and any labelled
     container that no record names (a crash between create and record)."""
     home = tmp_path / "home"
@@ -193,20 +179,20 @@ def test_sigkilled_kernel_and_watchdog_labkit_down_removes_containers(tmp_path):
     os.kill(record["watchdog"]["pid"], signal.SIGKILL)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    # a container created and labelled for this home but never recorded
-    _docker.configure_testcontainers()
-    stray = _docker.client().containers.run(
-        _docker.image("memcached"),
+    # a container created and labelled for this home but never recorded (the kernel's image: the same memcached)
+    image = docker_engine.client.containers.get(info["container"]).image
+    stray = docker_engine.client.containers.run(
+        image,
         ["memcached"],
         detach=True,
-        name=_docker.container_name("stray"),
-        labels={_docker.LABEL_HOME: str(home.resolve())},
+        name=f"labkit-test-stray-{os.urandom(3).hex()}",
+        labels={docker_engine.LABEL_HOME: str(home.resolve())},
     )
-    assert len(_docker.labelled(str(home.resolve()))) == 2
+    assert len(docker_engine.labelled(str(home.resolve()))) == 2
     env = {**os.environ, "LABKIT_HOME": str(home), "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
         [sys.executable, "-m", "labkit.cli", "down"], env=env, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr
-    assert _docker.labelled(str(home.resolve())) == [] and _docker.state(stray.name) == "missing"
-    assert _docker.state(info["container"]) == "missing"
+    assert docker_engine.labelled(str(home.resolve())) == [] and docker_engine.state(stray.name) == "missing"
+    assert docker_engine.state(info["container"]) == "missing"

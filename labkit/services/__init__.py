@@ -16,7 +16,7 @@ import importlib
 from pathlib import Path
 
 from labkit.errors import UnknownService
-from labkit.services._docker import docker_available
+from labkit.services._docker import docker_available, host_namespace_refusal
 from labkit.services._process import find_binary, unprivileged_user
 from labkit.services.base import Endpoint, Health, Service
 
@@ -94,6 +94,7 @@ __all__ = [
     "choose_provider",
     "service_class",
     "docker_available",
+    "host_namespace_refusal",
     "fetch_cassandra",
     "cassandra_jars_version",
     "find_binary",
