@@ -146,11 +146,13 @@ def test_cross_dc_quorum_pays_the_proxy_delay_and_local_quorum_does_not(cluster)
         f"\nD={D_MS:.0f} ms one-way: eu LOCAL_QUORUM {eu_local:.1f} ms, eu QUORUM {eu_quorum:.1f} ms "
         f"(at 0 ms: {eu_quorum_0:.1f} ms), us LOCAL_QUORUM (2 replicas in us) {us_local:.1f} ms"
     )
-    assert eu_quorum - eu_local >= 2 * D_MS, (
-        f"cross-DC QUORUM {eu_quorum:.1f} ms is not >= 2*{D_MS:.0f} ms slower than LOCAL_QUORUM {eu_local:.1f} ms"
-    )
+    # Bounds that load cannot move: the proxy holds every packet D ms each way, so a read that crosses it takes
+    # >= 2*D however busy the machine is, and one that does not cross it stays far below 2*D (a difference of two
+    # noisy medians against exactly 2*D failed by 1 ms under load 14: 100.6 - 22.0 ms).
+    assert eu_quorum >= 2 * D_MS, f"cross-DC QUORUM {eu_quorum:.1f} ms: it did not pay 2*{D_MS:.0f} ms at the proxy"
+    assert eu_local < 2 * D_MS, f"eu LOCAL_QUORUM {eu_local:.1f} ms: it crossed the latency proxy"
     assert us_local < 2 * D_MS, f"us LOCAL_QUORUM {us_local:.1f} ms: intra-DC traffic crossed the latency proxy"
-    assert eu_quorum - eu_quorum_0 >= 2 * D_MS * 0.9, "set_inter_dc_delay(0) did not take the delay away"
+    assert eu_quorum_0 < 2 * D_MS, f"after set_inter_dc_delay(0) QUORUM still takes {eu_quorum_0:.1f} ms"
 
 
 def test_paused_node_fails_local_quorum_and_recovers_after_resume(cluster, docker_engine):
