@@ -70,8 +70,11 @@ def cluster(docker_engine):
     c = st.service("cassandra")
     cu, su = session_for(c.endpoint, "us")
     ce, se = session_for(c.endpoint, "eu")
-    su.execute("CREATE KEYSPACE app WITH replication = {'class': 'NetworkTopologyStrategy', 'us': 2, 'eu': 1}")
-    su.execute("CREATE TABLE app.kv (k int PRIMARY KEY, v text)")
+    # schema changes wait for every node's agreement: give them a minute on a busy machine (the default is 15 s)
+    su.execute(
+        "CREATE KEYSPACE app WITH replication = {'class': 'NetworkTopologyStrategy', 'us': 2, 'eu': 1}", timeout=60
+    )
+    su.execute("CREATE TABLE app.kv (k int PRIMARY KEY, v text)", timeout=60)
     cu.control_connection.wait_for_schema_agreement(wait_time=60)
     c.sessions = {"us": su, "eu": se}
     yield c
