@@ -10,7 +10,10 @@ where a Docker daemon answers; CI: `.ci/docker-up && .ci/docker-exec .venv/bin/p
 
 Prints a table: median, min-max spread, and the ratio labkit/peer. Targets on a 2-core machine: Postgres
 ready < 2 s, memcached < 0.5 s, attach < 1 s; Cassandra (issue 18) one node < 5 s, 3 nodes < 12 s, <= 400 MB
-per node (benchmarks/cassandra_memory.py measures the memory setting by setting).
+per idle node (benchmarks/cassandra_memory.py measures the memory setting by setting). Cassandra's "ready" is a
+fresh driver session running a query, and for 3 nodes all 3 UP in its view and an RF=3 QUORUM write and read
+(benchmarks/_cassandra_bench.py); below the table, where each start's time went (phases from the node's log) and
+the JVMs' CPU-seconds until ready, which the machine's load does not inflate the way it inflates wall time.
 """
 
 from __future__ import annotations
@@ -188,17 +191,18 @@ RSS_TARGET_MB = 400.0
 def cassandra_row(r: dict) -> list[str]:
     """A row of the table from one of _cassandra_bench's measurements, judged against the issue's targets."""
     rss = f"RSS/node {r['rss_mb']:.0f} MB" if r.get("rss_mb") else ""
-    if r["median_s"] is None:  # the memory row
-        ok = "yes" if r["rss_mb"] < RSS_TARGET_MB else "NO"
+    if r["median_s"] is None:  # the memory row: the target is for an idle node
+        idle = r.get("idle_rss_mb", r["rss_mb"])
+        ok = "yes" if idle <= RSS_TARGET_MB else "NO"
         return [
-            r["what"],
-            f"{r['rss_mb']:.0f} MB",
-            f"max {r.get('max_rss_mb', r['rss_mb']):.0f} MB",
+            "cassandra RSS per idle node (light)",
+            f"{idle:.0f} MB",
+            f"max {r.get('max_idle_rss_mb', idle):.0f} MB",
             "-",
             "-",
-            f"< {RSS_TARGET_MB:.0f} MB",
+            f"<= {RSS_TARGET_MB:.0f} MB",
             ok,
-            "",
+            f"after 2000 writes: median {r['rss_mb']:.0f}, max {r.get('max_rss_mb', r['rss_mb']):.0f} MB",
         ]
     target = next((t for key, t in CASSANDRA_TARGETS.items() if key in r["what"]), None)
     ok = "-" if target is None else ("yes" if r["median_s"] < target else "NO")
@@ -289,18 +293,22 @@ def main() -> int:
     inproc, fresh = measure_attach(args.runs)
     rows.append(row("attach to labkit up (s)", inproc, None, 1.0, "postgres+memcached, in-process"))
     rows.append(row("attach, fresh python (s)", fresh, None, None, "interpreter + import + attach"))
+    notes: list[str] = []
     if not args.no_cassandra:
         try:
-            from _cassandra_bench import measure_cassandra
+            from _cassandra_bench import measure_cassandra, phase_lines
         except ImportError as e:
             print(f"(Cassandra rows unavailable: {e})")
         else:
-            for r in measure_cassandra(args.cassandra_runs):
-                rows.append(cassandra_row(r))
+            measured = measure_cassandra(args.cassandra_runs)
+            rows += [cassandra_row(r) for r in measured]
+            notes = ["", "Cassandra start-up, where the time goes (median per phase):", *phase_lines(measured)]
     header = ["measure", "median", "min-max", "labkit/peer", "peer median", "target", "met", "notes"]
     widths = [max(len(str(x[i])) for x in [header, *rows]) for i in range(len(header))]
     for r in [header, ["-" * w for w in widths], *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    print("\n".join(notes))
+    print(f"\nload average during the run (1, 5, 15 min): {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     shutil.rmtree(home, ignore_errors=True)
     return 0
 

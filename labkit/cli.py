@@ -7,7 +7,8 @@ labkit status [--json]               running services and their endpoints
 labkit logs SERVICE [-n 50]
 labkit down [--keep-data] [--purge]  stop everything labkit started (also orphans of killed kernels);
                                      --purge also removes your namespace from external (class) servers
-labkit fetch cassandra               download Cassandra's jars from Maven Central ahead of time
+labkit fetch cassandra               download Cassandra's jars from Maven Central ahead of time, and build
+                                     their class-data sharing archive (faster node starts)
 labkit course [NOTEBOOK...]          run the course headless: execute, render HTML, summarise checkpoints
 """
 

@@ -23,7 +23,7 @@ import pytest
 
 from labkit.errors import BadParameter, BinaryNotFound, InsufficientResources, LabkitError, ServiceFailed
 from labkit.services import cassandra as cmod
-from labkit.services.cassandra import LocalCassandra, jars, java, parse_nodes
+from labkit.services.cassandra import LocalCassandra, cds, jars, java, parse_nodes
 
 pytestmark = pytest.mark.cassandra
 
@@ -54,7 +54,9 @@ def cassandra_jars() -> Path:
         cmod.find_java()
     except BinaryNotFound as e:
         pytest.skip(f"Cassandra tests need Java 17: {e}")
-    return jars.fetch_cassandra(progress=False)
+    lib = jars.fetch_cassandra(progress=False)
+    cds.build_archive()  # what `labkit fetch cassandra` does after the jars (a no-op once it exists)
+    return lib
 
 
 def session_for(ep, dc: str):  # noqa: ANN001, ANN201 - driver objects
@@ -243,6 +245,33 @@ def test_single_node_options_rebuild_it_from_a_record(single):
     other._adopt(rec)
     assert other.version() == single.version()
     assert {r["pid"] for r in other.pids()} == {r["pid"] for r in single.pids()}
+
+
+def test_a_node_maps_the_class_data_sharing_archive(single):
+    """The node's JVM maps the archive `labkit fetch cassandra` built for this JVM and these jars (cds.py), so
+    its classes are not parsed and verified again at every start."""
+    path = cds.archive_path(single.java, single.classpath)
+    assert path.is_file(), f"no archive at {path}: `labkit fetch cassandra` builds it"
+    pid = single.nodes[0].ref["pid"]
+    assert f"-XX:SharedArchiveFile={path}" in psutil.Process(pid).cmdline()
+    assert str(path) in Path(f"/proc/{pid}/maps").read_text(), "the JVM did not map the archive (-Xshare:auto)"
+
+
+def test_the_archive_is_keyed_by_the_jvm_and_the_jars(tmp_path):
+    fake_java, jar = tmp_path / "java", tmp_path / "lib" / "a.jar"
+    jar.parent.mkdir()
+    fake_java.write_text("jvm")
+    jar.write_text("classes")
+    first = cds.archive_path(fake_java, [jar])
+    assert first.parent == tmp_path / "cds" and cds.jvm_flags(fake_java, [jar]) == []  # none built: no flag
+    first.parent.mkdir()
+    first.write_bytes(b"")
+    assert cds.jvm_flags(fake_java, [jar]) == [f"-XX:SharedArchiveFile={first}"]
+    os.utime(jar, (1, 1))  # new jars (or a new JVM) miss the old archive: nodes start without it
+    assert cds.archive_path(fake_java, [jar]) != first and cds.jvm_flags(fake_java, [jar]) == []
+    os.utime(jar, (2, 2))
+    fake_java.write_text("another jvm")
+    assert cds.archive_path(fake_java, [jar]) != first
 
 
 # --- two datacenters -------------------------------------------------------------------------------------------

@@ -58,10 +58,17 @@ def choose_provider(provider: str | None = None) -> str:
 
 
 def fetch_cassandra(progress: bool = True, version: str | None = None) -> Path:
-    """Cassandra's jars into labkit's cache (`labkit fetch cassandra`): Maven, else the pinned list; the path."""
+    """Cassandra's jars into labkit's cache (`labkit fetch cassandra`): Maven, else the pinned list; the path.
+    Then the class-data sharing archive of those jars for this JVM (cassandra/cds.py), unless it exists."""
+    import sys
+
+    from labkit.services.cassandra.cds import build_archive
     from labkit.services.cassandra.jars import fetch_cassandra as fetch
 
-    return fetch(progress=progress, version=version)
+    path = fetch(progress=progress, version=version)
+    # the class-data sharing archive that halves a node's start-up CPU (cassandra/cds.py), once per JVM and jars
+    build_archive((lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None))
+    return path
 
 
 def cassandra_jars_version() -> str | None:

@@ -12,6 +12,7 @@ notebooks reach Cassandra through labkit.stack and the endpoint, tests and bench
 * flags.py       what a node runs with: cassandra.yaml, rackdc, logback, JVM flags, the light and full profiles
 * java.py        finding Java 17; the memory check before any node starts
 * jars.py        the cassandra-all jars from Maven Central (`labkit fetch cassandra`)
+* cds.py         the class-data sharing archive of those jars (built by `labkit fetch cassandra`), mapped by nodes
 * driver.py      labkit's own short CQL queries (readiness, peers, schema) through the Python driver
 * node.py        one local node: its JVM and its faults (kill, pause, resume, start)
 * local.py       LocalCassandra: the local provider's clusters on loopback, with the inter-DC latency proxy

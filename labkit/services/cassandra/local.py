@@ -42,7 +42,7 @@ from labkit.services._process import (
     wait_for,
 )
 from labkit.services.base import Endpoint, Health
-from labkit.services.cassandra import flags
+from labkit.services.cassandra import cds, flags
 from labkit.services.cassandra.driver import peers_converged, query_one, release_version
 from labkit.services.cassandra.jars import cassandra_classpath
 from labkit.services.cassandra.java import check_memory, find_java
@@ -85,6 +85,7 @@ class LocalCassandra(InterDcLinks, LocalService):
         self.inter_dc_delay_ms = float(inter_dc_delay_ms)
         self.jitter_ms = float(jitter_ms)
         self.yaml_overrides = dict(yaml_overrides or {})
+        self.extra_jvm: list[str] = []  # more JVM flags for this cluster's nodes (the CDS training run's)
         self.nodes: list[CassandraNode] = []
         self.native_port = 0
         self.storage_port = 0
@@ -285,7 +286,7 @@ class LocalCassandra(InterDcLinks, LocalService):
             jamm=next((p for p in self.classpath if p.name.startswith("jamm-")), None),
             profile_flags=self.profile_jvm(),
             # extra flags for experiments, e.g. LABKIT_CASSANDRA_JVM_OPTS="-XX:NativeMemoryTracking=summary"
-            extra=list(config.current().cassandra_jvm_opts),
+            extra=[*self.extra_jvm, *config.current().cassandra_jvm_opts],
         )
 
     def profile_jvm(self) -> list[str]:
@@ -305,8 +306,11 @@ class LocalCassandra(InterDcLinks, LocalService):
         argv = [
             str(self.java),
             *self._jvm_args(n, conf),
+            *cds.jvm_flags(self.java, self.classpath),  # the class-data sharing archive, once built (cds.py)
             "-cp",
-            f"{conf}:{lib}/*",
+            # the jars first, so the archive's classpath (the jars alone) is a prefix of the node's; Cassandra
+            # reads its conf/ files through the -D URLs above
+            f"{lib}/*:{conf}",
             "org.apache.cassandra.service.CassandraDaemon",
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS"))}
@@ -327,7 +331,7 @@ class LocalCassandra(InterDcLinks, LocalService):
             timeout,
             alive=n.alive,
             on_fail=lambda: f"--- last lines of {n.log_path} ---\n" + log_tail(n.log_path),
-            interval=0.5,
+            interval=0.1,  # polls from 0.1 s, growing to wait_for's 0.25 s (a refused connection costs nothing)
         )
 
     def _wait_converged(self, timeout: float) -> None:
@@ -340,7 +344,7 @@ class LocalCassandra(InterDcLinks, LocalService):
             lambda: peers_converged(view),
             timeout,
             on_fail=lambda: "\n".join(f"--- {n.name} ---\n{tail(n.log_path, 8)}" for n in self.nodes),
-            interval=0.5,
+            interval=0.2,
         )
 
     def wait_for_schema_agreement(self, timeout: float = 60.0) -> str:
