@@ -9,8 +9,9 @@ where a Docker daemon answers; CI: `.ci/docker-up && .ci/docker-exec .venv/bin/p
 --docker --cassandra-runs 1; .ci/docker-down` (inside its engine's network namespace, on its local images).
 
 Prints a table: median, min-max spread, and the ratio labkit/peer. Targets on a 2-core machine: Postgres
-ready < 1.2 s (issue 18; a new server copies a cached initdb template, so the first start of a cache pays initdb), memcached < 0.5 s, attach < 1 s; Cassandra (issue 18) one node < 5 s, 3 nodes < 12 s, <= 400 MB
-per idle node (benchmarks/cassandra_memory.py measures the memory setting by setting). Cassandra's "ready" is a
+ready < 1.2 s (issue 18; a new server copies a cached initdb template, so a cache's first start pays initdb),
+memcached < 0.5 s, attach < 1 s; Cassandra (issue 18) one node < 5 s, 3 nodes < 12 s, <= 400 MB per idle node
+(benchmarks/cassandra_memory.py measures the memory setting by setting). Cassandra's "ready" is a
 fresh driver session running a query, and for 3 nodes all 3 UP in its view and an RF=3 QUORUM write and read
 (benchmarks/_cassandra_bench.py); below the table, where each start's time went (phases from the node's log) and
 the JVMs' CPU-seconds until ready, which the machine's load does not inflate the way it inflates wall time.
