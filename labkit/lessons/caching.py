@@ -13,8 +13,8 @@ Experiments, all on the real servers:
 - :func:`stale_set_race`: two clients interleaved so that a delete lands between a miss's DB read and
   its set; reproduced with plain get/set, prevented with a meta-protocol lease (``mg N`` + ``ms C``).
 
-The parts live in their own modules (``caching_store``: the post cards and PostStore both cache lessons use;
-``caching_experiments``: the hit-ratio and latency runs and their models; ``caching_ttl``: expiry;
+The parts live in their own modules (``labkit.datasets.post_store``: the post cards and PostStore both cache
+lessons use; ``caching_experiments``: the hit-ratio and latency runs and their models; ``caching_ttl``: expiry;
 ``caching_race``: the stale-set race; ``caching_exercise``: the learner's check). This module keeps the
 notebook-level sweeps, tables, plots and claims, and re-exports the rest: ``caching.X`` works for all of it.
 """
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from labkit.datasets import instagram
+from labkit.datasets.post_store import CARD_BYTES, PostStore, decode_card, post_key, prepare, render_card
 from labkit.errors import BadParameter
 from labkit.lessons.caching_exercise import check_cache_aside
 from labkit.lessons.caching_experiments import (
@@ -41,7 +42,6 @@ from labkit.lessons.caching_experiments import (
     sized_cache,
 )
 from labkit.lessons.caching_race import RaceOutcome, check_race, race_table, stale_set_race
-from labkit.lessons.caching_store import CARD_BYTES, PostStore, decode_card, post_key, prepare, render_card
 from labkit.lessons.caching_ttl import check_ttl_model, plot_ttl, ttl_hit_ratio, ttl_run, ttl_sweep, ttl_table, view_ttl
 
 if TYPE_CHECKING:

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 from labkit.datasets import instagram
+from labkit.datasets.post_store import PostStore, decode_card, post_key
 from labkit.errors import CheckpointFailed
-from labkit.lessons.caching_store import PostStore, decode_card, post_key
 from labkit.memcache_meta import MetaClient
 
 

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from labkit.datasets import instagram
+from labkit.datasets.post_store import PostStore, post_key
 from labkit.errors import BadParameter
-from labkit.lessons.caching_store import PostStore, post_key
 from labkit.memcache_meta import MetaClient
 
 

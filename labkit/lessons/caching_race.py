@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from labkit.datasets import instagram
+from labkit.datasets.post_store import LEASE_TTL, PostStore, decode_card, post_key
 from labkit.errors import BadParameter
-from labkit.lessons.caching_store import LEASE_TTL, PostStore, decode_card, post_key
 from labkit.memcache_meta import MetaClient
 
 if TYPE_CHECKING:

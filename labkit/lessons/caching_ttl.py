@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from labkit.datasets import instagram
+from labkit.datasets.post_store import PostStore
 from labkit.errors import BadParameter
 from labkit.lessons.caching_experiments import _mc_counters, defaults, items_per_mb, read_through, sized_cache
-from labkit.lessons.caching_store import PostStore
 from labkit.memcache_meta import MetaClient
 
 if TYPE_CHECKING:

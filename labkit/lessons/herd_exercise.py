@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from labkit.datasets.post_store import post_key
 from labkit.errors import CheckpointFailed
-from labkit.lessons.caching_store import post_key
 from labkit.lessons.herd_run import HerdResult, Recompute, run_herd
 from labkit.lessons.herd_strategies import from_lease_get
 from labkit.memcache_meta import MetaClient

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from psycopg_pool import ConnectionPool
 
+from labkit.datasets.post_store import PostStore, decode_card, post_key, render_card
 from labkit.errors import BadParameter
-from labkit.lessons.caching_store import PostStore, decode_card, post_key, render_card
 from labkit.lessons.herd_strategies import LEASE_TTL, MAX_WAIT, STRATEGIES, Strategy
 from labkit.memcache_meta import MetaClient
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from labkit.lessons.caching_store import PostStore, post_key
+from labkit.datasets.post_store import PostStore, post_key
 from labkit.memcache_meta import MetaClient
 
 

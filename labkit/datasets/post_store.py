@@ -1,7 +1,9 @@
-"""Lesson 09's data: post cards rendered from Postgres by a real query, and the PostStore that counts them.
+"""The post store the cache lessons share: post cards rendered from Postgres by a real query, and the
+PostStore that counts every database read (so a lesson can show the load a cache takes off Postgres).
 
 A card (caption, author, counts, latest likers) is a few KB; its size sets how many posts a memcached of
-N MB holds. Both cache lessons (09, 10) read through this store. Imported by ``labkit.lessons.caching``.
+N MB holds. Lessons 09 (caching) and 10 (thundering herd) read through it; a later lesson that puts a
+cache in front of Postgres should too.
 """
 
 from __future__ import annotations
